@@ -1,0 +1,101 @@
+"""fedssl ClientApp: restore the client's state, train locally, reply.
+
+Works under fedssl's ServerApp (packed messages naming the partition ids to train,
+payload records) and under any stock Flower server (one update for the node's own
+``partition-id``; config keys it is not sent come from the run config, then from
+fedssl's defaults; payloads it is not sent are simply absent).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.runtime import ClientRuntime, config_from_context
+from fedssl.config import Config
+from fedssl.faults import apply_fault
+from strategies.base import PAYLOAD, PIDS_KEY, packed_key, to_arrayrecord
+
+log = logging.getLogger("fedssl")
+
+
+def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
+    cfg = cfg or config_from_context(context)
+    rt = ClientRuntime.get(cfg, context)
+    config = msg.content["config"] if "config" in msg.content else {}
+    server_round = int(config.get("server-round", 1))
+    proximal_mu = float(config.get("proximal-mu", cfg.client.proximal_mu))
+    want_payload = bool(config.get("fedssl.payload", False))
+    keep_round = int(config.get("fedssl.keep-round", 0))
+    payload_in = ({k: v.numpy() for k, v in msg.content[PAYLOAD].items()}
+                  if PAYLOAD in msg.content else {})
+    packed = PIDS_KEY in config
+    pids = [int(p) for p in config[PIDS_KEY]] if packed else [rt.own_partition_id()]
+
+    t0 = time.perf_counter()
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    t_deser = time.perf_counter() - t0
+    reply = RecordDict()
+    for pid in pids:
+        t1 = time.perf_counter()
+        rt.model.load_state_dict(global_state)
+        state = rt.store.load(pid, before_round=server_round)
+        t2 = time.perf_counter()
+        result = rt.train(pid, server_round, state, payload_in, proximal_mu)
+        t3 = time.perf_counter()
+        rt.store.save(pid, server_round, result.state, keep_round)
+        arrays = ArrayRecord(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
+        t4 = time.perf_counter()
+        metrics: dict[str, Any] = {
+            "num-examples": int(result.num_examples),
+            "partition-id": pid,
+            **{k: float(v) for k, v in result.metrics.items()},
+            "t_state_s": (t2 - t1) + (t4 - t3),
+            "t_data_s": result.timings["data_s"],
+            "t_train_s": result.timings["train_s"],
+            "t_deser_s": t_deser / len(pids),
+        }
+        records = {"arrays": arrays, "metrics": MetricRecord(metrics)}
+        if want_payload and result.payload:
+            records[PAYLOAD] = to_arrayrecord(result.payload)
+        for name, rec in records.items():
+            reply[packed_key(name, pid) if packed else name] = rec
+    if packed:
+        reply["metrics"] = MetricRecord({PIDS_KEY: pids, "num-examples": 0})
+    return Message(reply, reply_to=msg)
+
+
+def _evaluate(msg: Message, context: Context, cfg: Config | None) -> Message:
+    """Federated evaluation for stock servers: the global model on this node's shard."""
+    cfg = cfg or config_from_context(context)
+    rt = ClientRuntime.get(cfg, context)
+    rt.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    metrics = rt.evaluate_local(rt.own_partition_id())
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def make_client_app(cfg: Config | None = None) -> ClientApp:
+    """A ClientApp bound to ``cfg`` (``fedssl run``) or reading the run config
+    (``flwr run``, deployment) when ``cfg`` is None."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return _train(msg, context, cfg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return _evaluate(msg, context, cfg)
+
+    return app
+
+
+app = make_client_app()
+
+__all__ = ["app", "make_client_app", "torch"]

@@ -1,0 +1,96 @@
+"""Per-process client runtime: dataset, partition, model and state store are built
+once per Ray actor (or SuperNode process) and reused for every message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from flwr.app import Context
+
+from fedssl.config import Config, ConfigError, from_flat
+from fedssl.data import client_shard
+from fedssl.metrics import evaluate
+from fedssl.models import build_model
+from fedssl.state import ClientStateStore
+from fedssl.training import ClientData, TrainResult, build_algorithm, client_data, model_kwargs, train_client
+
+
+def config_from_context(context: Context) -> Config:
+    """Config from the run config (``flwr run --run-config``), known keys only."""
+    defaults = Config().to_flat()
+    flat = {k: v for k, v in context.run_config.items() if k in defaults}
+    return from_flat({**defaults, **flat}, source="run config")
+
+
+class ClientRuntime:
+    _cache: ClassVar[dict[Any, ClientRuntime]] = {}
+
+    def __init__(self, cfg: Config, node_config: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.node_config = node_config
+        torch.set_num_threads(max(1, int(cfg.federation.num_cpus)))
+        use_cuda = cfg.federation.num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.data_dir = node_config.get("data-dir")
+        if self.data_dir:
+            from fedssl.data.export import load_client_shard
+            self.local = load_client_shard(self.data_dir)
+            shape = self.local.x_l.shape if len(self.local.y_l) else self.local.x_u.shape
+            kw = model_kwargs_from_shape(cfg, shape)
+        else:
+            splits, _ = client_shard(cfg.data, cfg.run.seed, 0)
+            kw = model_kwargs(cfg, splits)
+        self.model = build_model(cfg.model.name, **kw).to(self.device)
+        self.algorithm = build_algorithm(cfg)
+        state_dir = node_config.get("state-dir") or os.path.join(cfg.run.out_dir, "client_state")
+        self.store = ClientStateStore(Path(state_dir))
+
+    @classmethod
+    def get(cls, cfg: Config, context: Context) -> ClientRuntime:
+        node_config = dict(context.node_config)
+        key = (cfg, tuple(sorted((k, str(v)) for k, v in node_config.items())))
+        if key not in cls._cache:
+            cls._cache.clear()  # one experiment per process at a time
+            cls._cache[key] = cls(cfg, node_config)
+        return cls._cache[key]
+
+    def own_partition_id(self) -> int:
+        if "partition-id" not in self.node_config:
+            raise ConfigError("node config has no partition-id (set --node-config "
+                              "\"partition-id=0 num-partitions=N\")")
+        return int(self.node_config["partition-id"])
+
+    def shard(self, partition_id: int) -> ClientData:
+        if self.data_dir:
+            return self.local
+        n = self.cfg.data.num_clients
+        if not 0 <= partition_id < n:
+            raise ConfigError(f"partition-id {partition_id} outside [0, {n})")
+        splits, shard = client_shard(self.cfg.data, self.cfg.run.seed, partition_id)
+        return client_data(splits.train_x, splits.train_y, shard.labeled, shard.unlabeled)
+
+    def train(self, partition_id: int, server_round: int, state: Any,
+              payload: dict[str, np.ndarray], proximal_mu: float) -> TrainResult:
+        return train_client(self.model, self.algorithm, self.shard(partition_id), self.cfg,
+                            server_round=server_round, partition_id=partition_id, state=state,
+                            payload=payload, proximal_mu=proximal_mu, device=self.device)
+
+    def evaluate_local(self, partition_id: int) -> dict[str, float]:
+        from fedssl.data.augment import normalize
+
+        d = self.shard(partition_id)
+        if len(d.y_l) == 0:
+            return {"num-examples": 0, "eval_loss": float("nan"), "eval_acc": float("nan")}
+        m = evaluate(self.model, normalize(d.x_l), d.y_l.numpy(), self.cfg.num_classes, self.cfg.num_seen)
+        return {"num-examples": len(d.y_l), "eval_loss": m["loss"], "eval_acc": m["acc_seen"]}
+
+
+def model_kwargs_from_shape(cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
+    from fedssl.algorithms import ALGORITHMS
+
+    return {"num_classes": cfg.num_classes, "in_channels": shape[1], "image_size": shape[2],
+            "cosine_head": ALGORITHMS[cfg.client.algorithm].open_world}

@@ -1,0 +1,91 @@
+"""The contract between the shared local trainer and one SSL algorithm.
+
+An algorithm says which augmented views it needs and computes one step's loss from
+a :class:`Batch`. Everything else (data sampling, augmentation, the optimiser, the
+EMA teacher, FedProx's proximal term, persistent client state) is shared machinery
+in :mod:`fedssl.training`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from fedssl.config import ClientConfig
+
+
+@dataclass
+class Batch:
+    """One step's data. Views are float tensors [B, C, H, W], normalised.
+
+    ``x_l[i]`` is the i-th requested view of the labeled batch (``labeled_views``),
+    ``x_u[i]`` the i-th view of the unlabeled batch (``unlabeled_views``).
+    ``y_l`` holds labels [B]; ``y_u`` the hidden true labels of the unlabeled batch,
+    for diagnostics only (mask precision), never for a loss.
+    """
+
+    x_l: list[torch.Tensor]
+    y_l: torch.Tensor
+    x_u: list[torch.Tensor]
+    y_u: torch.Tensor | None = None
+
+
+@dataclass
+class RoundContext:
+    """What an algorithm may read during one client's local round."""
+
+    server_round: int
+    step: int = 0
+    total_steps: int = 1
+    teacher: nn.Module | None = None  # persistent per-client EMA teacher (eval mode)
+    payload: dict[str, np.ndarray] = field(default_factory=dict)  # from the server
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # persisted per client
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+class Algorithm:
+    """Base class. Subclasses set the class attributes and implement :meth:`loss`."""
+
+    name: str = ""
+    open_world: bool = False  # needs unseen classes and a cosine head
+    uses_teacher: bool = False  # the trainer keeps an EMA teacher for this client
+    uses_unlabeled: bool = True
+    labeled_views: tuple[str, ...] = ("weak",)
+    unlabeled_views: tuple[str, ...] = ("weak", "strong")
+
+    def __init__(self, cfg: ClientConfig, num_classes: int, num_seen: int) -> None:
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.num_seen = num_seen
+
+    def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
+        """Hook before the first step (e.g. ORCA's margin, FedoSSL's centroids)."""
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return (scalar loss, float metrics for logging)."""
+        raise NotImplementedError
+
+    def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict[str, np.ndarray]:
+        """Hook after the last step; returns the payload sent back to the server."""
+        return {}
+
+    # -- shared helpers -------------------------------------------------------
+    @staticmethod
+    def supervised_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy; zero (with grad) when the client has no labels."""
+        if y.numel() == 0:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, y)
+
+    def pseudo_probs(self, model: nn.Module, x: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
+        """Target probabilities on the weak view: from the EMA teacher when the
+        algorithm keeps one, else from the student without gradient."""
+        net = ctx.teacher if (self.uses_teacher and ctx.teacher is not None) else model
+        with torch.no_grad():
+            return torch.softmax(net(x), dim=1)

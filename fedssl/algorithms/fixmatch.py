@@ -1,0 +1,38 @@
+"""FixMatch (Sohn et al., 2020) with a persistent per-client EMA teacher.
+
+    L = CE(f(x_weak), y) + lambda_u * mean_b[ 1(max q_b >= tau) * CE(f(u_strong_b), argmax q_b) ]
+
+where q_b = softmax(teacher(u_weak_b)). The teacher is the client's EMA of its
+student; how it meets each new global model is shared (``fedssl.training``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedssl.algorithms import register
+from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+
+
+@register("fixmatch")
+class FixMatch(Algorithm):
+    uses_teacher = True
+    unlabeled_views = ("weak", "strong")
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        u_weak, u_strong = batch.x_u
+        q = self.pseudo_probs(model, u_weak, ctx)
+        max_probs, pseudo_label = q.max(dim=1)
+        mask = (max_probs >= self.cfg.threshold).float()
+
+        n_l = batch.y_l.numel()
+        logits = model(torch.cat([batch.x_l[0], u_strong]))
+        loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
+        loss_u = (F.cross_entropy(logits[n_l:], pseudo_label, reduction="none") * mask).mean()
+        metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask": mask.mean().item()}
+        if batch.y_u is not None and mask.sum() > 0:
+            correct = (pseudo_label == batch.y_u).float()
+            metrics["pl_acc"] = ((correct * mask).sum() / mask.sum()).item()
+        return loss_x + self.cfg.lambda_u * loss_u, metrics

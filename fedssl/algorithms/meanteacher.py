@@ -1,0 +1,55 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017) with a persistent per-client EMA teacher.
+
+    L = CE(f(x_weak), y) + w(t) * mean_{b,k}[ (softmax f(u1_b)_k - softmax teacher(u2_b)_k)^2 ]
+
+u1 and u2 are two independent weak augmentations of the same unlabeled image (the
+paper perturbs both inputs with the same kind of noise). The weight follows the
+paper's sigmoid ramp-up
+
+    w(t) = lambda_u * exp(-5 (1 - t)^2),   t = min(1, rounds done / rampup_rounds)
+
+where "rounds done" counts federated rounds, (server_round - 1) + step / total_steps,
+so the weight rises smoothly within a round and reaches lambda_u after
+``client.rampup_rounds`` rounds (0 = no ramp-up).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedssl.algorithms import register
+from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+
+
+@register("meanteacher")
+class MeanTeacher(Algorithm):
+    uses_teacher = True
+    unlabeled_views = ("weak", "weak")  # student's view, teacher's view
+
+    def consistency_weight(self, ctx: RoundContext) -> float:
+        """lambda_u times the sigmoid ramp-up at this point of training."""
+        if self.cfg.rampup_rounds <= 0:
+            return self.cfg.lambda_u
+        rounds_done = ctx.server_round - 1 + ctx.step / max(ctx.total_steps, 1)
+        t = min(max(rounds_done / self.cfg.rampup_rounds, 0.0), 1.0)
+        return self.cfg.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        n_l = batch.y_l.numel()
+        if not batch.x_u:  # client without unlabeled data: supervised only
+            loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
+            return loss_x, {"loss_x": float(loss_x), "loss_u": 0.0}
+        u_student, u_teacher = batch.x_u
+        teacher_probs = self.pseudo_probs(model, u_teacher, ctx)
+
+        logits = model(torch.cat([batch.x_l[0], u_student]))
+        loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
+        student_probs = torch.softmax(logits[n_l:], dim=1)
+        loss_u = F.mse_loss(student_probs, teacher_probs)  # mean over samples and classes
+        weight = self.consistency_weight(ctx)
+        metrics = {"loss_x": float(loss_x), "loss_u": float(loss_u), "rampup": weight}
+        return loss_x + weight * loss_u, metrics

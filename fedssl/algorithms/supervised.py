@@ -1,0 +1,19 @@
+"""Supervised baseline: cross-entropy on the labeled shard only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedssl.algorithms import register
+from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+
+
+@register("supervised")
+class Supervised(Algorithm):
+    uses_unlabeled = False
+    unlabeled_views = ()
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
+        return loss_x, {"loss_x": loss_x.item()}

@@ -1,0 +1,130 @@
+"""The ``fedssl`` command: run | bench | report | deploy | data.
+
+Bad input exits with status 2 and one line ``error: ...`` on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedssl.config import ConfigError, parse_set, resolve
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("fedssl")
+    if not log.handlers:
+        handler = RichHandler(show_path=False, show_time=False, markup=False)
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedssl.simulation import run_experiment
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.toml"
+        if not saved.exists():
+            raise ConfigError(f"--resume {run_dir}: no config.toml there (not a fedssl run directory)")
+        cfg = resolve(str(saved))
+        if args.config or args.set:
+            wanted = resolve(args.config, parse_set(args.set or []), base={"run.out_dir": str(run_dir.resolve())})
+            a, b = cfg.to_flat(), wanted.to_flat()
+            a.pop("run.out_dir"), b.pop("run.out_dir")
+            diff = [k for k in a if a[k] != b[k]]
+            if diff:
+                raise ConfigError(f"--resume {run_dir}: the directory belongs to a different config "
+                                  f"({diff[0]}={a[diff[0]]!r} there, {b[diff[0]]!r} asked)")
+        cfg = cfg.replace(**{"run.out_dir": str(run_dir.resolve())})
+        summary = run_experiment(cfg, resume=True, quiet=args.quiet)
+    else:
+        overrides = parse_set(args.set or [])
+        if args.out:
+            overrides["run.out_dir"] = args.out
+        cfg = resolve(args.config, overrides)
+        out = Path(cfg.run.out_dir).resolve()
+        if (out / "metrics.csv").exists() or (out / "summary.json").exists():
+            if not args.overwrite:
+                raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it "
+                                  f"or --resume {out} to continue it")
+            import shutil
+
+            shutil.rmtree(out)
+        cfg = cfg.replace(**{"run.out_dir": str(out)})
+        summary = run_experiment(cfg, quiet=args.quiet)
+    _print_summary(summary, cfg.run.out_dir)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    final = summary.get("final", {})
+    cfg = summary.get("config", {})
+    table = Table(title=f"{cfg.get('server', {}).get('strategy')} + "
+                        f"{cfg.get('client', {}).get('algorithm')} after round {final.get('round')}")
+    for col in ("acc_all", "acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "loss"):
+        table.add_column(col, justify="right")
+    table.add_row(*[("-" if final.get(c) is None else f"{final[c]:.4f}") for c in
+                    ("acc_all", "acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "loss")])
+    console = Console()
+    console.print(table)
+    console.print(f"status: {summary.get('status')}   elapsed: {summary.get('elapsed_s', 0):.1f} s   "
+                  f"files: {out_dir}/metrics.csv, summary.json, config.toml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fedssl", description="Federated semi-supervised learning on Flower + Ray.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run one experiment as a Flower simulation (Ray backend)")
+    r.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    r.add_argument("--out", help="output directory (sets run.out_dir)")
+    r.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
+    r.add_argument("--quiet", action="store_true", help="only warnings and the final table")
+    r.set_defaults(func=cmd_run)
+
+    for module in ("fedssl.bench", "fedssl.report", "fedssl.deploy", "fedssl.data.export"):
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ImportError:
+            continue
+        if hasattr(mod, "add_parser"):
+            mod.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted; resume with `fedssl run --resume DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

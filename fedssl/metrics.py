@@ -1,0 +1,101 @@
+"""Test-set metrics for closed- and open-world SSL.
+
+Seen accuracy is plain accuracy on seen-class samples. Unseen and all accuracy use
+Hungarian matching (``scipy.optimize.linear_sum_assignment``) of predicted ids to
+true classes on the respective samples, as in ORCA / FedoSSL evaluation. Unseen
+accuracy is then split into locally-unseen (class on >= 2 clients) and
+globally-unseen (class on exactly 1 client) classes under the same matching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+
+def hungarian_map(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return ``m`` with ``m[pred_id] = class`` maximising matched counts."""
+    size = max(num_classes, int(y_pred.max(initial=0)) + 1, int(y_true.max(initial=0)) + 1)
+    counts = np.zeros((size, size), dtype=np.int64)
+    np.add.at(counts, (y_pred, y_true), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    mapping = np.arange(size)
+    mapping[rows] = cols
+    return mapping
+
+
+def cluster_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Accuracy after the best one-to-one relabelling of predictions."""
+    if y_true.size == 0:
+        return float("nan")
+    return float((hungarian_map(y_true, y_pred, num_classes)[y_pred] == y_true).mean())
+
+
+def openworld_accuracy(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    num_classes: int,
+    num_seen: int,
+    local_unseen: Sequence[int] = (),
+    global_unseen: Sequence[int] = (),
+) -> dict[str, float]:
+    """acc_all, acc_seen, acc_unseen, acc_local_unseen, acc_global_unseen and
+    per-class accuracy (``acc_class_<k>``). Unseen entries are NaN without unseen classes."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    seen = y_true < num_seen
+    out = {
+        "acc_all": cluster_accuracy(y_true, y_pred, num_classes)
+        if num_seen < num_classes else float((y_true == y_pred).mean()),
+        "acc_seen": float((y_pred[seen] == y_true[seen]).mean()) if seen.any() else float("nan"),
+        "acc_unseen": float("nan"),
+        "acc_local_unseen": float("nan"),
+        "acc_global_unseen": float("nan"),
+    }
+    correct = (y_pred == y_true).astype(np.float64)
+    if num_seen < num_classes and (~seen).any():
+        mapping = hungarian_map(y_true[~seen], y_pred[~seen], num_classes)
+        correct[~seen] = mapping[y_pred[~seen]] == y_true[~seen]
+        out["acc_unseen"] = float(correct[~seen].mean())
+        for key, classes in (("acc_local_unseen", local_unseen), ("acc_global_unseen", global_unseen)):
+            sel = np.isin(y_true, list(classes))
+            if sel.any():
+                out[key] = float(correct[sel].mean())
+    for k in range(num_classes):
+        sel = y_true == k
+        out[f"acc_class_{k}"] = float(correct[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[np.ndarray, torch.Tensor]:
+    """Logits for a normalised float tensor [N, C, H, W] (evaluation mode)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits = torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return logits.argmax(1).numpy(), logits
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: np.ndarray,
+    num_classes: int,
+    num_seen: int,
+    local_unseen: Sequence[int] = (),
+    global_unseen: Sequence[int] = (),
+) -> dict[str, float]:
+    """Metrics of ``model`` on a held-out split. ``loss`` is cross-entropy on the
+    seen-class samples (cluster ids of unseen classes carry no fixed label)."""
+    y_pred, logits = predict(model, x)
+    y_t = torch.as_tensor(y, dtype=torch.long)
+    seen = y_t < num_seen
+    loss = float(F.cross_entropy(logits[seen], y_t[seen])) if seen.any() else float("nan")
+    return {"loss": loss, **openworld_accuracy(y, y_pred, num_classes, num_seen, local_unseen, global_unseen)}

@@ -1,0 +1,62 @@
+"""Models. ``build_model(name, num_classes)`` returns the module whose
+``state_dict()`` is exactly what a ClientApp exchanges.
+
+Every model exposes ``features(x) -> z`` (the backbone embedding, shape [B, D]) and
+``head(z) -> logits`` ([B, num_classes]); ``forward(x) = head(features(x))``. Open-world
+algorithms (ORCA, FedoSSL) use a cosine-normalised head (``cosine_head=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedssl.models.resnet import ResNet18
+
+
+class NormedLinear(nn.Module):
+    """Cosine-similarity classifier: ``s * <z/|z|, w_k/|w_k|>`` (ORCA, s = 10)."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+        self.scale = scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(z, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+class CNN(nn.Module):
+    """Two 5x5 conv + max-pool blocks and a 128-unit embedding (the TF tutorial CNN
+    that the Fashion-MNIST README lists at 0.916), sized for 28x28 or 32x32 input."""
+
+    feature_dim = 128
+
+    def __init__(self, num_classes: int, in_channels: int = 1, cosine_head: bool = False,
+                 image_size: int = 28) -> None:
+        super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
+        self.backbone = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * side * side, self.feature_dim), nn.ReLU(),
+        )
+        self.head = (NormedLinear if cosine_head else nn.Linear)(self.feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 1,
+                cosine_head: bool = False, image_size: int = 28) -> nn.Module:
+    """Build a fresh model; the same (name, num_classes, ...) gives the same keys."""
+    if name == "cnn":
+        return CNN(num_classes, in_channels, cosine_head, image_size)
+    if name == "resnet18":
+        return ResNet18(num_classes, in_channels, cosine_head)
+    raise ValueError(f"unknown model {name!r}")

@@ -1,0 +1,226 @@
+"""The shared local trainer: one client's round, whatever its algorithm.
+
+It owns what every algorithm shares: seeded sampling of labeled/unlabeled batches,
+weak/strong views, the SGD optimiser, FedProx's proximal term, and the per-client
+EMA teacher with its rule for meeting the new global model:
+
+    gap      = server_round - round the teacher was last updated (>= 1)
+    teacher <- s^gap * teacher + (1 - s^gap) * global        (s = client.teacher_sync)
+    after each step: teacher <- m * teacher + (1 - m) * student   (m = client.ema_decay)
+
+so a teacher that missed several rounds leans more on the fresh global model;
+s = 0 re-initialises it from the global model each round, s = 1 never looks at it.
+Batch-norm buffers are copied from the student, not averaged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedssl.algorithms import ALGORITHMS, Algorithm, Batch, RoundContext
+from fedssl.config import Config
+from fedssl.data.augment import VIEWS, normalize
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any parts, stable across processes and platforms."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class ClientData:
+    """A client's shard as uint8 tensors [N, C, H, W] (labels int64)."""
+
+    x_l: torch.Tensor
+    y_l: torch.Tensor
+    x_u: torch.Tensor
+    y_u: torch.Tensor  # hidden; diagnostics only
+    flip: bool = True
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.y_l) + len(self.y_u)
+
+
+@dataclass
+class TrainResult:
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    payload: dict[str, np.ndarray] = field(default_factory=dict)
+    num_examples: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Sampler:
+    """Endless epochs of seeded permutations over n items."""
+
+    def __init__(self, n: int, gen: torch.Generator) -> None:
+        self.n, self.gen = n, gen
+        self.perm, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def take(self, k: int) -> torch.Tensor:
+        if self.n == 0:
+            return torch.empty(0, dtype=torch.long)
+        out = []
+        while k > 0:
+            if self.pos >= len(self.perm):
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            chunk = self.perm[self.pos:self.pos + k]
+            self.pos += len(chunk)
+            k -= len(chunk)
+            out.append(chunk)
+        return torch.cat(out)
+
+
+def build_algorithm(cfg: Config) -> Algorithm:
+    return ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
+
+
+def num_local_steps(cfg: Config, data: ClientData) -> int:
+    c = cfg.client
+    if c.local_steps > 0:
+        return c.local_steps
+    n = max(len(data.y_l), 1)
+    return max(1, c.local_epochs * math.ceil(n / c.batch_size))
+
+
+def _views(x: torch.Tensor, names: tuple[str, ...], flip: bool, device: torch.device) -> list[torch.Tensor]:
+    return [normalize(VIEWS[v](x, flip)).to(device, non_blocking=True) for v in names]
+
+
+@torch.no_grad()
+def _sync_teacher(teacher: nn.Module, global_state: dict[str, torch.Tensor], s: float) -> None:
+    for k, t in teacher.state_dict().items():
+        g = global_state[k].to(t.device)
+        if t.is_floating_point() and "running_" not in k:
+            t.mul_(s).add_(g, alpha=1 - s)
+        else:
+            t.copy_(g)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student; buffers copied."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+def train_client(
+    model: nn.Module,
+    algorithm: Algorithm,
+    data: ClientData,
+    cfg: Config,
+    *,
+    server_round: int,
+    partition_id: int,
+    state: tuple[int, dict[str, torch.Tensor]] | None,
+    payload: dict[str, np.ndarray] | None = None,
+    proximal_mu: float = 0.0,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train ``model`` (already holding the global weights) for one round in place.
+
+    ``state`` is what :class:`fedssl.state.ClientStateStore` returned for this
+    client (None the first time). Returns the new state to persist, the metrics,
+    the algorithm's payload and the example count used as the FedAvg weight.
+    """
+    t0 = time.perf_counter()
+    device = device or torch.device("cpu")
+    c = cfg.client
+    seed = derive_seed(cfg.run.seed, server_round, partition_id)
+    torch.manual_seed(seed)  # augmentation, dropout
+    gen = torch.Generator().manual_seed(seed)
+
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved = dict(state[1]) if state else {}
+    ctx = RoundContext(server_round=server_round, payload=payload or {}, device=device,
+                       state={k[6:]: v for k, v in saved.items() if k.startswith("algo.")})
+    if algorithm.uses_teacher:
+        teacher = copy.deepcopy(model).eval()
+        teacher_state = {k[8:]: v for k, v in saved.items() if k.startswith("teacher.")}
+        if teacher_state:
+            teacher.load_state_dict(teacher_state)
+            gap = max(1, server_round - state[0])
+            _sync_teacher(teacher, global_state, c.teacher_sync ** gap)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        ctx.teacher = teacher
+
+    steps = num_local_steps(cfg, data)
+    ctx.total_steps = steps
+    model.train()
+    algorithm.begin_round(model, ctx, data)
+    opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
+                          weight_decay=c.weight_decay, nesterov=c.momentum > 0)
+    prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    lab = _Sampler(len(data.y_l), gen)
+    unl = _Sampler(len(data.y_u), gen)
+    sums: dict[str, float] = {}
+    t_data = t_train = 0.0
+    for step in range(steps):
+        ctx.step = step
+        t1 = time.perf_counter()
+        il = lab.take(c.batch_size)
+        batch = Batch(x_l=_views(data.x_l[il], algorithm.labeled_views, data.flip, device),
+                      y_l=data.y_l[il].to(device), x_u=[])
+        if algorithm.uses_unlabeled and len(data.y_u):
+            iu = unl.take(c.batch_size * c.uratio)
+            batch.x_u = _views(data.x_u[iu], algorithm.unlabeled_views, data.flip, device)
+            batch.y_u = data.y_u[iu].to(device)
+        t2 = time.perf_counter()
+        if batch.y_l.numel() == 0 and not batch.x_u:
+            break  # nothing to learn from on this client
+        loss, metrics = algorithm.loss(model, batch, ctx)
+        if prox_ref is not None:
+            loss = loss + proximal_mu / 2 * sum(
+                (p - r).pow(2).sum() for p, r in zip(model.parameters(), prox_ref))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ctx.teacher is not None:
+            ema_update(ctx.teacher, model, c.ema_decay)
+        t_data += t2 - t1
+        t_train += time.perf_counter() - t2
+        metrics["loss"] = loss.item()
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + (v.item() if isinstance(v, torch.Tensor) else float(v))
+    out_payload = algorithm.end_round(model, ctx, data)
+
+    new_state = {f"algo.{k}": v for k, v in ctx.state.items()}
+    if ctx.teacher is not None:
+        new_state.update({f"teacher.{k}": v for k, v in ctx.teacher.state_dict().items()})
+    metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+    num_examples = len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0)
+    timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
+    return TrainResult(new_state, metrics, out_payload, max(num_examples, 1), timings)
+
+
+def client_data(x: np.ndarray, y: np.ndarray, labeled: np.ndarray, unlabeled: np.ndarray) -> ClientData:
+    """Gather a shard from NHWC uint8 arrays into NCHW tensors."""
+    def nchw(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2)))
+
+    return ClientData(nchw(labeled), torch.from_numpy(y[labeled].astype(np.int64)),
+                      nchw(unlabeled), torch.from_numpy(y[unlabeled].astype(np.int64)))
+
+
+def model_kwargs(cfg: Config, splits: Any) -> dict[str, Any]:
+    """build_model keyword arguments for this config's dataset and algorithm."""
+    return {
+        "num_classes": cfg.num_classes,
+        "in_channels": splits.train_x.shape[-1],
+        "image_size": splits.train_x.shape[1],
+        "cosine_head": ALGORITHMS[cfg.client.algorithm].open_world,
+    }

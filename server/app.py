@@ -1,0 +1,27 @@
+"""fedssl ServerApp: builds the strategy from the config and runs the round loop
+(central evaluation, metrics.csv / summary.json / config.toml, checkpoints)."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from client.runtime import config_from_context
+from fedssl.config import Config
+from server.loop import ServerRunner
+
+
+def make_server_app(cfg: Config | None = None, resume: bool = False, quiet: bool = False) -> ServerApp:
+    """A ServerApp bound to ``cfg`` (``fedssl run``) or reading the run config
+    (``flwr run``) when ``cfg`` is None."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_cfg = cfg or config_from_context(context)
+        ServerRunner(grid, run_cfg, resume=resume, quiet=quiet).run()
+
+    return app
+
+
+app = make_server_app()

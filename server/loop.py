@@ -1,0 +1,228 @@
+"""The server's round loop: sample, send, validate, aggregate, evaluate, checkpoint.
+
+It replaces ``Strategy.start`` so that fedssl can pack virtual clients into
+messages, validate each client's update before aggregation, evaluate centrally on
+the held-out test split, and checkpoint/resume exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fedssl import runlog
+from fedssl.config import Config, ConfigError
+from fedssl.data import load_dataset, make_partition
+from fedssl.data.augment import normalize
+from fedssl.metrics import evaluate
+from fedssl.models import build_model
+from fedssl.sampling import auto_clients_per_node, pack, sample_clients
+from fedssl.state import ClientStateStore
+from fedssl.training import derive_seed, model_kwargs
+from strategies import build_strategy
+from strategies.base import FedSSLStrategy, iter_updates, to_arrayrecord
+from strategies.validation import check_update
+
+log = logging.getLogger("fedssl")
+
+
+class ServerRunner:
+    def __init__(self, grid: Grid, cfg: Config, resume: bool = False, quiet: bool = False) -> None:
+        self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
+        self.out = Path(cfg.run.out_dir)
+        self.console = Console(stderr=True, quiet=quiet)
+        splits = load_dataset(cfg.data, cfg.run.seed)
+        self.partition = make_partition(splits.train_y, cfg.data, splits.num_classes, cfg.run.seed)
+        self.sizes = [len(s.labeled) + len(s.unlabeled) for s in self.partition.shards]
+        self.test_x = normalize(torch.from_numpy(np.ascontiguousarray(splits.test_x.transpose(0, 3, 1, 2))))
+        self.test_y = splits.test_y
+        torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+        self.model = build_model(cfg.model.name, **model_kwargs(cfg, splits))
+        self.strategy: FedSSLStrategy = build_strategy(cfg)
+
+    # ------------------------------------------------------------------------------
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        p = self.partition
+        return evaluate(self.model, self.test_x, self.test_y, self.cfg.num_classes, p.num_seen,
+                        p.local_unseen, p.global_unseen)
+
+    def _node_ids(self) -> list[int]:
+        deadline = time.time() + self.cfg.federation.round_timeout
+        while True:
+            ids = sorted(self.grid.get_node_ids())
+            if ids or time.time() > deadline:
+                return ids
+            time.sleep(0.5)
+
+    def run(self) -> dict[str, Any]:
+        cfg, out = self.cfg, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        runlog.write_atomic(out / "config.toml", cfg.to_toml())
+        arrays = ArrayRecord(self.model.state_dict())
+        rows: list[dict[str, Any]] = []
+        start_round, wall_offset, best_loss = 1, 0.0, math.inf
+        last_ckpt = 0
+        if self.resume:
+            ckpt = runlog.load_checkpoint(out)
+            if ckpt is not None:
+                arrays = to_arrayrecord(ckpt["arrays"])
+                self.strategy.load_state_dict(ckpt["strategy"])
+                rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
+                start_round, wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
+                best_loss, last_ckpt = ckpt["best_loss"], ckpt["round"]
+                torch.set_rng_state(ckpt["torch_rng"])
+                np.random.set_state(ckpt["numpy_rng"])
+                self._drop_client_state_after(ckpt["round"])
+                log.info("resuming %s after round %d", out, ckpt["round"])
+        global_np = {k: arrays[k].numpy() for k in arrays}
+        status, t_start = "ok", time.time()
+        rounds = cfg.federation.rounds
+        progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
+                            TextColumn("{task.description}"), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=self.console, transient=False)
+        with progress:
+            task = progress.add_task("", total=rounds, completed=start_round - 1)
+            for rnd in range(start_round, rounds + 1):
+                t_round = time.time()
+                arrays, info = self._round(rnd, arrays, global_np, last_ckpt)
+                global_np = {k: arrays[k].numpy() for k in arrays}
+                row: dict[str, Any] = {"round": rnd, **info}
+                if rnd % cfg.run.eval_every == 0 or rnd == rounds:
+                    row.update(self.evaluate(rnd, arrays))
+                    row["wall_s"] = wall_offset + time.time() - t_start
+                    row["round_s"] = time.time() - t_round
+                    rows.append(row)
+                    runlog.write_metrics(out, rows)
+                    loss = row["loss"]
+                    if not math.isfinite(loss) or (math.isfinite(best_loss) and loss > cfg.server.divergence_factor * max(best_loss, 1e-3)):
+                        status = "diverged"
+                        row["status"] = status
+                        runlog.write_metrics(out, rows)
+                        log.warning("round %d: global loss %s diverged (best %.4g); stopping "
+                                    "cleanly, the last good checkpoint is kept", rnd, loss, best_loss)
+                        self.console.print(f"[red]stopped: global model diverged at round {rnd} "
+                                           f"(loss {loss}); last good checkpoint: round {last_ckpt}")
+                        break
+                    best_loss = min(best_loss, loss)
+                    progress.update(task, description=f"acc {row['acc_all']:.4f}  loss {loss:.4f}")
+                progress.advance(task)
+                if cfg.run.checkpoint_every and (rnd % cfg.run.checkpoint_every == 0 or rnd == rounds):
+                    runlog.save_checkpoint(out, {
+                        "round": rnd, "arrays": global_np, "strategy": self.strategy.state_dict(),
+                        "rows": rows, "wall_s": wall_offset + time.time() - t_start,
+                        "best_loss": best_loss, "torch_rng": torch.get_rng_state(),
+                        "numpy_rng": np.random.get_state(), "client_state": str(self.state_dir),
+                    })
+                    last_ckpt = rnd
+        final = rows[-1] if rows else {}
+        summary = {
+            "status": status,
+            "final": {k: v for k, v in final.items() if not k.startswith("acc_class_")},
+            "per_class_accuracy": {str(k): final.get(f"acc_class_{k}") for k in range(cfg.num_classes)},
+            "seen_classes": list(range(self.partition.num_seen)),
+            "local_unseen_classes": list(self.partition.local_unseen),
+            "global_unseen_classes": list(self.partition.global_unseen),
+            "rounds_completed": final.get("round", 0),
+            "elapsed_s": wall_offset + time.time() - t_start,
+            "config": cfg.to_dict(),
+        }
+        runlog.write_json(out / "summary.json", summary)
+        return summary
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out / "client_state"
+
+    def _drop_client_state_after(self, server_round: int) -> None:
+        for p in self.state_dir.glob("client_*.r*.safetensors"):
+            if int(p.name.split(".r")[1].split(".")[0]) > server_round:
+                p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------
+    def _round(self, rnd: int, arrays: ArrayRecord, global_np: dict[str, np.ndarray],
+               keep_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
+        cfg, f = self.cfg, self.cfg.federation
+        pids = sample_clients(cfg.data.num_clients, f.fraction_train, f.min_clients, cfg.run.seed, rnd)
+        node_ids = self._node_ids()
+        if not node_ids:
+            raise ConfigError("no client nodes connected")
+        parallelism = max(1, min(len(node_ids), int((_cpus() or 1) / f.num_cpus)))
+        cpn = f.clients_per_node or auto_clients_per_node(len(pids), parallelism)
+        groups = pack(pids, cpn, len(node_ids))
+        msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids[:len(groups)],
+                                            {"fedssl.keep-round": keep_round})
+        group_of = {m.metadata.dst_node_id: g for m, g in zip(msgs, groups)}
+        t0 = time.time()
+        replies = list(self.grid.send_and_receive(msgs, timeout=f.round_timeout))
+        t_send = time.time() - t0
+        accepted, payloads, rejected, failed = [], [], 0, 0
+        timing: dict[str, float] = {}
+        train_metrics: dict[str, list[float]] = {}
+        answered = set()
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            group = group_of.get(node, [])
+            if reply.has_error():
+                failed += len(group)
+                log.warning("round %d: node %d (clients %s) failed: %s", rnd, node, group,
+                            reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "")
+                continue
+            try:
+                updates = list(iter_updates(reply))
+            except Exception as e:  # garbage reply
+                rejected += len(group)
+                log.warning("round %d: node %d sent a malformed reply: %s", rnd, node, e)
+                continue
+            for pid, content in updates:
+                if pid is None or not 0 <= pid < len(self.sizes):
+                    rejected += 1
+                    log.warning("round %d: node %d: update without a valid partition-id rejected", rnd, node)
+                    continue
+                reason = check_update(content, global_np, self.sizes[pid], cfg.server.max_update_norm)
+                if reason:
+                    rejected += 1
+                    log.warning("round %d: node %d client %d: update rejected: %s", rnd, node, pid, reason)
+                    continue
+                accepted.append((pid, content))
+                m = content["metrics"]
+                for k, v in m.items():
+                    if k.startswith("t_"):
+                        timing[k] = timing.get(k, 0.0) + float(v)
+                    elif k.startswith("train_"):
+                        train_metrics.setdefault(k, []).append(float(v))
+                if "payload" in content:
+                    payloads.append((pid, {k: content["payload"][k].numpy() for k in content["payload"]}))
+        for node, group in group_of.items():
+            if node not in answered:
+                failed += len(group)
+                log.warning("round %d: node %d (clients %s) did not reply within %.0f s; "
+                            "dropped from this round", rnd, node, group, f.round_timeout)
+        info: dict[str, Any] = {"clients": len(accepted), "rejected_updates": rejected,
+                                "failed_clients": failed, "messages": len(msgs), "t_round_trip_s": t_send}
+        info.update({k: float(np.mean(v)) for k, v in train_metrics.items()})
+        info.update({k: v / max(1, len(accepted)) for k, v in timing.items()})
+        new_arrays = self.strategy.aggregate(rnd, accepted, global_np) if accepted else None
+        if new_arrays is None:
+            info["status"] = "no_update"
+            log.warning("round %d: no acceptable update; the global model is unchanged", rnd)
+            return arrays, info
+        self.strategy.absorb_payloads(rnd, payloads)
+        return new_arrays, info
+
+
+def _cpus() -> float:
+    import os
+
+    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
