@@ -185,6 +185,11 @@ def _coerce(key: str, value: Any, typ: type, source: str) -> Any:
             raise ConfigError(
                 f"{key}{where}: expected {typ.__name__}, got {value!r}"
             ) from None
+    if typ is str and isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"{key}{where}: badly quoted string {value!r}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is str and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -146,7 +146,7 @@ def train_client(
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved = dict(state[1]) if state else {}
     ctx = RoundContext(server_round=server_round, payload=payload or {}, device=device,
-                       state={k[6:]: v for k, v in saved.items() if k.startswith("algo.")})
+                       state={k[5:]: v for k, v in saved.items() if k.startswith("algo.")})
     if algorithm.uses_teacher:
         teacher = copy.deepcopy(model).eval()
         teacher_state = {k[8:]: v for k, v in saved.items() if k.startswith("teacher.")}

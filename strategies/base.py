@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (DEFAULT_TTL, Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata,
+                      MetricRecord, RecordDict)
 
 from fedssl.config import Config
 
@@ -84,7 +85,7 @@ class FedSSLStrategy:
             n = int(content["metrics"]["num-examples"])
             rd = RecordDict({"arrays": content["arrays"],
                              "metrics": MetricRecord({"num-examples": n})})
-            replies.append(Message(content=rd, dst_node_id=pid, message_type=MessageType.TRAIN))
+            replies.append(Message(content=rd, metadata=_reply_metadata(pid, server_round)))
         if not replies:
             return None
         arrays, _ = self.aggregate_train(server_round, replies)
@@ -119,6 +120,15 @@ def _from_plain(v: Any) -> Any:
     return v
 
 
+def _reply_metadata(pid: int, server_round: int) -> Metadata:
+    """Metadata for an update re-wrapped on the server only to call Flower's
+    ``aggregate_train``. Given explicitly because ``Message(dst_node_id=...)`` reads the
+    process's Flower run identity, which exists only inside a running ServerApp."""
+    return Metadata(run_id=0, message_id="", src_node_id=pid, dst_node_id=0, reply_to_message_id="",
+                    group_id=str(server_round), created_at=0.0, ttl=DEFAULT_TTL,
+                    message_type=MessageType.TRAIN)
+
+
 def iter_updates(reply: Message) -> Iterable[tuple[int | None, RecordDict]]:
     """Unpack a reply into (partition id, {'arrays', 'metrics', 'payload'?}) per
     virtual client. A reply without packed keys is one update whose partition id
@@ -140,5 +150,7 @@ def iter_updates(reply: Message) -> Iterable[tuple[int | None, RecordDict]]:
 
 
 def to_arrayrecord(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    """ArrayRecord from named numpy arrays (order kept)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """ArrayRecord from named numpy arrays (order kept). ``np.asarray(order="C")``, not
+    ``np.ascontiguousarray``, which turns 0-d arrays (BatchNorm's num_batches_tracked)
+    into shape (1,)."""
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})

@@ -1,0 +1,168 @@
+"""FedoSSL (Zhang, Ma, Guo, Xu, ICML 2023): ORCA plus global cluster guidance and an
+uncertainty-aware suppressed loss against the bias toward locally unseen classes.
+
+    L = L_ORCA + lambda_s * L_sup                     every round once N_k is known
+               + 0.5 * L_cluster                      from client.warmup_rounds on
+               + lambda_u * L_pl                      from client.pseudo_label_round on
+
+with the global centroids C [K, D] the server sent (slot c < num_seen = seen class c):
+
+- ``L_cluster``: with soft assignments ``a(z) = softmax(z_hat C^T / T)``
+  (``T = client.cluster_temperature``), the cross-entropy between sample i's view-1
+  assignment and its ORCA positive's view-2 assignment, ``-sum_k a1_ik log a2_pos(i),k``;
+- ``L_pl``: cross-entropy of the classifier on unlabeled samples whose top
+  assignment is at least ``client.threshold``, with that centroid as the pseudo-label;
+- ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p)``, with
+  ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.suppress_beta``) and N_k the
+  number of this client's unlabeled samples its model predicted as class k at the end
+  of its previous round (kept in the client state), so uncertainty about the classes
+  this client predicts most is penalised most. It starts once N_k exists, i.e. from
+  the client's second round.
+
+Without global centroids (round 1, or a stock FedAvg server) the centroid terms are
+skipped. The unseen slots' order is whatever the server's clustering gave; the
+classifier's unseen outputs have their own arbitrary order, so pseudo-labels use
+the Hungarian matching of unseen centroids to the head's unseen weight vectors, and
+the pseudo-label term refines the head's clusters instead of relabelling them.
+
+After training the client sends ``local_centroids`` [client.local_centroids, D]
+(balanced k-means of the normalised features of up to ``client.memory_size``
+unlabeled samples, un-augmented, under the trained local model), ``class_means``
+[num_seen, D] (mean normalised labeled feature per seen class; zero rows for absent
+classes) and ``class_counts`` [num_seen].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedssl.algorithms import register
+from fedssl.algorithms.base import Batch, RoundContext
+from fedssl.algorithms.orca import ORCA
+from fedssl.data.augment import normalize
+from fedssl.openworld import balanced_kmeans, match_to_prototypes, suppression_weights
+
+
+@register("fedossl")
+class FedoSSL(ORCA):
+    cluster_weight = 0.5  # the reference code's weight of L_cluster
+    kmeans_iters = 5
+
+    # Per-round scratch, set in begin_round. One algorithm object serves the clients
+    # of a process one after another, so nothing here outlives a client's round.
+    _centroids: torch.Tensor | None = None  # [K, D], unit norm
+    _slot_to_class: torch.Tensor | None = None  # [K] pseudo-label of each slot
+    _class_weight: torch.Tensor | None = None  # [K] w_k, None before N_k exists
+
+    def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
+        super().begin_round(model, ctx, data)
+        self._centroids = self._slot_to_class = self._class_weight = None
+        c = self._received_centroids(model, ctx)
+        if c is not None:
+            self._centroids = c
+            self._slot_to_class = self._pseudo_label_ids(model, c)
+        if "pred_counts" in ctx.state:
+            self._class_weight = suppression_weights(ctx.state["pred_counts"],
+                                                     self.cfg.suppress_beta).to(ctx.device)
+
+    def _received_centroids(self, model: nn.Module, ctx: RoundContext) -> torch.Tensor | None:
+        """The server's centroids as a unit-norm tensor, or None if absent or unusable."""
+        c = ctx.payload.get("global_centroids")
+        if c is None:
+            return None
+        c = np.asarray(c)
+        dim = model.head.weight.shape[0]
+        if c.ndim != 2 or c.shape != (self.num_classes, dim) or not np.isfinite(c).all():
+            return None
+        return F.normalize(torch.as_tensor(c, dtype=torch.float32), dim=1).to(ctx.device)
+
+    def _pseudo_label_ids(self, model: nn.Module, centroids: torch.Tensor) -> torch.Tensor:
+        """Seen slots keep their class; unseen slots map to the head's unseen outputs."""
+        s = self.num_seen
+        ids = torch.arange(self.num_classes, device=centroids.device)
+        if s < self.num_classes:
+            prototypes = model.head.weight.detach().T[s:]  # [K - S, D]
+            ids[s:] = s + match_to_prototypes(centroids[s:], prototypes).to(ids.device)
+        return ids
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        v = self.forward_views(model, batch)
+        t = self.orca_terms(model, v, batch, ctx)
+        total = t["loss_x"] + t["loss_pair"] - t["entropy"]
+        metrics: dict[str, float] = {"margin": self.margin(ctx)}
+
+        p_u = v.p1[v.n_l:]
+        if self._class_weight is not None and len(p_u):
+            max_p, y_hat = p_u.max(dim=1)
+            t["loss_sup"] = (self._class_weight[y_hat] * (1 - max_p)).mean()
+            total = total + self.cfg.lambda_suppress * t["loss_sup"]
+
+        if self._centroids is not None and ctx.server_round >= self.cfg.warmup_rounds:
+            temp = self.cfg.cluster_temperature
+            a1 = torch.softmax(F.normalize(v.z1, dim=1) @ self._centroids.T / temp, dim=1)
+            log_a2 = torch.log_softmax(F.normalize(v.z2, dim=1) @ self._centroids.T / temp, dim=1)
+            t["loss_cluster"] = -(a1 * log_a2[v.pos]).sum(dim=1).mean()
+            total = total + self.cluster_weight * t["loss_cluster"]
+
+            if ctx.server_round >= self.cfg.pseudo_label_round and len(p_u):
+                conf, slot = a1[v.n_l:].detach().max(dim=1)
+                mask = conf >= self.cfg.threshold
+                pseudo_label = self._slot_to_class[slot]
+                t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
+                                if mask.any() else v.logits1.sum() * 0.0)
+                total = total + self.cfg.lambda_u * t["loss_pl"]
+                metrics["mask"] = float(mask.float().mean())
+        metrics.update({k: float(x.detach()) for k, x in t.items()})
+        return total, metrics
+
+    # -- after training ----------------------------------------------------------
+    @torch.no_grad()
+    def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict[str, np.ndarray]:
+        was_training = model.training
+        model.eval()
+        try:
+            x_mem = data.x_u if len(data.y_u) else data.x_l  # a client without unlabeled data
+            idx = torch.randperm(len(x_mem))[: self.cfg.memory_size]
+            z_mem, logits_mem = self._embed(model, x_mem[idx], ctx.device)
+            z_lab, _ = self._embed(model, data.x_l, ctx.device)
+        finally:
+            model.train(was_training)
+        if len(data.y_u):
+            ctx.state["pred_counts"] = torch.bincount(
+                logits_mem.argmax(dim=1), minlength=self.num_classes).float()
+        if len(z_mem) == 0:
+            return {}
+
+        k = min(self.cfg.local_centroids, len(z_mem))
+        seed = int(torch.randint(2**62, (1,)))  # from the trainer-seeded global RNG
+        local_centroids, _ = balanced_kmeans(z_mem, k, iters=self.kmeans_iters, seed=seed)
+
+        y_l = data.y_l.long()
+        seen = y_l < self.num_seen
+        counts = torch.bincount(y_l[seen], minlength=self.num_seen).float()
+        sums = torch.zeros(self.num_seen, z_lab.shape[1]).index_add_(0, y_l[seen], z_lab[seen])
+        class_means = sums / counts.clamp_min(1)[:, None]
+        return {
+            "local_centroids": local_centroids.numpy().astype(np.float32),
+            "class_means": class_means.numpy().astype(np.float32),
+            "class_counts": counts.numpy().astype(np.float32),
+        }
+
+    @staticmethod
+    def _embed(model: nn.Module, x_uint8: torch.Tensor, device: torch.device,
+               batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised features [N, D], logits [N, K]) on CPU, un-augmented."""
+        zs, ls = [], []
+        for i in range(0, len(x_uint8), batch_size):
+            z = model.features(normalize(x_uint8[i:i + batch_size]).to(device))
+            zs.append(F.normalize(z, dim=1).cpu())
+            ls.append(model.head(z).cpu())
+        if not zs:
+            dim = model.head.weight.shape[0]
+            return torch.zeros(0, dim), torch.zeros(0, 0)
+        return torch.cat(zs), torch.cat(ls)

@@ -1,0 +1,91 @@
+"""ORCA (Cao, Brbic, Leskovec, ICLR 2022): open-world semi-supervised learning.
+
+    L = CE_m(f(x_l), y) + L_pair - H( mean_b p_b )
+
+- ``CE_m``: cross-entropy on labeled samples with an uncertainty-adaptive margin
+  ``m = -min(u, 0.5)`` on the true class's cosine, where ``u`` is the mean
+  uncertainty ``1 - max p`` of the model on the client's unlabeled data;
+- ``L_pair``: each sample of view 1 should agree, ``BCE(<p_i, p'_pos(i)>, 1)``, with
+  a positive partner in view 2: for a labeled sample a random other sample of its
+  class, for an unlabeled one its nearest neighbour (cosine, in feature space);
+- ``H``: entropy of the batch-mean prediction, maximised so unlabeled samples spread
+  over all K classes (seen and unseen) instead of collapsing.
+
+The model has one cosine-head output per class (``NormedLinear``, scale 10).
+ORCA recomputes ``u`` once per epoch; here it is recomputed once per round, in
+:meth:`ORCA.begin_round`, on a random sample of the client's unlabeled data
+(up to ``uncertainty_samples``, un-augmented) with the global model it starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedssl.algorithms import register
+from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.data.augment import normalize
+from fedssl.metrics import predict
+from fedssl.openworld import (adaptive_margin, entropy_of_mean, margin_cross_entropy,
+                              mean_uncertainty, pairwise_bce, pairwise_positives)
+
+
+@dataclass
+class TwoViews:
+    """One forward pass over the joint batch [labeled; unlabeled] in both views."""
+
+    z1: torch.Tensor  # features of view 1 [N, D]
+    z2: torch.Tensor  # features of view 2 [N, D]
+    logits1: torch.Tensor  # [N, K]
+    p1: torch.Tensor  # softmax of view 1 [N, K]
+    p2: torch.Tensor  # softmax of view 2 [N, K]
+    n_l: int  # the first n_l rows are labeled
+    pos: torch.Tensor  # positive partner of each row [N]
+
+
+@register("orca")
+class ORCA(Algorithm):
+    open_world = True
+    labeled_views = ("weak", "weak")
+    unlabeled_views = ("weak", "weak")
+    uncertainty_samples = 512
+    margin_cap = 0.5
+
+    def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
+        n = len(data.y_u)
+        if n:
+            idx = torch.randperm(n)[: self.uncertainty_samples]
+            _, logits = predict(model, normalize(data.x_u[idx]))
+            ctx.state["uncertainty"] = torch.tensor(mean_uncertainty(torch.softmax(logits, dim=1)))
+        else:
+            ctx.state["uncertainty"] = torch.tensor(0.0)
+
+    def margin(self, ctx: RoundContext) -> float:
+        return adaptive_margin(float(ctx.state.get("uncertainty", 0.0)), self.margin_cap)
+
+    def forward_views(self, model: nn.Module, batch: Batch) -> TwoViews:
+        x1 = torch.cat([batch.x_l[0], *batch.x_u[:1]])
+        x2 = torch.cat([batch.x_l[1], *batch.x_u[1:2]])
+        z1, z2 = model.features(x1), model.features(x2)
+        logits1 = model.head(z1)
+        return TwoViews(z1, z2, logits1, torch.softmax(logits1, dim=1),
+                        torch.softmax(model.head(z2), dim=1), batch.y_l.numel(),
+                        pairwise_positives(z1.detach(), batch.y_l))
+
+    def orca_terms(self, model: nn.Module, v: TwoViews, batch: Batch,
+                   ctx: RoundContext) -> dict[str, torch.Tensor]:
+        scale = float(getattr(model.head, "scale", 1.0))
+        return {
+            "loss_x": margin_cross_entropy(v.logits1[:v.n_l], batch.y_l, self.margin(ctx), scale),
+            "loss_pair": pairwise_bce(v.p1, v.p2[v.pos]),
+            "entropy": entropy_of_mean(v.p1),
+        }
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        v = self.forward_views(model, batch)
+        t = self.orca_terms(model, v, batch, ctx)
+        total = t["loss_x"] + t["loss_pair"] - t["entropy"]
+        return total, {**{k: float(x.detach()) for k, x in t.items()}, "margin": self.margin(ctx)}

@@ -1,0 +1,58 @@
+"""Shared test helpers: the CLI as a user runs it, and tiny real experiments."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+os.environ.setdefault("FEDSSL_NO_DOWNLOAD", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def tiny(out: Path | str, **extra: object) -> dict[str, object]:
+    """Overrides for a seconds-long real experiment on synthetic data."""
+    base = {
+        "data.dataset": "synthetic", "data.num_clients": 4, "data.partition": "iid",
+        "data.labeled_ratio": 0.1, "data.max_train_samples": 1200, "data.max_test_samples": 400,
+        "federation.rounds": 2, "client.local_steps": 4, "client.batch_size": 16,
+        "client.uratio": 2, "run.out_dir": str(out),
+    }
+    base.update(extra)
+    return base
+
+
+def as_set_flags(overrides: dict[str, object]) -> list[str]:
+    flags = []
+    for k, v in overrides.items():
+        flags += ["--set", f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"]
+    return flags
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedssl.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_bad_input(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 2, exactly one line `error: ...` on stderr naming the bad thing, no traceback."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], err[-2000:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture
+def fmnist() -> Path:
+    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    return FMNIST
