@@ -42,33 +42,49 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
     global_state = msg.content["arrays"].to_torch_state_dict()
     t_deser = time.perf_counter() - t0
     reply = RecordDict()
+    failed: list[int] = []
     for pid in pids:
-        t1 = time.perf_counter()
-        rt.model.load_state_dict(global_state)
-        state = rt.store.load(pid, before_round=server_round)
-        t2 = time.perf_counter()
-        result = rt.train(pid, server_round, state, payload_in, proximal_mu)
-        t3 = time.perf_counter()
-        rt.store.save(pid, server_round, result.state, keep_round)
-        arrays = ArrayRecord(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
-        t4 = time.perf_counter()
-        metrics: dict[str, Any] = {
-            "num-examples": int(result.num_examples),
-            "partition-id": pid,
-            **{k: float(v) for k, v in result.metrics.items()},
-            "t_state_s": (t2 - t1) + (t4 - t3),
-            "t_data_s": result.timings["data_s"],
-            "t_train_s": result.timings["train_s"],
-            "t_deser_s": t_deser / len(pids),
-        }
-        records = {"arrays": arrays, "metrics": MetricRecord(metrics)}
-        if want_payload and result.payload:
-            records[PAYLOAD] = to_arrayrecord(result.payload)
-        for name, rec in records.items():
-            reply[packed_key(name, pid) if packed else name] = rec
+        try:
+            _train_one(rt, cfg, pid, server_round, global_state, payload_in, proximal_mu,
+                       want_payload, keep_round, packed, t_deser / len(pids), reply)
+        except Exception as e:
+            if not packed:
+                raise  # Flower turns it into an error reply for this node
+            # One bad virtual client must not take its pack-mates down with it.
+            log.error("client %d failed in round %d: %s", pid, server_round, e)
+            failed.append(pid)
     if packed:
-        reply["metrics"] = MetricRecord({PIDS_KEY: pids, "num-examples": 0})
+        ok = [p for p in pids if p not in failed]
+        reply["metrics"] = MetricRecord({PIDS_KEY: ok, "fedssl.failed": failed, "num-examples": 0})
     return Message(reply, reply_to=msg)
+
+
+def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, global_state: dict,
+               payload_in: dict, proximal_mu: float, want_payload: bool, keep_round: int,
+               packed: bool, t_deser: float, reply: RecordDict) -> None:
+    t1 = time.perf_counter()
+    rt.model.load_state_dict(global_state)
+    state = rt.store.load(pid, before_round=server_round)
+    t2 = time.perf_counter()
+    result = rt.train(pid, server_round, state, payload_in, proximal_mu)
+    t3 = time.perf_counter()
+    rt.store.save(pid, server_round, result.state, keep_round)
+    arrays = ArrayRecord(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
+    t4 = time.perf_counter()
+    metrics: dict[str, Any] = {
+        "num-examples": int(result.num_examples),
+        "partition-id": pid,
+        **{k: float(v) for k, v in result.metrics.items()},
+        "t_state_s": (t2 - t1) + (t4 - t3),
+        "t_data_s": result.timings["data_s"],
+        "t_train_s": result.timings["train_s"],
+        "t_deser_s": t_deser,
+    }
+    records = {"arrays": arrays, "metrics": MetricRecord(metrics)}
+    if want_payload and result.payload:
+        records[PAYLOAD] = to_arrayrecord(result.payload)
+    for name, rec in records.items():
+        reply[packed_key(name, pid) if packed else name] = rec
 
 
 def _evaluate(msg: Message, context: Context, cfg: Config | None) -> Message:

@@ -269,6 +269,7 @@ def last_error(stderr: str, code: int) -> str:
     """The most telling line of a failed child's stderr (plus the signal, if killed)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     pick = next((ln for ln in reversed(lines) if _ERR_LINE.match(ln)), lines[-1] if lines else "")
+    pick = pick.removeprefix("error: ")
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -463,6 +464,7 @@ class BenchRunner:
                         progress.console.print(f"[green]✓[/] {escape(cell.id)}: {rec['status']} {acc_s} "
                                                f"({rec['cell_s']:.0f} s)", highlight=False)
                 progress.update(current, visible=False)
+                progress.update(total, eta="")
         except KeyboardInterrupt:
             interrupted = 1
         finally:
@@ -481,6 +483,7 @@ class BenchRunner:
 
     def _finish(self, interrupted: bool) -> int:
         from rich.markdown import Markdown
+        from rich.markup import escape
 
         files = report.render_bench(self.out)
         states = {c.id: cell_state(self.grid, c) for c in self.grid.cells}
@@ -493,11 +496,12 @@ class BenchRunner:
         again = f"fedssl bench --grid {self.grid.path} --out {self.out}"
         if interrupted:
             self.console.print(f"[yellow]interrupted: {n_done} of {len(self.grid.cells)} cells are done "
-                               f"and kept; resume with: {again}[/]", highlight=False)
+                               f"and kept; resume with: {escape(again)}[/]", highlight=False)
             return EXIT_INTERRUPTED
         if n_failed:
-            self.console.print(f"[red]{n_failed} cell(s) failed (errors in {files['results']}, logs in "
-                               f"{report.logs_dir(self.out)}); fix and run again to retry them: {again}[/]",
+            self.console.print(f"[red]{n_failed} cell(s) failed (errors in {escape(str(files['results']))}, "
+                               f"logs in {escape(str(report.logs_dir(self.out)))}); fix and run again "
+                               f"(without --skip-failed) to retry them: {escape(again)}[/]",
                                highlight=False)
             return EXIT_FAILED_CELLS
         return 0

@@ -53,7 +53,7 @@ class FederationConfig:
 class ClientConfig:
     algorithm: str = "fixmatch"
     local_epochs: int = 1
-    local_steps: int = 20  # fixed steps per round; overrides epochs when > 0
+    local_steps: int = 0  # fixed steps per round; overrides epochs when > 0
     batch_size: int = 32
     lr: float = 0.03
     momentum: float = 0.9
@@ -105,7 +105,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class FaultsConfig:
-    mode: str = "none"  # none | crash | hang | nan | shape | scale
+    mode: str = "none"  # none | crash | hang | nan | shape | scale, or one per client: "crash,nan"
     clients: str = ""  # comma-separated partition ids, e.g. "0,3"
     rate: float = 1.0  # probability per (round, client), deterministic from seed
     scale: float = 100.0
@@ -342,13 +342,16 @@ def validate(cfg: Config) -> None:
     _require(r.eval_every >= 1, f"run.eval_every must be >= 1, got {r.eval_every}")
     _require(r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0")
     _require(bool(r.out_dir), "run.out_dir must not be empty")
-    _require(cfg.faults.mode in FAULT_MODES, f"faults.mode: unknown mode "
+    modes = cfg.faults.mode.replace(" ", "").split(",")
+    _require(all(m in FAULT_MODES for m in modes), f"faults.mode: unknown mode "
              f"{cfg.faults.mode!r} (choose from {', '.join(FAULT_MODES)})")
     try:
         ids = fault_clients(cfg)
     except ValueError:
         raise ConfigError(f"faults.clients: expected comma-separated ids, got "
                           f"{cfg.faults.clients!r}") from None
+    _require(len(modes) == 1 or len(modes) == len(ids), f"faults.mode lists {len(modes)} modes "
+             f"but faults.clients lists {len(ids)} clients")
     _require(all(0 <= i < d.num_clients for i in ids),
              f"faults.clients: ids must be in [0, {d.num_clients}), got {cfg.faults.clients!r}")
     if ALGORITHMS[c.algorithm].open_world:

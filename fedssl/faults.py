@@ -8,6 +8,9 @@ A client listed in ``faults.clients`` misbehaves in a round with probability
 - nan:   reply with NaN weights;
 - shape: reply with the first weight tensor's last row dropped;
 - scale: reply with global + faults.scale * (local - global).
+
+``faults.mode`` is one mode for all listed clients, or a comma-separated list with
+one mode per id in ``faults.clients`` (e.g. mode = "crash,shape", clients = "0,3").
 """
 
 from __future__ import annotations
@@ -25,19 +28,23 @@ class InjectedCrash(RuntimeError):
     pass
 
 
-def is_faulty(cfg: Config, partition_id: int, server_round: int) -> bool:
+def fault_mode(cfg: Config, partition_id: int, server_round: int) -> str:
+    """The fault this client injects this round ("none" if it behaves)."""
     f = cfg.faults
-    if f.mode == "none" or partition_id not in fault_clients(cfg):
-        return False
+    ids = fault_clients(cfg)
+    if f.mode == "none" or partition_id not in ids:
+        return "none"
+    modes = f.mode.split(",")
+    mode = modes[ids.index(partition_id)] if len(modes) > 1 else modes[0]
     u = np.random.default_rng(derive_seed(f.seed, "fault", server_round, partition_id)).random()
-    return bool(u < f.rate)
+    return mode if u < f.rate else "none"
 
 
 def apply_fault(cfg: Config, partition_id: int, server_round: int,
                 state: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if not is_faulty(cfg, partition_id, server_round):
+    mode = fault_mode(cfg, partition_id, server_round)
+    if mode == "none":
         return state
-    mode = cfg.faults.mode
     if mode == "crash":
         raise InjectedCrash(f"injected crash on client {partition_id} in round {server_round}")
     if mode == "hang":

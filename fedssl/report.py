@@ -382,6 +382,12 @@ def _style_map(labels: list[str]) -> dict[str, Any]:
     return dict(zip(uniq, _colors(len(uniq))))
 
 
+def _int_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _acc_axes(ax, ylabel: str = "accuracy") -> None:
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -414,6 +420,8 @@ def plot_curves(bench: Bench, groups: list[Group], path: Path, x: str = "round")
                 ax.fill_between(xs, cf["lo"], cf["hi"], color=c, alpha=0.18, lw=0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("round" if x == "round" else "wall time (s, mean over seeds)")
+        if x == "round":
+            _int_ticks(ax)
         _acc_axes(ax, "accuracy (all classes)")
         ax.legend(fontsize=7, loc="lower right")
     for j in range(len(facets), rows * cols):
@@ -697,10 +705,12 @@ def _run_curve(m):
             if v.notna().any():
                 ax1.plot(m["round"], v, label=col.removeprefix("acc_"), color=c, marker="o", ms=3)
     ax1.set_xlabel("round")
+    _int_ticks(ax1)
     _acc_axes(ax1, "test accuracy")
     ax1.legend(fontsize=8)
     ax2.plot(m["round"], pd.to_numeric(m["loss"], errors="coerce"), color="black", marker="o", ms=3)
     ax2.set_xlabel("round")
+    _int_ticks(ax2)
     ax2.set_ylabel("test loss")
     ax2.grid(True, alpha=0.3)
     fig.suptitle("Global model on the held-out test split", fontsize=11)

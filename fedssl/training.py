@@ -86,12 +86,18 @@ def build_algorithm(cfg: Config) -> Algorithm:
     return ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
 
 
-def num_local_steps(cfg: Config, data: ClientData) -> int:
+def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm) -> int:
+    """``client.local_steps`` when > 0, else ``local_epochs`` passes over the data the
+    algorithm learns from: the unlabeled shard (in batches of batch_size * uratio)
+    for SSL algorithms, as in FixMatch's notion of an epoch, the labeled one otherwise."""
     c = cfg.client
     if c.local_steps > 0:
         return c.local_steps
-    n = max(len(data.y_l), 1)
-    return max(1, c.local_epochs * math.ceil(n / c.batch_size))
+    if algorithm.uses_unlabeled and len(data.y_u):
+        per_epoch = math.ceil(len(data.y_u) / (c.batch_size * c.uratio))
+    else:
+        per_epoch = math.ceil(max(len(data.y_l), 1) / c.batch_size)
+    return max(1, c.local_epochs * per_epoch)
 
 
 def _views(x: torch.Tensor, names: tuple[str, ...], flip: bool, device: torch.device) -> list[torch.Tensor]:
@@ -158,7 +164,7 @@ def train_client(
             p.requires_grad_(False)
         ctx.teacher = teacher
 
-    steps = num_local_steps(cfg, data)
+    steps = num_local_steps(cfg, data, algorithm)
     ctx.total_steps = steps
     model.train()
     algorithm.begin_round(model, ctx, data)

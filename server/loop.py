@@ -30,7 +30,7 @@ from fedssl.sampling import auto_clients_per_node, pack, sample_clients
 from fedssl.state import ClientStateStore
 from fedssl.training import derive_seed, model_kwargs
 from strategies import build_strategy
-from strategies.base import FedSSLStrategy, iter_updates, to_arrayrecord
+from strategies.base import PIDS_KEY, FedSSLStrategy, iter_updates, to_arrayrecord
 from strategies.validation import check_update
 
 log = logging.getLogger("fedssl")
@@ -49,6 +49,14 @@ class ServerRunner:
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, **model_kwargs(cfg, splits))
         self.strategy: FedSSLStrategy = build_strategy(cfg)
+        # Deployment (SuperLink + SuperNodes, any grid but the Simulation Engine's
+        # InMemoryGrid): every SuperNode holds one partition of its own (node config
+        # partition-id + data-dir), so nodes are sampled instead of partition ids, each
+        # sampled node gets one message without 'fedssl.pids' and trains its own
+        # partition, and the partition id is read back from its reply's metrics.
+        self.deployment = not is_simulation_grid(grid)
+        self._node_pid: dict[int, int] = {}  # deployment: partition id each node last reported
+        self._started = False  # deployment: the first round of this process has begun
 
     # ------------------------------------------------------------------------------
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
@@ -57,11 +65,16 @@ class ServerRunner:
         return evaluate(self.model, self.test_x, self.test_y, self.cfg.num_classes, p.num_seen,
                         p.local_unseen, p.global_unseen)
 
-    def _node_ids(self) -> list[int]:
+    def _node_ids(self, min_count: int = 1) -> list[int]:
+        """Connected node ids, waiting up to round_timeout for ``min_count`` of them."""
         deadline = time.time() + self.cfg.federation.round_timeout
         while True:
             ids = sorted(self.grid.get_node_ids())
-            if ids or time.time() > deadline:
+            if len(ids) >= min_count or time.time() > deadline:
+                if 0 < len(ids) < min_count:
+                    log.warning("only %d of federation.min_clients=%d nodes connected after "
+                                "%.0f s; going on with them", len(ids), min_count,
+                                self.cfg.federation.round_timeout)
                 return ids
             time.sleep(0.5)
 
@@ -153,15 +166,30 @@ class ServerRunner:
     def _round(self, rnd: int, arrays: ArrayRecord, global_np: dict[str, np.ndarray],
                keep_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
         cfg, f = self.cfg, self.cfg.federation
-        pids = sample_clients(cfg.data.num_clients, f.fraction_train, f.min_clients, cfg.run.seed, rnd)
-        node_ids = self._node_ids()
-        if not node_ids:
-            raise ConfigError("no client nodes connected")
-        parallelism = max(1, min(len(node_ids), int((_cpus() or 1) / f.num_cpus)))
-        cpn = f.clients_per_node or auto_clients_per_node(len(pids), parallelism)
-        groups = pack(pids, cpn, len(node_ids))
-        msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids[:len(groups)],
-                                            {"fedssl.keep-round": keep_round})
+        if self.deployment:
+            # Wait for min_clients nodes before the first round, so a federation whose
+            # nodes are still connecting does not start with a partial first round.
+            node_ids = self._node_ids(1 if self._started else f.min_clients)
+            self._started = True
+            if not node_ids:
+                raise ConfigError("no SuperNode connected to the SuperLink")
+            node_ids = sample_nodes(node_ids, f.fraction_train, f.min_clients, cfg.run.seed, rnd)
+            # groups are only for logging: the partition each node reported before
+            groups = [[self._node_pid[n]] if n in self._node_pid else [] for n in node_ids]
+            msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids,
+                                                {"fedssl.keep-round": keep_round})
+            for m in msgs:  # no packed ids: the node trains its own node-config partition-id
+                del m.content["config"][PIDS_KEY]
+        else:
+            pids = sample_clients(cfg.data.num_clients, f.fraction_train, f.min_clients, cfg.run.seed, rnd)
+            node_ids = self._node_ids()
+            if not node_ids:
+                raise ConfigError("no client nodes connected")
+            parallelism = max(1, min(len(node_ids), int((_cpus() or 1) / f.num_cpus)))
+            cpn = f.clients_per_node or auto_clients_per_node(len(pids), parallelism)
+            groups = pack(pids, cpn, len(node_ids))
+            msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids[:len(groups)],
+                                                {"fedssl.keep-round": keep_round})
         group_of = {m.metadata.dst_node_id: g for m, g in zip(msgs, groups)}
         t0 = time.time()
         replies = list(self.grid.send_and_receive(msgs, timeout=f.round_timeout))
@@ -170,15 +198,20 @@ class ServerRunner:
         timing: dict[str, float] = {}
         train_metrics: dict[str, list[float]] = {}
         answered = set()
+        seen_pids: dict[int, int] = {}  # deployment: partition id -> node that sent it
         for reply in replies:
             node = reply.metadata.src_node_id
             answered.add(node)
             group = group_of.get(node, [])
             if reply.has_error():
-                failed += len(group)
+                failed += max(1, len(group)) if self.deployment else len(group)
                 log.warning("round %d: node %d (clients %s) failed: %s", rnd, node, group,
                             reply.error.reason.strip().splitlines()[-1] if reply.error.reason else "")
                 continue
+            lost = reply.content["metrics"].get("fedssl.failed", []) if "metrics" in reply.content else []
+            if lost:
+                failed += len(lost)
+                log.warning("round %d: node %d: clients %s failed (see the client log)", rnd, node, list(lost))
             try:
                 updates = list(iter_updates(reply))
             except Exception as e:  # garbage reply
@@ -190,6 +223,14 @@ class ServerRunner:
                     rejected += 1
                     log.warning("round %d: node %d: update without a valid partition-id rejected", rnd, node)
                     continue
+                if self.deployment:
+                    if pid in seen_pids:  # two SuperNodes configured with one partition-id
+                        rejected += 1
+                        log.warning("round %d: node %d: partition-id %d already sent by node %d "
+                                    "this round; update rejected", rnd, node, pid, seen_pids[pid])
+                        continue
+                    seen_pids[pid] = node
+                    self._node_pid[node] = pid
                 reason = check_update(content, global_np, self.sizes[pid], cfg.server.max_update_norm)
                 if reason:
                     rejected += 1
@@ -206,7 +247,7 @@ class ServerRunner:
                     payloads.append((pid, {k: content["payload"][k].numpy() for k in content["payload"]}))
         for node, group in group_of.items():
             if node not in answered:
-                failed += len(group)
+                failed += max(1, len(group)) if self.deployment else len(group)
                 log.warning("round %d: node %d (clients %s) did not reply within %.0f s; "
                             "dropped from this round", rnd, node, group, f.round_timeout)
         info: dict[str, Any] = {"clients": len(accepted), "rejected_updates": rejected,
@@ -220,6 +261,26 @@ class ServerRunner:
             return arrays, info
         self.strategy.absorb_payloads(rnd, payloads)
         return new_arrays, info
+
+
+def is_simulation_grid(grid: Grid) -> bool:
+    """True under Flower's Simulation Engine (``run_simulation`` and ``flwr run`` on a
+    simulation SuperLink both drive the ServerApp through an ``InMemoryGrid``); False
+    under a real SuperLink (``HttpGrid``), where each SuperNode owns one partition."""
+    return any(c.__name__ == "InMemoryGrid" for c in type(grid).__mro__)
+
+
+def sample_nodes(node_ids: list[int], fraction: float, min_clients: int, seed: int,
+                 server_round: int) -> list[int]:
+    """Deployment sampling: sorted node ids trained in ``server_round``, drawn from
+    ``run.seed`` and the round (node ids are assigned by the SuperLink, so the draw is
+    reproducible for a given set of connected nodes only)."""
+    ids = sorted(int(i) for i in node_ids)
+    k = min(len(ids), max(min_clients, int(round(len(ids) * fraction))))
+    if k >= len(ids):
+        return ids
+    rng = np.random.default_rng(derive_seed(seed, "sample-nodes", server_round))
+    return sorted(int(ids[i]) for i in rng.choice(len(ids), size=k, replace=False))
 
 
 def _cpus() -> float:

@@ -92,7 +92,7 @@ class FedSSLStrategy:
         if arrays is None:
             return None
         # Flower averages in float; give integer buffers their dtype back.
-        return to_arrayrecord({k: arrays[k].numpy().astype(global_arrays[k].dtype, copy=False)
+        return to_arrayrecord({k: _cast(arrays[k].numpy(), global_arrays[k].dtype)
                                for k in global_arrays})
 
     # -- checkpoint ------------------------------------------------------------
@@ -154,3 +154,8 @@ def to_arrayrecord(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     ``np.ascontiguousarray``, which turns 0-d arrays (BatchNorm's num_batches_tracked)
     into shape (1,)."""
     return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+
+
+def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Back to the global model's dtype; integer buffers are rounded, not truncated."""
+    return np.rint(a).astype(dtype) if np.issubdtype(dtype, np.integer) else a.astype(dtype, copy=False)

@@ -262,6 +262,23 @@ def test_semi_supervised_losses_are_finite_on_real_views(name):
     assert "train_loss_u" in result.metrics
 
 
+@pytest.mark.parametrize("name, missing", [
+    (name, missing)
+    for name in ("fixmatch", "meanteacher", "uda", "shrinkmatch")
+    for missing in ("labeled", "unlabeled")])
+def test_clients_with_only_one_kind_of_data_still_train(name, missing):
+    full = random_data()
+    empty_x, empty_y = full.x_l[:0], full.y_l[:0]
+    data = (ClientData(empty_x, empty_y, full.x_u, full.y_u, flip=False) if missing == "labeled"
+            else ClientData(full.x_l, full.y_l, empty_x, empty_y, flip=False))
+    cfg = resolve(overrides={"client.algorithm": name, "client.local_steps": 1, "client.batch_size": 4})
+    res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg,
+                       server_round=1, partition_id=0, state=None)
+    assert math.isfinite(res.metrics["train_loss"])
+    if missing == "unlabeled":
+        assert res.metrics["train_loss_u"] == 0.0
+
+
 # -- the persistent EMA teacher -------------------------------------------------------
 def random_data(n: int = 8, seed: int = 0) -> ClientData:
     g = torch.Generator().manual_seed(seed)

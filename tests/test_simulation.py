@@ -49,6 +49,6 @@ def test_two_rounds_write_contract_files_and_seed_determinism(tmp_path):
 
 def test_supervised_learns(tmp_path):
     cfg = resolve(overrides=tiny(tmp_path, **{"client.algorithm": "supervised", "federation.rounds": 3,
-                                               "data.labeled_ratio": 1.0, "client.local_steps": 15}))
+                                               "data.labeled_ratio": 1.0, "client.local_steps": 30}))
     summary = run_experiment(cfg, quiet=True)
     assert summary["final"]["acc_all"] > 0.6, summary["final"]

@@ -22,6 +22,9 @@ class FixMatch(Algorithm):
     unlabeled_views = ("weak", "strong")
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        if not batch.x_u:  # a client with labels only
+            loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
+            return loss_x, {"loss_x": loss_x.item(), "loss_u": 0.0, "mask": 0.0}
         u_weak, u_strong = batch.x_u
         q = self.pseudo_probs(model, u_weak, ctx)
         max_probs, pseudo_label = q.max(dim=1)
