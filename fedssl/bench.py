@@ -429,7 +429,7 @@ class BenchRunner:
             n_res = sum(states[c.id] == "resumable" for c in todo)
             self.console.print(f"[bold]fedssl bench[/] {grid.path}: {len(grid.cells)} cells, {done0} already "
                                f"finished, {len(todo)} to run" + (f" ({n_res} resume from a checkpoint)" if n_res else "")
-                               + f" -> {self.out}")
+                               + f" -> {self.out}", highlight=False, soft_wrap=True)
         progress = Progress(TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
                             TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),
                             console=self.console, disable=self.quiet, transient=False)
@@ -444,8 +444,9 @@ class BenchRunner:
                 for i, cell in enumerate(todo):
                     left_after = len(todo) - i - 1
                     rounds = cell.cfg.federation.rounds
+                    label = " · ".join(_fmt(v) for v in cell.params.values()) or cell.id
                     progress.reset(current, total=rounds, completed=0, visible=True,
-                                   description=f"  {cell.id}", eta="")
+                                   description=f"  {escape(label)} [dim](rounds)[/]", eta="")
 
                     def poll(done_rounds: int, running: float, _left=left_after, _r=rounds) -> None:
                         progress.update(current, completed=min(done_rounds, _r))
@@ -457,12 +458,12 @@ class BenchRunner:
                     if rec["status"] == "failed":
                         failed_now += 1
                         self.console.print(f"[red]✗ {escape(cell.id)}: failed (exit {rec['exit_code']}): "
-                                           f"{escape(rec['error'])}[/]", highlight=False)
+                                           f"{escape(rec['error'])}[/]", highlight=False, soft_wrap=True)
                     elif not self.quiet:
                         acc = (report.finished_summary(grid.run_dir(cell)) or {}).get("final", {}).get("acc_all")
                         acc_s = f"acc_all {acc:.4f}" if isinstance(acc, (int, float)) else ""
                         progress.console.print(f"[green]✓[/] {escape(cell.id)}: {rec['status']} {acc_s} "
-                                               f"({rec['cell_s']:.0f} s)", highlight=False)
+                                               f"({rec['cell_s']:.0f} s)", highlight=False, soft_wrap=True)
                 progress.update(current, visible=False)
                 progress.update(total, eta="")
         except KeyboardInterrupt:
@@ -492,17 +493,17 @@ class BenchRunner:
         text = (self.out / report.SUMMARY_MD).read_text()
         self.console.print(Markdown(text.split("\n## ")[0]))
         self.console.print(f"{n_done}/{len(self.grid.cells)} cells finished; files: {files['results']}, "
-                           f"{files['summary']}, {files['report']}", highlight=False)
+                           f"{files['summary']}, {files['report']}", highlight=False, soft_wrap=True)
         again = f"fedssl bench --grid {self.grid.path} --out {self.out}"
         if interrupted:
             self.console.print(f"[yellow]interrupted: {n_done} of {len(self.grid.cells)} cells are done "
-                               f"and kept; resume with: {escape(again)}[/]", highlight=False)
+                               f"and kept; resume with: {escape(again)}[/]", highlight=False, soft_wrap=True)
             return EXIT_INTERRUPTED
         if n_failed:
             self.console.print(f"[red]{n_failed} cell(s) failed (errors in {escape(str(files['results']))}, "
                                f"logs in {escape(str(report.logs_dir(self.out)))}); fix and run again "
                                f"(without --skip-failed) to retry them: {escape(again)}[/]",
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
             return EXIT_FAILED_CELLS
         return 0
 
@@ -522,9 +523,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{cell_state(grid, c):11s} {c.id}")
         print(f"{len(grid.cells)} cells; run directories under {report.runs_dir(grid.out)}")
         return 0
-    runner = BenchRunner(grid, quiet=args.quiet, skip_failed=args.skip_failed)
-    runner.prepare()
-    return runner.run()
+    grid.out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(grid.out):
+        runner = BenchRunner(grid, quiet=args.quiet, skip_failed=args.skip_failed)
+        runner.prepare()
+        return runner.run()
+
+
+class _exclusive:
+    """One ``fedssl bench`` per directory at a time (an advisory lock on DIR/.lock)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "?"
+            self.f.close()
+            raise ConfigError(f"--out {self.path.parent}: another fedssl bench (pid {holder}) is running "
+                              "there; wait for it or stop it first") from None
+        self.f.truncate(0)
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.f.close()
 
 
 def add_parser(subparsers: Any) -> None:

@@ -74,6 +74,7 @@ class ClientConfig:
     cluster_temperature: float = 0.1
     local_centroids: int = 20
     memory_size: int = 1024
+    pretrain_rounds: int = 1  # ORCA / FedoSSL: plain labeled CE first (no pretrained backbone)
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,7 @@ def validate(cfg: Config) -> None:
     _require(0 <= c.teacher_sync <= 1,
              f"client.teacher_sync must be in [0, 1], got {c.teacher_sync}")
     _require(0 < c.threshold <= 1, f"client.threshold must be in (0, 1], got {c.threshold}")
+    _require(c.pretrain_rounds >= 0, f"client.pretrain_rounds must be >= 0, got {c.pretrain_rounds}")
     _require(r.eval_every >= 1, f"run.eval_every must be >= 1, got {r.eval_every}")
     _require(r.checkpoint_every >= 0, "run.checkpoint_every must be >= 0")
     _require(bool(r.out_dir), "run.out_dir must not be empty")

@@ -192,18 +192,43 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class ProcessSet:
-    """Processes started in their own sessions; :meth:`stop` ends each whole tree
-    (process group, plus descendants that left it, e.g. Flower's detached SuperExec)."""
+    """Processes started in their own sessions; :meth:`stop` ends each whole tree:
+    its process group, the descendants that left it (Flower starts SuperExec in a new
+    session), and finally any process still carrying this set's ``FEDSSL_DEPLOY_TAG``
+    environment value (inherited by every descendant, even one re-parented to init)."""
+
+    TAG = "FEDSSL_DEPLOY_TAG"
 
     def __init__(self) -> None:
+        import uuid
+
         self.procs: list[Proc] = []
         self._lock = threading.Lock()
+        # inherited when set, so a caller (a test) can find and end our whole tree too
+        self.tag = os.environ.get(self.TAG) or uuid.uuid4().hex
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, self.TAG: self.tag}
+
+    def tagged(self) -> list[int]:
+        """Live processes (other than this one) started from this set."""
+        needle = f"{self.TAG}={self.tag}".encode()
+        me, out = os.getpid(), []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == me:
+                continue
+            try:
+                if needle in (d / "environ").read_bytes().split(b"\0") and _exists(int(d.name)):
+                    out.append(int(d.name))
+            except OSError:
+                continue
+        return out
 
     def start(self, name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> Proc:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as fh:
             popen = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=cwd, start_new_session=True)
+                                     env=self.env(env), cwd=cwd, start_new_session=True)
         proc = Proc(name, popen, log)
         with self._lock:
             self.procs.append(proc)
@@ -241,6 +266,13 @@ class ProcessSet:
             t.start()
         for t in threads:
             t.join()
+        stray = self.tagged()
+        if stray:
+            _kill(stray, signal.SIGTERM)
+            deadline = time.time() + min(grace, 5.0)
+            while time.time() < deadline and any(_exists(p) for p in stray):
+                time.sleep(0.1)
+            _kill(self.tagged(), signal.SIGKILL)
 
 
 def _exists(pid: int) -> bool:
@@ -447,7 +479,8 @@ class LocalFederation:
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI against this federation's connection."""
         return subprocess.run([*self.cli_prefix, flower_exe("flwr"), *args], capture_output=True,
-                              text=True, timeout=timeout, env=self.env(self.home), cwd=self.app)
+                              text=True, timeout=timeout, env=self.procs.env(self.env(self.home)),
+                              cwd=self.app)
 
     # -- SuperNodes
     def register(self, public_key: Path) -> int:
@@ -528,7 +561,7 @@ class LocalFederation:
         log = self.workdir / "logs" / "flwr-run.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=self.env(self.home), cwd=self.app, start_new_session=True,
+                                 env=self.procs.env(self.env(self.home)), cwd=self.app, start_new_session=True,
                                  stdin=subprocess.DEVNULL)
         proc = Proc("flwr-run", popen, log)
         with self.procs._lock:

@@ -557,7 +557,7 @@ th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f2f2f2}td.k,th.k{text-align:left}
 tr.failed td{background:#fde8e8}tr.pending td,tr.interrupted td{background:#fff7e0}
 img{max-width:100%;height:auto;display:block;margin:1em 0;border:1px solid #eee}
-code{background:#f5f5f5;padding:0 3px}.muted{color:#777;font-size:12px}"""
+code{background:#f5f5f5;padding:0 3px}.scroll{overflow-x:auto}.muted{color:#777;font-size:12px}"""
 
 
 def _img(path: Path, alt: str) -> str:
@@ -654,7 +654,7 @@ def render_bench(bench_dir: Path) -> dict[str, Path]:
         if path is not None:
             body += [f"<h2>{html.escape(heading)}</h2>", f"<p>{html.escape(caption)}</p>",
                      _img(path, heading)]
-    body += ["<h2>All cells</h2>", _html_results(results)]
+    body += ["<h2>All cells</h2>", f'<div class="scroll">{_html_results(results)}</div>']
     write_atomic(bench_dir / REPORT_HTML, _page(title, body))
     out = {"results": bench_dir / RESULTS_CSV, "summary": bench_dir / SUMMARY_MD,
            "report": bench_dir / REPORT_HTML}

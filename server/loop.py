@@ -98,6 +98,8 @@ class ServerRunner:
                 np.random.set_state(ckpt["numpy_rng"])
                 self._drop_client_state_after(ckpt["round"])
                 log.info("resuming %s after round %d", out, ckpt["round"])
+        if not math.isfinite(best_loss):  # the initial model's loss anchors divergence checks
+            best_loss = self.evaluate(0, arrays)["loss"]
         global_np = {k: arrays[k].numpy() for k in arrays}
         status, t_start = "ok", time.time()
         rounds = cfg.federation.rounds
@@ -118,7 +120,7 @@ class ServerRunner:
                     rows.append(row)
                     runlog.write_metrics(out, rows)
                     loss = row["loss"]
-                    if not math.isfinite(loss) or (math.isfinite(best_loss) and loss > cfg.server.divergence_factor * max(best_loss, 1e-3)):
+                    if not math.isfinite(loss) or loss > cfg.server.divergence_factor * max(best_loss, 1e-3):
                         status = "diverged"
                         row["status"] = status
                         runlog.write_metrics(out, rows)

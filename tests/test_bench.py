@@ -483,7 +483,7 @@ def test_e2e_resumed_from_checkpoint(e2e):
 def test_e2e_rerun_skips_finished_cells(e2e):
     p3 = e2e["p3"]
     assert p3.returncode == bench.EXIT_FAILED_CELLS, p3.stderr[-3000:]
-    assert "4 already finished, 2 to run" in p3.stderr.replace("\n", " ")
+    assert "4 already finished, 2 to run" in " ".join(p3.stderr.split())
     for cid, mtime in e2e["mtimes_2"].items():
         assert e2e["mtimes_3"][cid] == mtime, f"{cid} was re-run"
         assert e2e["records_3"][cid] == e2e["records_2"][cid]
@@ -504,3 +504,16 @@ def test_e2e_report_reproduces_summary(e2e):
     assert (out / "summary.md").read_bytes() == e2e["summary_md_3"]
     assert (out / "results.csv").read_bytes() == e2e["results_csv_3"]
     assert check_html_images(out / "report.html") == 4
+
+
+def test_one_bench_per_directory(tmp_path, capsys):
+    import fcntl
+
+    out = fake_bench(tmp_path)
+    with open(out / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.write("12345")
+        f.flush()
+        assert main(["bench", "--grid", str(tmp_path / "grid.toml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another fedssl bench (pid 12345)" in err

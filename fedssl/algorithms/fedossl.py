@@ -19,7 +19,8 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   this client predicts most is penalised most. It starts once N_k exists, i.e. from
   the client's second round.
 
-Without global centroids (round 1, or a stock FedAvg server) the centroid terms are
+The first ``client.pretrain_rounds`` rounds train plain labeled cross-entropy, as
+for ORCA (see :mod:`fedssl.algorithms.orca`). Without global centroids (round 1, or a stock FedAvg server) the centroid terms are
 skipped. The unseen slots' order is whatever the server's clustering gave; the
 classifier's unseen outputs have their own arbitrary order, so pseudo-labels use
 the Hungarian matching of unseen centroids to the head's unseen weight vectors, and
@@ -91,6 +92,8 @@ class FedoSSL(ORCA):
         return ids
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.pretraining(ctx):
+            return self.pretrain_loss(model, batch)
         v = self.forward_views(model, batch)
         t = self.orca_terms(model, v, batch, ctx)
         total = t["loss_x"] + t["loss_pair"] - t["entropy"]

@@ -12,6 +12,14 @@
   over all K classes (seen and unseen) instead of collapsing.
 
 The model has one cosine-head output per class (``NormedLinear``, scale 10).
+
+ORCA (like FedoSSL) starts from a self-supervised pretrained backbone. From a random
+init its objective collapses: the margin (+5 on the true logit while the model is
+uncertain) mutes the labeled loss, and a constant output ``p`` for every sample is
+a local minimum of ``L_pair - H`` (it equals ``H_2(p) - H(p) <= 0``). As a stand-in
+for pretraining, the first ``client.pretrain_rounds`` rounds train the plain
+cross-entropy on labeled samples only.
+
 ORCA recomputes ``u`` once per epoch; here it is recomputed once per round, in
 :meth:`ORCA.begin_round`, on a random sample of the client's unlabeled data
 (up to ``uncertainty_samples``, un-augmented) with the global model it starts from.
@@ -84,7 +92,16 @@ class ORCA(Algorithm):
             "entropy": entropy_of_mean(v.p1),
         }
 
+    def pretraining(self, ctx: RoundContext) -> bool:
+        return ctx.server_round <= self.cfg.pretrain_rounds
+
+    def pretrain_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
+        return loss_x, {"loss_x": float(loss_x.detach())}
+
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.pretraining(ctx):
+            return self.pretrain_loss(model, batch)
         v = self.forward_views(model, batch)
         t = self.orca_terms(model, v, batch, ctx)
         total = t["loss_x"] + t["loss_pair"] - t["entropy"]

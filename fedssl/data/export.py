@@ -24,7 +24,8 @@ meta    0-d str (JSON)         see below
 ``meta`` keys: ``format`` (``"fedssl-shard/1"``), ``layout`` (``"NCHW"``), ``dataset``,
 ``num_classes``, ``num_seen``, ``partition-id``, ``num-partitions``, ``seed`` (run.seed),
 ``config_hash`` (:func:`data_config_hash`: sha256 of the ``[data]`` section minus
-``root`` plus ``run.seed``, i.e. of everything that decides the partition), ``data``
+``root`` and ``max_test_samples``, plus ``run.seed``, i.e. of everything that decides
+the training partition), ``data``
 (that ``[data]`` section), ``image_shape`` ([C, H, W]), ``flip`` (horizontal flips
 allowed in augmentation), ``num_labeled``, ``num_unlabeled``.
 
@@ -70,11 +71,17 @@ __all__ = [
 ]
 
 
+#: [data] keys that do not change the training partition (where files live, test subset)
+NOT_HASHED = ("root", "max_test_samples")
+
+
 def data_config_hash(cfg: Config) -> str:
-    """Hash of everything that decides the partition (``[data]`` minus ``root``, and
-    ``run.seed``): a shard and a run agree on the data iff their hashes are equal."""
+    """Hash of everything that decides the partition (``[data]`` minus ``root`` and
+    ``max_test_samples``, plus ``run.seed``): a shard and a run agree on the training
+    data iff their hashes are equal."""
     data = cfg.to_dict()["data"]
-    data.pop("root", None)
+    for k in NOT_HASHED:
+        data.pop(k, None)
     blob = json.dumps({"data": data, "seed": cfg.run.seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -238,7 +245,7 @@ def check_node_config(node_config: dict[str, Any], cfg: Config | None = None) ->
                         f"config num-partitions={n}")
     if cfg is not None and meta["config_hash"] != data_config_hash(cfg):
         diff = [k for k, v in cfg.to_dict()["data"].items()
-                if k != "root" and meta.get("data", {}).get(k) != v]
+                if k not in NOT_HASHED and meta.get("data", {}).get(k) != v]
         if meta.get("seed") != cfg.run.seed:
             diff.append("run.seed")
         hint = f" (differs in {', '.join(d if '.' in d else 'data.' + d for d in diff[:3])})" if diff else ""

@@ -1,0 +1,172 @@
+"""Faults, garbage updates, crash-and-resume and long-run health, with real Flower runs."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedssl import runlog
+from fedssl.config import resolve
+from fedssl.simulation import run_experiment
+from tests.conftest import ROOT, as_set_flags, assert_bad_input, run_cli, tiny
+
+TIME_COLS = ("wall_s", "round_s", "t_")
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def no_time(rs: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if not k.startswith(TIME_COLS)} for r in rs]
+
+
+def learnable(out: Path, **extra: object) -> dict[str, object]:
+    return tiny(out, **{"client.algorithm": "supervised", "data.labeled_ratio": 1.0,
+                        "data.num_clients": 5, "federation.rounds": 5, "client.local_steps": 40,
+                        "client.batch_size": 32, "client.lr": 0.05, **extra})
+
+
+def test_nan_client_is_rejected_and_the_model_is_not_poisoned(tmp_path):
+    faulty = run_experiment(resolve(overrides=learnable(
+        tmp_path / "nan", **{"faults.mode": "nan", "faults.clients": "4"})), quiet=True)
+    clean = run_experiment(resolve(overrides=learnable(tmp_path / "clean", **{"data.num_clients": 4})),
+                           quiet=True)
+    for r in rows(tmp_path / "nan"):
+        assert r["rejected_updates"] == "1" and r["clients"] == "4", r
+    assert faulty["status"] == "ok"
+    assert abs(faulty["final"]["acc_all"] - clean["final"]["acc_all"]) <= 0.02, (faulty["final"], clean["final"])
+    assert faulty["final"]["acc_all"] > 0.5
+
+
+def test_all_updates_rejected_keeps_the_global_model(tmp_path):
+    out = tmp_path / "all"
+    run_experiment(resolve(overrides=tiny(out, **{"faults.mode": "nan", "faults.clients": "0,1,2,3"})), quiet=True)
+    rs = rows(out)
+    assert all(r["status"] == "no_update" and r["rejected_updates"] == "4" for r in rs)
+    assert rs[0]["acc_all"] == rs[1]["acc_all"] and rs[0]["loss"] == rs[1]["loss"]
+
+
+@pytest.mark.parametrize("clients_per_node", [0, 1])
+def test_crashing_and_wrong_shape_clients_are_excluded(tmp_path, clients_per_node):
+    out = tmp_path / "c"
+    summary = run_experiment(resolve(overrides=tiny(out, **{
+        "faults.mode": "crash,shape", "faults.clients": "1,2",
+        "federation.clients_per_node": clients_per_node})), quiet=True)
+    assert summary["status"] == "ok" and summary["final"]["round"] == 2
+    for r in rows(out):
+        assert r["rejected_updates"] == "1" and r["failed_clients"] == "1" and r["clients"] == "2", r
+
+
+def test_hanging_client_does_not_stall_the_round(tmp_path):
+    timeout = 30.0  # > Ray actor cold start on a loaded 2-core machine
+    out = tmp_path / "h"
+    summary = run_experiment(resolve(overrides=tiny(out, **{
+        "faults.mode": "hang", "faults.clients": "0", "federation.round_timeout": timeout,
+        "federation.clients_per_node": 1})), quiet=True)
+    assert summary["status"] == "ok"
+    for r in rows(out):
+        assert r["failed_clients"] == "1" and r["clients"] == "3", r
+        # the hung client sleeps 2 * timeout + 5 s; the round must not wait for it
+        assert float(r["round_s"]) < 2 * timeout, r["round_s"]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+    over = tiny(tmp_path / "killed", **{"federation.rounds": 4, "client.local_steps": 30,
+                                        "run.checkpoint_every": 1})
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            ckpt = runlog.load_checkpoint(killed) if (killed / "checkpoint.pt").exists() else None
+            if ckpt and ckpt["round"] >= 2:
+                break
+            assert proc.poll() is None, "run ended before it could be killed"
+            time.sleep(0.2)
+        assert not (killed / "summary.json").exists(), "too late: the run already finished"
+        tree = _descendants(proc.pid) | {proc.pid}
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    resumed = run_cli("run", "--resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "straight")}), quiet=True)
+    got, want = rows(killed), rows(tmp_path / "straight")
+    assert [r["round"] for r in got] == ["1", "2", "3", "4"]  # no duplicate or missing round
+    assert no_time(got) == no_time(want)
+
+
+def test_resume_and_overwrite_guards(tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "metrics.csv").write_text("round\n1\n")
+    proc = run_cli("run", *as_set_flags(tiny(out)))
+    assert_bad_input(proc, "--overwrite")
+    assert (out / "metrics.csv").read_text() == "round\n1\n"  # nothing lost
+    (out / "config.toml").write_text(resolve(overrides=tiny(out)).to_toml())
+    assert_bad_input(run_cli("run", "--resume", str(out), "--set", "federation.rounds=7"),
+                     "different config", "federation.rounds")
+    assert_bad_input(run_cli("run", "--resume", str(tmp_path / "nothing")), "config.toml")
+
+
+def test_diverging_model_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "d"
+    summary = run_experiment(resolve(overrides=tiny(out, **{
+        "federation.rounds": 4, "faults.mode": "scale", "faults.scale": 1e4, "faults.clients": "0,1,2,3",
+        "faults.rate": 1.0, "run.checkpoint_every": 1})), quiet=True)
+    assert summary["status"] == "diverged"
+    rs = rows(out)
+    assert rs[-1]["status"] == "diverged"
+    ckpt = runlog.load_checkpoint(out)
+    assert ckpt is None or ckpt["round"] < int(rs[-1]["round"])
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.csv"
+    runlog.write_atomic(target, "old\n")
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        runlog.write_atomic(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temp file left
