@@ -43,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {run_dir}: no config.toml there (not a fedssl run directory)")
         cfg = resolve(str(saved))
         if args.config or args.set:
-            wanted = resolve(args.config, parse_set(args.set or []), base={"run.out_dir": str(run_dir.resolve())})
+            sets = parse_set(args.set or [])
+            wanted = resolve(args.config, sets) if args.config else resolve(None, sets, base=cfg.to_flat())
             a, b = cfg.to_flat(), wanted.to_flat()
             a.pop("run.out_dir"), b.pop("run.out_dir")
             diff = [k for k in a if a[k] != b[k]]

@@ -201,8 +201,12 @@ class ServerRunner:
         train_metrics: dict[str, list[float]] = {}
         answered = set()
         seen_pids: dict[int, int] = {}  # deployment: partition id -> node that sent it
+        # A reply names the node it answers for by the message it replies to: error
+        # replies made by the SuperLink itself (e.g. "Node Unavailable" after missed
+        # heartbeats) carry the SuperLink's own id as src_node_id.
+        dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs if m.metadata.message_id}
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = dst_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             answered.add(node)
             group = group_of.get(node, [])
             if reply.has_error():

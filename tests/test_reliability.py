@@ -67,19 +67,6 @@ def test_crashing_and_wrong_shape_clients_are_excluded(tmp_path, clients_per_nod
         assert r["rejected_updates"] == "1" and r["failed_clients"] == "1" and r["clients"] == "2", r
 
 
-def test_hanging_client_does_not_stall_the_round(tmp_path):
-    timeout = 30.0  # > Ray actor cold start on a loaded 2-core machine
-    out = tmp_path / "h"
-    summary = run_experiment(resolve(overrides=tiny(out, **{
-        "faults.mode": "hang", "faults.clients": "0", "federation.round_timeout": timeout,
-        "federation.clients_per_node": 1})), quiet=True)
-    assert summary["status"] == "ok"
-    for r in rows(out):
-        assert r["failed_clients"] == "1" and r["clients"] == "3", r
-        # the hung client sleeps 2 * timeout + 5 s; the round must not wait for it
-        assert float(r["round_s"]) < 2 * timeout, r["round_s"]
-
-
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
