@@ -38,7 +38,7 @@ class ClientRuntime:
         self.data_dir = node_config.get("data-dir")
         if self.data_dir:
             from fedssl.data.export import load_client_shard
-            self.local = load_client_shard(self.data_dir)
+            self.local = load_client_shard(self.data_dir, node_config, cfg)
             shape = self.local.x_l.shape if len(self.local.y_l) else self.local.x_u.shape
             kw = model_kwargs_from_shape(cfg, shape)
         else:

@@ -26,7 +26,9 @@ Directory layout
 file), ``DIR/cells/<id>.toml`` (the cell's resolved config), ``DIR/cells/<id>.json``
 (the bench's record: status, exit code, error, seconds), ``DIR/runs/<id>/`` (the run's
 own files), ``DIR/logs/<id>.stdout|.stderr``, and the report (``results.csv``,
-``summary.md``, ``report.html``, ``plots/``; see :mod:`fedssl.report`).
+``summary.md``, ``report.html``, ``plots/``; see :mod:`fedssl.report`). The tables are
+rewritten after every cell, the plots and HTML at the end; ``fedssl report DIR``
+re-renders all of it from the files at any time.
 
 Resumability
 ------------
@@ -455,6 +457,7 @@ class BenchRunner:
                     poll(0, 0.0)
                     rec = self.run_cell(cell, poll)
                     progress.advance(total)
+                    report.write_results(report.load_bench(self.out))  # tables stay current
                     if rec["status"] == "failed":
                         failed_now += 1
                         self.console.print(f"[red]✗ {escape(cell.id)}: failed (exit {rec['exit_code']}): "
@@ -483,15 +486,13 @@ class BenchRunner:
         return max(0.0, per - running) + per * left_after
 
     def _finish(self, interrupted: bool) -> int:
-        from rich.markdown import Markdown
         from rich.markup import escape
 
         files = report.render_bench(self.out)
         states = {c.id: cell_state(self.grid, c) for c in self.grid.cells}
         n_done = sum(s == "finished" for s in states.values())
         n_failed = sum(s == "failed" for s in states.values())
-        text = (self.out / report.SUMMARY_MD).read_text()
-        self.console.print(Markdown(text.split("\n## ")[0]))
+        self.console.print(summary_table(report.load_bench(self.out)))
         self.console.print(f"{n_done}/{len(self.grid.cells)} cells finished; files: {files['results']}, "
                            f"{files['summary']}, {files['report']}", highlight=False, soft_wrap=True)
         again = f"fedssl bench --grid {self.grid.path} --out {self.out}"
@@ -506,6 +507,34 @@ class BenchRunner:
                                highlight=False, soft_wrap=True)
             return EXIT_FAILED_CELLS
         return 0
+
+
+def summary_table(b: report.Bench):
+    """The headline columns of summary.md for the terminal (the file has them all)."""
+    from rich.table import Table
+
+    results = report.results_frame(b)
+    groups, cols, stats = report.summary_stats(b, results)
+    shown = [c for c in ("acc_all", "acc_unseen", "acc_global_unseen", "loss", "wall_s") if c in cols]
+    if "acc_unseen" in shown:  # keep it readable in 80 columns
+        shown.remove("loss")
+    best = {c: report._best(groups, c, stats) for c in shown}
+    table = Table(title=f"mean ± std over {report.SEED_KEY} (accuracy in %; all columns in summary.md)",
+                  title_justify="left")
+    for k in b.group_keys or ["configuration"]:
+        table.add_column(k.rsplit(".", 1)[-1])
+    table.add_column("n", justify="right")
+    for c in shown:
+        table.add_column(c, justify="right")
+    for g in groups:
+        row = [report._fmt_value(g.params[k]) for k in b.group_keys] or ["all"]
+        row.append(f"{len(g.done)}/{len(g.cells)}")
+        for c in shown:
+            mean, std, _ = stats[g.label, c]
+            text = report._fmt_stat(c, mean, std)
+            row.append(f"[bold]{text}[/]" if report._is_best(c, mean, best[c]) else text)
+        table.add_row(*row)
+    return table
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

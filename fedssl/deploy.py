@@ -36,7 +36,6 @@ import ipaddress
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -53,7 +52,7 @@ from typing import IO, Any
 from fedssl.config import Config, ConfigError
 
 CONNECTION = "fedssl-local"
-READY_LINK = re.compile(r"Application startup complete|Uvicorn running on")
+READY_LINK = re.compile(r"Uvicorn running on")  # printed once the port is bound
 READY_NODE = re.compile(r"SuperNode ID:\s*(\d+)")
 RUN_ID = re.compile(r"Successfully started run (\d+)")
 
@@ -446,19 +445,30 @@ class LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.tls:
             self.certs = make_certs(self.workdir / "certs", [self.host])
-        self.port = free_port()
-        cmd = [*self.link_prefix, flower_exe("flower-superlink"), "--host", self.host, "--port", str(self.port),
-               "--disable-runtime-dependency-installation"]
-        if self.tls:
-            cmd += ["--ssl-certfile", str(self.certs["server.pem"]), "--ssl-keyfile", str(self.certs["server.key"]),
-                    "--ssl-ca-certfile", str(self.certs["ca.crt"])]
-        else:
-            cmd += ["--insecure"]
-        if self.auth:
-            cmd += ["--enable-supernode-auth"]
-        self.link = self.procs.start("superlink", cmd, self.workdir / "logs" / "superlink.log",
-                                     self.env(self.workdir / "home-superlink"), self.app)
-        self._wait_log(self.link, READY_LINK, "the SuperLink")
+        for attempt in range(3):  # the free port may be taken between probe and bind
+            self.port = free_port()
+            cmd = [*self.link_prefix, flower_exe("flower-superlink"), "--host", self.host,
+                   "--port", str(self.port), "--disable-runtime-dependency-installation"]
+            if self.tls:
+                cmd += ["--ssl-certfile", str(self.certs["server.pem"]),
+                        "--ssl-keyfile", str(self.certs["server.key"]),
+                        "--ssl-ca-certfile", str(self.certs["ca.crt"])]
+            else:
+                cmd += ["--insecure"]
+            if self.auth:
+                cmd += ["--enable-supernode-auth"]
+            log = self.workdir / "logs" / "superlink.log"
+            offset = log.stat().st_size if log.exists() else 0
+            self.link = self.procs.start("superlink", cmd, log, self.env(self.workdir / "home-superlink"),
+                                         self.app)
+            try:
+                self._wait_log(self.link, READY_LINK, "the SuperLink", offset)
+                break
+            except DeployError:
+                text = log.read_text(errors="replace")[offset:]
+                if attempt == 2 or not re.search(r"address already in use|Errno 98", text, re.I):
+                    raise
+                self.procs.kill(self.link, grace=2)
         self._write_connection()
         self._say(f"SuperLink on {self.address} ({'TLS' if self.tls else 'insecure'}"
                   f"{', SuperNode auth' if self.auth else ''}); logs: {self.workdir / 'logs'}")
@@ -499,7 +509,7 @@ class LocalFederation:
         its own FLWR_HOME), and by default wait until it has joined the SuperLink."""
         from fedssl.data.export import check_node_config
 
-        check_node_config(node_config)  # one-line error before any process starts
+        check_node_config(node_config, self.cfg)  # one-line error before any process starts
         port = free_port()
         cmd = [*self.node_prefix, flower_exe("flower-supernode"), "--superlink", self.address,
                "--port", str(port), "--node-config", node_config_string(node_config)]
@@ -537,11 +547,11 @@ class LocalFederation:
         self._say(f"{n} SuperNodes joined: " + ", ".join(f"partition {i} = node {self.node_ids[f'supernode-{i}']}"
                                                          for i in range(n)))
 
-    def _wait_log(self, proc: Proc, pattern: re.Pattern, what: str) -> re.Match:
+    def _wait_log(self, proc: Proc, pattern: re.Pattern, what: str, offset: int = 0) -> re.Match:
         deadline = time.time() + self.startup_timeout
         while True:
             try:
-                m = pattern.search(proc.log.read_text(errors="replace"))
+                m = pattern.search(proc.log.read_text(errors="replace")[offset:])
             except OSError:
                 m = None
             if m:

@@ -517,3 +517,22 @@ def test_one_bench_per_directory(tmp_path, capsys):
         assert main(["bench", "--grid", str(tmp_path / "grid.toml"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "another fedssl bench (pid 12345)" in err
+
+
+@pytest.mark.parametrize("name, cells", [("closed_world_grid.toml", 75), ("closed_world_small.toml", 12),
+                                         ("openworld_grid.toml", 12)])
+def test_example_grids_are_valid(tmp_path, name, cells):
+    g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
+    assert len(g.cells) == cells
+    assert all(c.cfg.data.dataset == "fashion-mnist" for c in g.cells)
+    if name == "openworld_grid.toml":
+        pairs = {(c.cfg.server.strategy, c.cfg.client.algorithm) for c in g.cells}
+        assert pairs == {("fedavg", "supervised"), ("fedavg", "fixmatch"), ("fedavg", "orca"),
+                         ("fedossl", "fedossl")}
+        c = g.cells[0].cfg
+        assert (c.data.partition, c.data.seen_classes, c.data.globally_unseen, c.data.num_clients,
+                c.data.labeled_ratio) == ("openworld", 6, 1, 5, 0.5)
+    if name == "closed_world_grid.toml":
+        c = g.cells[0].cfg
+        assert (c.data.num_clients, c.data.alpha, c.data.labeled_ratio) == (100, 0.3, 0.01)
+        assert {x.cfg.run.seed for x in g.cells} == {0, 1, 2}

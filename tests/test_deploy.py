@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fedssl.config import ConfigError, resolve
-from fedssl.data import DataError, client_shard
+from fedssl.data import client_shard
 from fedssl.data.export import (check_node_config, data_config_hash, export_shards, find_shard,
                                 load_client_shard, read_shard_meta)
 from fedssl.deploy import (LocalFederation, ProcessSet, _descendants, free_ports, make_certs,
@@ -139,6 +139,8 @@ def test_node_check_and_node_start_fail_fast_with_one_line(tmp_path):
     assert_bad_input(run_cli("node", "start", "--", "--insecure", "--superlink", "127.0.0.1:9",
                              "--node-config", f"partition-id=0 num-partitions=3 data-dir='{tmp_path}/nope'"),
                      "data-dir", "does not exist")
+    assert_bad_input(run_cli("deploy", "local", "--clients", "0", "--out", str(tmp_path / "d")),
+                     "--clients must be >= 1")
     ok = run_cli("node", "check", "--node-config", f"partition-id=0 num-partitions=3 data-dir='{shard0}'",
                  *set_flags({k: v for k, v in SMALL.items()}))
     assert ok.returncode == 0 and ok.stdout.startswith("ok: partition 0 of 3"), ok.stderr

@@ -1,6 +1,6 @@
 """Weak and strong augmentation on uint8 image batches [B, C, H, W].
 
-weak   = random translation (reflect-pad + crop, 1/8 of the side) + horizontal flip
+weak   = random translation (pad + crop) + horizontal flip
 strong = weak + torchvision RandAugment (2 ops) + Cutout (half the side)
 Randomness comes from torch's global RNG, which the trainer seeds per (run seed,
 round, client), so augmentations are reproducible and independent of packing.
@@ -24,8 +24,11 @@ def weak(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
     b, _, h, w = x.shape
     if b == 0:
         return x
-    pad = max(1, h // 8)
-    padded = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect").to(x.dtype)
+    # 1/8 of the side with reflection for colour images (CIFAR convention); 2 px of
+    # black for grayscale ones, whose background is black (reflection adds strokes).
+    gray = x.shape[1] == 1
+    pad = 2 if gray else max(1, h // 8)
+    padded = F.pad(x.float(), (pad, pad, pad, pad), mode="constant" if gray else "reflect").to(x.dtype)
     oy = torch.randint(0, 2 * pad + 1, (b,))
     ox = torch.randint(0, 2 * pad + 1, (b,))
     rows = (oy[:, None] + torch.arange(h))[:, None, :, None]

@@ -1,0 +1,333 @@
+"""Open-world pieces: clustering, calibration, suppression weights, ORCA's loss terms,
+FedoSSL's client with and without the server's centroids, and its strategy."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedssl.algorithms import ALGORITHMS, Batch, RoundContext
+from fedssl.config import ConfigError, resolve
+from fedssl.models import build_model
+from fedssl.openworld import (adaptive_margin, balanced_kmeans, calibrate, entropy_of_mean,
+                              margin_cross_entropy, mean_uncertainty, pairwise_bce,
+                              pairwise_positives, sinkhorn_knopp, suppression_weights)
+from fedssl.training import ClientData, build_algorithm, train_client
+
+K, S, D = 10, 6, 128
+
+
+def unit(rows: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """``rows`` orthonormal directions in ``dim`` dimensions."""
+    q, _ = torch.linalg.qr(torch.randn(dim, rows, generator=torch.Generator().manual_seed(seed)))
+    return q.T.contiguous()
+
+
+# -- clustering -------------------------------------------------------------------
+def test_sinkhorn_balances_a_skewed_score_matrix():
+    torch.manual_seed(0)
+    scores = torch.randn(400, 8) * 0.1
+    scores[:, 0] += 1.0  # raw argmax would put everything into cluster 0
+    assert (scores.argmax(1) == 0).all()
+    q = sinkhorn_knopp(scores, n_iters=50, epsilon=0.05)
+    assert torch.allclose(q.sum(1), torch.ones(400), atol=1e-5)  # a distribution per sample
+    assert torch.allclose(q.sum(0), torch.full((8,), 50.0), rtol=0.02)  # N / K per cluster
+    hard = torch.bincount(q.argmax(1), minlength=8)
+    assert hard.min() >= 30 and hard.max() <= 70
+
+
+def test_sinkhorn_small_epsilon_does_not_overflow():
+    q = sinkhorn_knopp(torch.tensor([[1.0, -1.0], [0.9, -1.0]]), epsilon=1e-3)
+    assert torch.isfinite(q).all()
+    assert torch.allclose(q.sum(1), torch.ones(2), atol=1e-5)
+
+
+def test_balanced_kmeans_recovers_separated_clusters_in_equal_sizes():
+    centers = unit(5, 32, seed=1)
+    g = torch.Generator().manual_seed(2)
+    truth = torch.arange(5).repeat_interleave(60)
+    x = centers[truth] + 0.05 * torch.randn(300, 32, generator=g)
+    centroids, assign = balanced_kmeans(x, 5, iters=10, seed=3)
+    assert torch.allclose(centroids.norm(dim=1), torch.ones(5), atol=1e-5)
+    for c in range(5):  # every true cluster is one found cluster, and vice versa
+        assert len(torch.unique(assign[truth == c])) == 1
+    assert len(torch.unique(assign)) == 5
+    # deterministic in the seed
+    again, _ = balanced_kmeans(x, 5, iters=10, seed=3)
+    assert torch.equal(centroids, again)
+
+
+def test_balanced_kmeans_with_fewer_points_than_clusters():
+    centroids, assign = balanced_kmeans(torch.randn(3, 8), 5, iters=3, seed=0)
+    assert centroids.shape == (5, 8) and torch.isfinite(centroids).all()
+
+
+def test_calibration_maps_permuted_centroids_back_to_seen_class_ids():
+    true = unit(K, D, seed=4)  # direction of class k
+    perm = torch.randperm(K, generator=torch.Generator().manual_seed(5))
+    shuffled = true[perm]  # the server's clustering returns them in any order
+    noisy_means = (true[:S] + 0.1 * torch.randn(S, D, generator=torch.Generator().manual_seed(6))).numpy()
+    out = calibrate(shuffled.numpy(), noisy_means, S)
+    assert out.shape == (K, D) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:S], true[:S].numpy(), atol=1e-6)
+    # the unseen slots hold exactly the other centroids (no reuse, none lost)
+    rest = {int(np.argmax(true.numpy() @ v)) for v in out[S:]}
+    assert rest == set(range(S, K))
+
+
+def test_calibration_is_greedy_without_reuse_and_skips_unreported_classes():
+    c = np.eye(4, dtype=np.float32)
+    # classes 0 and 1 both resemble centroid 2 best; class 0 resembles it more
+    means = np.array([[0, 0.2, 1.0, 0], [0.5, 0, 0.9, 0], [9, 9, 9, 9]], dtype=np.float32)
+    out = calibrate(c, means, 3, valid=np.array([True, True, False]))
+    np.testing.assert_array_equal(out[0], c[2])
+    np.testing.assert_array_equal(out[1], c[0])  # the next best, since 2 is taken
+    # class 2 was reported by nobody: its slot and slot 3 get the leftovers in order
+    np.testing.assert_array_equal(out[2], c[1])
+    np.testing.assert_array_equal(out[3], c[3])
+
+
+def test_suppression_weights_follow_the_formula():
+    counts = torch.tensor([100.0, 50.0, 0.0, 25.0])
+    w = suppression_weights(counts, 0.2)
+    expected = torch.tensor([0.2 ** 0.0, 0.2 ** 0.5, 0.2 ** 1.0, 0.2 ** 0.75])
+    assert torch.allclose(w, expected)
+    # weight grows with how often the class is predicted; a never-predicted class gets beta
+    assert w[2] < w[3] < w[1] < w[0] == 1.0
+    assert torch.equal(suppression_weights(torch.zeros(4), 0.2), torch.ones(4))
+
+
+# -- ORCA pieces --------------------------------------------------------------------
+def test_adaptive_margin_is_minus_uncertainty_capped():
+    assert adaptive_margin(0.2) == pytest.approx(-0.2)
+    assert adaptive_margin(0.9) == pytest.approx(-0.5)
+    probs = torch.tensor([[0.7, 0.3], [0.5, 0.5]])
+    assert mean_uncertainty(probs) == pytest.approx(0.4)
+
+
+def test_margin_cross_entropy_adds_the_margin_to_the_true_logit():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    y = torch.tensor([1, 2])
+    shifted = logits.clone()
+    shifted[0, 1] += 10 * 0.3
+    shifted[1, 2] += 10 * 0.3
+    assert margin_cross_entropy(logits, y, -0.3, 10.0) == pytest.approx(float(F.cross_entropy(shifted, y)))
+    # a negative margin makes labeled samples easier (slows seen-class learning)
+    assert margin_cross_entropy(logits, y, -0.3) < margin_cross_entropy(logits, y, 0.0)
+    empty = margin_cross_entropy(torch.zeros(0, 3, requires_grad=True), torch.zeros(0, dtype=torch.long), -0.5)
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
+def test_pairwise_positives_same_class_for_labeled_nearest_neighbour_for_unlabeled():
+    torch.manual_seed(0)
+    y_l = torch.tensor([0, 1, 0, 2, 0])
+    feats = torch.randn(9, 4)
+    # unlabeled rows 5..8: 5 and 7 are near-duplicates, 6 copies labeled row 3
+    feats[7] = feats[5] + 1e-3
+    feats[6] = feats[3] * 2  # same direction (cosine 1), different norm
+    feats[8] = -feats[8]
+    for _ in range(20):
+        pos = pairwise_positives(feats, y_l)
+        for i in (0, 2, 4):
+            assert pos[i] in (0, 2, 4) and pos[i] != i
+        assert pos[1] == 1 and pos[3] == 3  # only sample of its class: itself
+        assert pos[5] == 7 and pos[7] == 5 and pos[6] == 3
+        assert pos[8] != 8
+
+
+def test_pairwise_bce_and_entropy_of_mean_on_known_batches():
+    onehot = torch.eye(4)
+    assert float(pairwise_bce(onehot, onehot)) == pytest.approx(0.0, abs=1e-6)
+    assert float(pairwise_bce(onehot, onehot.roll(1, dims=0))) > 10  # disagreeing pairs
+    uniform = torch.full((3, 4), 0.25)
+    assert float(pairwise_bce(uniform, uniform)) == pytest.approx(math.log(4))
+    assert float(entropy_of_mean(onehot)) == pytest.approx(math.log(4))  # spread over classes
+    assert float(entropy_of_mean(onehot[[0, 0, 0]])) == pytest.approx(0.0, abs=1e-6)  # collapsed
+
+
+# -- the algorithms on a real model ------------------------------------------------
+def _cfg(algorithm: str, **over):
+    return resolve(overrides={"data.dataset": "synthetic", "data.partition": "openworld",
+                              "data.seen_classes": S, "data.globally_unseen": 1,
+                              "client.algorithm": algorithm, "client.pretrain_rounds": 0,
+                              "client.batch_size": 8, "client.uratio": 2, "client.local_steps": 2,
+                              "client.memory_size": 64, "client.local_centroids": 5, **over})
+
+
+def _data(n_l: int = 24, n_u: int = 48, seed: int = 0) -> ClientData:
+    g = torch.Generator().manual_seed(seed)
+    return ClientData(torch.randint(0, 256, (n_l, 1, 28, 28), dtype=torch.uint8, generator=g),
+                      torch.arange(n_l) % S,
+                      torch.randint(0, 256, (n_u, 1, 28, 28), dtype=torch.uint8, generator=g),
+                      torch.arange(n_u) % K)
+
+
+def _model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("cnn", K, cosine_head=True)
+
+
+def _batch(data: ClientData) -> Batch:
+    from fedssl.data.augment import normalize, weak
+    return Batch(x_l=[normalize(weak(data.x_l[:8])), normalize(weak(data.x_l[:8]))], y_l=data.y_l[:8],
+                 x_u=[normalize(weak(data.x_u[:16])), normalize(weak(data.x_u[:16]))], y_u=data.y_u[:16])
+
+
+def test_orca_is_open_world_with_two_weak_views():
+    orca = ALGORITHMS["orca"]
+    assert orca.open_world and orca.labeled_views == ("weak", "weak") == orca.unlabeled_views
+    assert issubclass(ALGORITHMS["fedossl"], orca) and ALGORITHMS["fedossl"].open_world
+    with pytest.raises(ConfigError, match="seen_classes"):
+        resolve(overrides={"client.algorithm": "fedossl", "data.seen_classes": 0})
+
+
+def test_orca_loss_is_ce_plus_pairwise_minus_entropy_with_the_round_margin():
+    cfg = _cfg("orca")
+    algo, model, data = build_algorithm(cfg), _model(), _data()
+    ctx = RoundContext(server_round=1)
+    algo.begin_round(model, ctx, data)
+    u = float(ctx.state["uncertainty"])
+    assert 0 < u < 1 and algo.margin(ctx) == pytest.approx(-min(u, 0.5))
+    torch.manual_seed(1)
+    loss, m = algo.loss(model, _batch(data), ctx)
+    assert loss.requires_grad and math.isfinite(float(loss))
+    assert float(loss) == pytest.approx(m["loss_x"] + m["loss_pair"] - m["entropy"], rel=1e-5)
+    loss.backward()
+    assert model.head.weight.grad.abs().sum() > 0
+
+
+def test_orca_pretrain_rounds_train_plain_cross_entropy():
+    cfg = _cfg("orca", **{"client.pretrain_rounds": 1})
+    algo, model, data = build_algorithm(cfg), _model(), _data()
+    batch = _batch(data)
+    ctx = RoundContext(server_round=1)
+    loss, m = algo.loss(model, batch, ctx)
+    assert set(m) == {"loss_x"}
+    assert float(loss) == pytest.approx(float(F.cross_entropy(model(batch.x_l[0]), batch.y_l)), rel=1e-5)
+    _, m2 = algo.loss(model, batch, RoundContext(server_round=2))
+    assert {"loss_pair", "entropy"} <= set(m2)
+
+
+def _global_centroids(model) -> np.ndarray:
+    return F.normalize(model.head.weight.detach().T, dim=1).numpy()
+
+
+def test_fedossl_without_payload_trains_like_orca_plus_suppression_and_reports_centroids():
+    cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1})
+    algo, model, data = build_algorithm(cfg), _model(), _data()
+    r1 = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None, payload={})
+    assert "train_loss_cluster" not in r1.metrics and "train_loss_sup" not in r1.metrics
+    p = r1.payload
+    assert p["local_centroids"].shape == (5, 128) and p["local_centroids"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(p["local_centroids"], axis=1), 1.0, atol=1e-5)
+    assert p["class_means"].shape == (S, 128)
+    np.testing.assert_array_equal(p["class_counts"], np.bincount(data.y_l.numpy(), minlength=S))
+    counts = r1.state["algo.pred_counts"]
+    assert counts.shape == (K,) and float(counts.sum()) == len(data.y_u)
+
+    # round 2: N_k from round 1 is in the state -> the suppressed loss is on;
+    # still no centroids (e.g. a stock FedAvg server) -> no centroid terms
+    r2 = train_client(model, algo, data, cfg, server_round=2, partition_id=0, state=(1, r1.state), payload={})
+    assert r2.metrics["train_loss_sup"] > 0
+    assert "train_loss_cluster" not in r2.metrics and "train_loss_pl" not in r2.metrics
+
+
+def test_fedossl_uses_global_centroids_from_warmup_and_pseudo_labels_later():
+    cfg = _cfg("fedossl", **{"client.warmup_rounds": 2, "client.pseudo_label_round": 3,
+                             "client.threshold": 0.05})
+    algo, model, data = build_algorithm(cfg), _model(), _data()
+    payload = {"global_centroids": _global_centroids(model)}
+    r1 = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None, payload=payload)
+    assert "train_loss_cluster" not in r1.metrics  # before warm-up ends
+    r2 = train_client(model, algo, data, cfg, server_round=2, partition_id=0, state=(1, r1.state), payload=payload)
+    assert r2.metrics["train_loss_cluster"] > 0 and "train_loss_pl" not in r2.metrics
+    r3 = train_client(model, algo, data, cfg, server_round=3, partition_id=0, state=(2, r2.state), payload=payload)
+    assert "train_loss_pl" in r3.metrics and r3.metrics["train_mask"] > 0
+
+
+def test_fedossl_ignores_malformed_centroids():
+    cfg = _cfg("fedossl", **{"client.warmup_rounds": 1})
+    algo, model, data = build_algorithm(cfg), _model(), _data()
+    for bad in (np.zeros((K, 7), np.float32), np.full((K, 128), np.nan, np.float32), np.zeros(3, np.float32)):
+        r = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None,
+                         payload={"global_centroids": bad})
+        assert "train_loss_cluster" not in r.metrics and math.isfinite(r.metrics["train_loss"])
+
+
+def test_fedossl_pseudo_labels_follow_the_head_for_unseen_slots():
+    cfg = _cfg("fedossl")
+    algo, model = build_algorithm(cfg), _model()
+    proto = F.normalize(model.head.weight.detach().T, dim=1)  # [K, D] class prototypes
+    order = torch.tensor([0, 1, 2, 3, 4, 5, 9, 7, 6, 8])  # unseen slots scrambled
+    ids = algo._pseudo_label_ids(model, proto[order])
+    assert ids.tolist() == order.tolist()
+
+
+# -- the strategy ------------------------------------------------------------------------
+def _strategy():
+    from strategies.fedossl import FedoSSL
+    return FedoSSL(_cfg("fedossl", **{"server.strategy": "fedossl"}))
+
+
+def _payload(true: torch.Tensor, seed: int, classes=range(K)) -> dict[str, np.ndarray]:
+    """Two local centroids near each class direction present, exact class means."""
+    g = torch.Generator().manual_seed(seed)
+    cls = torch.tensor(list(classes)).repeat_interleave(2)
+    local = F.normalize(true[cls] + 0.05 * torch.randn(len(cls), D, generator=g), dim=1)
+    counts = np.array([10.0 if c in classes else 0.0 for c in range(S)], np.float32)
+    means = true[:S].numpy() * (counts[:, None] > 0)
+    return {"local_centroids": local.numpy(), "class_means": means.astype(np.float32),
+            "class_counts": counts}
+
+
+def test_strategy_clusters_and_calibrates_centroids_from_payloads():
+    strat = _strategy()
+    assert strat.wants_payload and strat.train_payload(1) == {}  # nothing before round 1's payloads
+    true = unit(K, D, seed=7)
+    strat.absorb_payloads(1, [(0, _payload(true, 0)), (1, _payload(true, 1, range(S + 2))),
+                              (2, _payload(true, 2, [*range(S), 9]))])
+    c = strat.train_payload(2)["global_centroids"]
+    assert c.shape == (K, D) and c.dtype == np.float32
+    cos = c @ true.numpy().T
+    assert (np.diag(cos)[:S] > 0.95).all()  # slot c holds seen class c
+    assert sorted(np.argmax(cos[S:], axis=1).tolist()) == list(range(S, K))  # every unseen class once
+    state = strat.state_dict()
+    fresh = _strategy()
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(fresh.train_payload(3)["global_centroids"], c)
+
+
+def test_strategy_skips_missing_or_malformed_payloads(caplog):
+    strat = _strategy()
+    true = unit(K, D, seed=8)
+    good = _payload(true, 0)
+    bad = {
+        3: {k: v for k, v in good.items() if k != "class_means"},  # missing key
+        4: {**good, "local_centroids": np.full((4, D), np.nan, np.float32)},  # non-finite
+        5: {**good, "local_centroids": np.zeros((4, D + 1), np.float32),
+            "class_means": np.zeros((S, D + 1), np.float32)},  # other feature dimension
+        6: {**good, "class_means": good["class_means"][:2]},  # wrong number of classes
+        7: {**good, "class_counts": -good["class_counts"]},  # negative counts
+        8: {**good, "local_centroids": np.zeros(5, np.float32)},  # not a matrix
+    }
+    with caplog.at_level(logging.WARNING, logger="fedssl"):
+        strat.absorb_payloads(1, [(0, good), (1, _payload(true, 1)), *bad.items()])
+    skipped = [r.getMessage() for r in caplog.records if "payload skipped" in r.getMessage()]
+    assert len(skipped) == len(bad)
+    for pid in bad:
+        assert any(f"client {pid}:" in msg for msg in skipped)
+    c = strat.train_payload(2)["global_centroids"]
+    assert np.isfinite(c).all() and (np.diag(c @ true.numpy().T)[:S] > 0.95).all()
+
+    # a round with nothing usable keeps the previous centroids
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedssl"):
+        strat.absorb_payloads(2, [(3, bad[3])])
+        strat.absorb_payloads(3, [])
+    np.testing.assert_array_equal(strat.train_payload(4)["global_centroids"], c)
+    assert any("no usable FedoSSL payload" in r.getMessage() for r in caplog.records)
