@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from client.runtime import config_from_context
 from fedssl.config import Config
 from server.loop import ServerRunner
+
+_log = logging.getLogger("fedssl")
+if not _log.handlers:  # under `flwr run` nobody else configures fedssl's logger
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(levelname)s fedssl: %(message)s"))
+    _log.addHandler(_handler)
+    _log.setLevel(logging.INFO)
 
 
 def make_server_app(cfg: Config | None = None, resume: bool = False, quiet: bool = False) -> ServerApp:

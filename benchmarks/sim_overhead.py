@@ -1,0 +1,178 @@
+"""Where does simulation time go? The same FL workload three ways, in one process.
+
+  (a) plain PyTorch loop: sequential, one thread, FedAvg averaging (the compute floor)
+  (b) stock Flower 1.42 simulation (Ray backend, num_cpus=1 per client), stock FedAvg
+      and a minimal ClientApp doing the same local training
+  (c) `fedssl run` with `supervised` (and `fixmatch`), packed (auto clients_per_node)
+      and unpacked (clients_per_node=1)
+
+Workload: N clients (IID shards of real Fashion-MNIST), R rounds, every client trains
+`--steps` SGD steps of batch 32 on the CNN each round. "ideal" = (a) / cores.
+Also prints the per-update time breakdown of (c) from its metrics.csv.
+
+    python benchmarks/sim_overhead.py --clients 50,200,500 --rounds 2 --steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedssl.config import resolve
+from fedssl.data import load_dataset, make_partition
+from fedssl.data.augment import normalize, weak
+from fedssl.models import build_model
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def shards(n: int):
+    cfg = resolve(overrides={"data.partition": "iid", "data.num_clients": n, "data.labeled_ratio": 1.0})
+    s = load_dataset(cfg.data, 0)
+    p = make_partition(s.train_y, cfg.data, s.num_classes, 0)
+    x = torch.from_numpy(np.ascontiguousarray(s.train_x.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(s.train_y.astype(np.int64))
+    return x, y, [torch.from_numpy(sh.labeled) for sh in p.shards]
+
+
+def local_train(model, x, y, idx, steps, gen):
+    opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+    for _ in range(steps):
+        b = idx[torch.randint(len(idx), (32,), generator=gen)]
+        loss = torch.nn.functional.cross_entropy(model(normalize(weak(x[b]))), y[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def plain_loop(n: int, rounds: int, steps: int) -> float:
+    torch.set_num_threads(1)
+    x, y, idxs = shards(n)
+    global_model = build_model("cnn", 10)
+    local = build_model("cnn", 10)
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        g = global_model.state_dict()
+        acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in g.items()}
+        for i in range(n):
+            local.load_state_dict(g)
+            local_train(local, x, y, idxs[i], steps, gen)
+            for k, v in local.state_dict().items():
+                acc[k] += v.double() / n
+        global_model.load_state_dict({k: v.float() for k, v in acc.items()})
+    return time.perf_counter() - t0
+
+
+def stock_flower(n: int, rounds: int, steps: int) -> float:
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    client = ClientApp()
+    cache: dict = {}
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        if "data" not in cache:
+            torch.set_num_threads(1)
+            cache["data"] = shards(int(context.node_config["num-partitions"]))
+            cache["model"] = build_model("cnn", 10)
+        x, y, idxs = cache["data"]
+        model = cache["model"]
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        pid = int(context.node_config["partition-id"])
+        local_train(model, x, y, idxs[pid], steps, torch.Generator().manual_seed(pid))
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                   "metrics": MetricRecord({"num-examples": len(idxs[pid])})}), reply_to=msg)
+
+    server = ServerApp()
+    timing = {}
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
+        t0 = time.perf_counter()
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("cnn", 10).state_dict()),
+                       num_rounds=rounds)
+        timing["t"] = time.perf_counter() - t0
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(server_app=server, client_app=client, num_supernodes=n,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"logging_level": "ERROR", "num_cpus": CORES}})
+    import ray
+
+    ray.shutdown()
+    return timing["t"]
+
+
+def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int) -> tuple[float, dict[str, float]]:
+    from fedssl.simulation import run_experiment
+
+    out = Path(tempfile.mkdtemp(prefix="simbench_"))
+    cfg = resolve(overrides={"data.partition": "iid", "data.num_clients": n, "data.labeled_ratio": 1.0
+                             if algorithm == "supervised" else 0.05, "client.algorithm": algorithm,
+                             "federation.rounds": rounds, "client.local_steps": steps,
+                             "federation.clients_per_node": cpn, "run.out_dir": str(out),
+                             "run.eval_every": rounds, "run.checkpoint_every": 0,
+                             "client.uratio": 1})
+    run_experiment(cfg, quiet=True)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    # wall_s counts from the first round's start: Ray start-up and dataset loading excluded,
+    # as for (b), whose clock starts when the strategy starts.
+    last = rows[-1]
+    breakdown = {k: float(last[k]) for k in ("t_deser_s", "t_state_s", "t_data_s", "t_train_s") if last.get(k)}
+    breakdown["round_trip_s_per_update"] = float(last["t_round_trip_s"]) / max(1, int(last["clients"]))
+    return float(last["wall_s"]), breakdown
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", default="50,200,500")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--skip-stock", action="store_true")
+    ap.add_argument("--fixmatch", action="store_true", help="also time fixmatch")
+    args = ap.parse_args()
+    print(f"cores={CORES}  rounds={args.rounds}  steps/client/round={args.steps}  batch=32  model=cnn")
+    header = f"{'N':>5} {'run':28} {'seconds':>8} {'x ideal':>8} {'vs stock':>9}"
+    for n in [int(v) for v in args.clients.split(",")]:
+        notes = []
+        a = plain_loop(n, args.rounds, args.steps)
+        ideal = a / CORES
+        res = [("(a) plain PyTorch loop", a)]
+        b = None
+        if not args.skip_stock:
+            b = stock_flower(n, args.rounds, args.steps)
+            res.append(("(b) stock Flower FedAvg", b))
+        runs = [("supervised", 0), ("supervised", 1)] + ([("fixmatch", 0)] if args.fixmatch else [])
+        for algo, cpn in runs:
+            t, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn)
+            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t))
+            notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
+                         "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
+        print(header)
+        print(f"{n:>5} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f}")
+        for name, t in res:
+            vs = f"{b / t:8.2f}x" if b else "       -"
+            print(f"{n:>5} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9}")
+        print("\n".join(notes), flush=True)
+
+
+if __name__ == "__main__":
+    main()
