@@ -675,7 +675,7 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     pc_fig = _run_per_class(metrics, summary)
     per_class = _save(pc_fig, plots / "per_class.png") if pc_fig is not None else None
     last = metrics.iloc[-1]
-    cfg = summary.get("config") or {}
+    cfg = summary.get("config") or _read_toml(run_dir / "config.toml")
     title = (f"fedssl run: {cfg.get('server', {}).get('strategy', '?')} + "
              f"{cfg.get('client', {}).get('algorithm', '?')} ({run_dir.name})")
     cols = [m for m in FINAL if m in metrics and not math.isnan(_num(last[m]))]
@@ -692,6 +692,15 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     if per_class is not None:
         out["per_class"] = per_class
     return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _run_curve(m):
