@@ -18,11 +18,11 @@ setup: $(BIN)/fedssl data
 data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq && $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq dataset-fashion-mnist chromium >/dev/null; \
 	fi
 	@if [ -d /usr/share/datasets/fashion-mnist ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -qq chromium >/dev/null || true; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null || true; \
 	fi
 
 run: setup

@@ -111,6 +111,7 @@ class FaultsConfig:
     rate: float = 1.0  # probability per (round, client), deterministic from seed
     scale: float = 100.0
     seed: int = 0
+    start_round: int = 1  # faults begin in this round (a client that turns bad mid-run)
 
 
 SECTIONS: dict[str, type] = {
@@ -352,6 +353,7 @@ def validate(cfg: Config) -> None:
     except ValueError:
         raise ConfigError(f"faults.clients: expected comma-separated ids, got "
                           f"{cfg.faults.clients!r}") from None
+    _require(cfg.faults.start_round >= 1, "faults.start_round must be >= 1")
     _require(len(modes) == 1 or len(modes) == len(ids), f"faults.mode lists {len(modes)} modes "
              f"but faults.clients lists {len(ids)} clients")
     _require(all(0 <= i < d.num_clients for i in ids),

@@ -1,7 +1,8 @@
 """Deterministic fault injection (``[faults]``) for tests and robustness studies.
 
 A client listed in ``faults.clients`` misbehaves in a round with probability
-``faults.rate``, drawn from (faults.seed, round, client) so runs are reproducible:
+``faults.rate``, from round ``faults.start_round`` on, drawn from (faults.seed, round,
+client) so runs are reproducible:
 
 - crash: raise inside the ClientApp (the node replies with an error);
 - hang:  sleep past ``federation.round_timeout`` before replying;
@@ -32,7 +33,7 @@ def fault_mode(cfg: Config, partition_id: int, server_round: int) -> str:
     """The fault this client injects this round ("none" if it behaves)."""
     f = cfg.faults
     ids = fault_clients(cfg)
-    if f.mode == "none" or partition_id not in ids:
+    if f.mode == "none" or partition_id not in ids or server_round < f.start_round:
         return "none"
     modes = f.mode.split(",")
     mode = modes[ids.index(partition_id)] if len(modes) > 1 else modes[0]

@@ -157,3 +157,17 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
         runlog.write_atomic(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temp file left
+
+
+def test_hanging_client_is_dropped_at_the_round_timeout(tmp_path):
+    # Round 1 is clean (Ray's cold start must not count against the timeout); from
+    # round 2 client 3 sleeps past round_timeout. Its node is dropped and the round
+    # is aggregated from the three clients that replied.
+    out = tmp_path / "h"
+    summary = run_experiment(resolve(overrides=tiny(out, **{
+        "faults.mode": "hang", "faults.clients": "3", "faults.start_round": 2,
+        "federation.round_timeout": 45.0, "federation.clients_per_node": 1})), quiet=True)
+    assert summary["status"] == "ok" and summary["final"]["round"] == 2
+    r1, r2 = rows(out)
+    assert r1["clients"] == "4" and r1["failed_clients"] == "0", r1
+    assert r2["clients"] == "3" and r2["failed_clients"] == "1" and r2["status"] != "no_update", r2
