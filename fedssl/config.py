@@ -52,10 +52,11 @@ class FederationConfig:
 @dataclass(frozen=True)
 class ClientConfig:
     algorithm: str = "fixmatch"
-    local_epochs: int = 1
+    local_epochs: int = 2
     local_steps: int = 0  # fixed steps per round; overrides epochs when > 0
     batch_size: int = 32
     lr: float = 0.03
+    lr_schedule: str = "cosine"  # cosine (over rounds) | constant
     momentum: float = 0.9
     weight_decay: float = 5e-4
     uratio: int = 4  # unlabeled batch = uratio x labeled batch (FixMatch's mu)
@@ -127,6 +128,7 @@ SECTIONS: dict[str, type] = {
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
 MODELS = ("cnn", "resnet18")
+LR_SCHEDULES = ("cosine", "constant")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
 
@@ -337,6 +339,8 @@ def validate(cfg: Config) -> None:
     _require(c.batch_size >= 2, f"client.batch_size must be >= 2, got {c.batch_size}")
     _require(c.lr > 0, f"client.lr must be > 0, got {c.lr}")
     _require(c.uratio >= 1, f"client.uratio must be >= 1, got {c.uratio}")
+    _require(c.lr_schedule in LR_SCHEDULES, f"client.lr_schedule: unknown schedule "
+             f"{c.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
     _require(0 <= c.ema_decay < 1, f"client.ema_decay must be in [0, 1), got {c.ema_decay}")
     _require(0 <= c.teacher_sync <= 1,
              f"client.teacher_sync must be in [0, 1], got {c.teacher_sync}")

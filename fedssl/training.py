@@ -123,6 +123,15 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
         t.copy_(s)
 
 
+def round_lr(cfg: Config, server_round: int) -> float:
+    """Local learning rate in ``server_round``: constant, or cosine-decayed over the
+    run's rounds, lr * (1 + cos(pi * (r - 1) / R)) / 2 (half-cosine as in SGDR/FixMatch)."""
+    c = cfg.client
+    if c.lr_schedule == "constant":
+        return c.lr
+    return c.lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / max(1, cfg.federation.rounds)))
+
+
 def train_client(
     model: nn.Module,
     algorithm: Algorithm,
@@ -168,7 +177,7 @@ def train_client(
     ctx.total_steps = steps
     model.train()
     algorithm.begin_round(model, ctx, data)
-    opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
+    opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     lab = _Sampler(len(data.y_l), gen)
