@@ -343,3 +343,16 @@ def test_algorithms_without_teacher_keep_no_teacher_state():
                        server_round=1, partition_id=0, state=None)
     assert not teacher_of(res.state)
     assert set(ALGORITHMS) >= {"supervised", "fixmatch", "meanteacher", "uda", "shrinkmatch"}
+
+
+def test_round_lr_is_half_cosine_over_the_run_or_constant():
+    import math
+
+    from fedssl.config import resolve
+    from fedssl.training import round_lr
+
+    cfg = resolve(overrides={"client.lr": 0.1, "federation.rounds": 10})
+    lrs = [round_lr(cfg, r) for r in range(1, 11)]
+    assert lrs[0] == 0.1 and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
+    assert math.isclose(round_lr(cfg, 6), 0.05)
+    assert round_lr(cfg.replace(**{"client.lr_schedule": "constant"}), 9) == 0.1

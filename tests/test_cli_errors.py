@@ -24,6 +24,8 @@ from tests.conftest import FMNIST, as_set_flags, assert_bad_input, run_cli, tiny
     ("model.name=vgg", "model.name"),
     ("data.labeled_ratio=0", "data.labeled_ratio"),
     ("faults.clients=a,b", "faults.clients"),
+    ("client.lr_schedule=step", "client.lr_schedule"),
+    ("faults.start_round=0", "faults.start_round"),
 ])
 def test_bad_values(tmp_path, capsys, flag, needle):
     # in-process for speed; test_bad_flags_and_files runs the real command line
