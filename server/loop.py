@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedssl import runlog
+from fedssl.algorithms import ALGORITHMS
 from fedssl.config import Config, ConfigError
 from fedssl.data import load_dataset, make_partition
 from fedssl.data.augment import normalize
@@ -49,6 +50,11 @@ class ServerRunner:
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, **model_kwargs(cfg, splits))
         self.strategy: FedSSLStrategy = build_strategy(cfg)
+        pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
+        if pairs_with and cfg.server.strategy != pairs_with:
+            log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
+                        "get no server payload and train without it", cfg.client.algorithm,
+                        pairs_with, cfg.server.strategy)
         # Deployment (SuperLink + SuperNodes, any grid but the Simulation Engine's
         # InMemoryGrid): every SuperNode holds one partition of its own (node config
         # partition-id + data-dir), so nodes are sampled instead of partition ids, each

@@ -43,3 +43,17 @@ def test_fedossl_payload_round_trip(tmp_path):
     assert sorted(per_class, key=int) == [str(k) for k in range(10)]
     assert all(v is not None for v in per_class.values())
     assert summary["global_unseen_classes"] and summary["local_unseen_classes"]
+
+
+def test_fedossl_algorithm_with_another_strategy_warns_once_and_runs(tmp_path):
+    from conftest import as_set_flags, run_cli
+
+    over = tiny(tmp_path / "r", **{
+        "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
+        "data.num_clients": 3, "federation.rounds": 2, "client.local_steps": 2,
+        "client.algorithm": "fedossl", "server.strategy": "fedavg", "client.pretrain_rounds": 0})
+    proc = run_cli("run", "--quiet", *as_set_flags(over))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("client.algorithm=fedossl is meant for server.strategy=fedossl") == 1, out[-3000:]
+    assert (tmp_path / "r" / "summary.json").exists()

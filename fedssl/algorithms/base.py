@@ -56,6 +56,7 @@ class Algorithm:
     open_world: bool = False  # needs unseen classes and a cosine head
     uses_teacher: bool = False  # the trainer keeps an EMA teacher for this client
     uses_unlabeled: bool = True
+    pairs_with: str | None = None  # the server strategy that sends this algorithm's payload
     labeled_views: tuple[str, ...] = ("weak",)
     unlabeled_views: tuple[str, ...] = ("weak", "strong")
 

@@ -51,6 +51,7 @@ from fedssl.openworld import balanced_kmeans, match_to_prototypes, suppression_w
 
 @register("fedossl")
 class FedoSSL(ORCA):
+    pairs_with = "fedossl"  # global centroids come from the fedossl strategy
     cluster_weight = 0.5  # the reference code's weight of L_cluster
     kmeans_iters = 5
 
