@@ -355,6 +355,31 @@ def test_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
     assert dropped and any(("did not reply within" in ln) or ("failed" in ln) for ln in dropped), log[-3000:]
 
 
+@pytest.mark.slow
+@needs_flower
+def test_late_supernode_is_used_from_the_next_round(tmp_path):
+    """A SuperNode that joins while round 1 runs is sampled from a later round on."""
+    cfg = small_cfg(tmp_path / "out", **{"federation.rounds": 5, "federation.min_clients": 2,
+                                         "client.local_steps": 20})
+    shards = [p.parent for p in export_shards(cfg, tmp_path / "shards")]
+    with LocalFederation(cfg, tmp_path / "fed") as fed:
+        fed.start_superlink()
+        fed.start_nodes(shards[:2])
+        run = fed.start_run()
+        first = fed.nodes["supernode-0"]
+        deadline = time.time() + RUN_TIMEOUT
+        while "Receiving: train message" not in first.log.read_text(errors="replace"):
+            assert time.time() < deadline and run.poll() is None, "round 1 never reached node 0"
+            time.sleep(0.1)
+        fed.start_node("supernode-2", {"partition-id": 2, "num-partitions": 3, "data-dir": str(shards[2]),
+                                       "state-dir": str(tmp_path / "fed" / "client-state" / "partition-2")})
+        summary = fed.wait_run(run, timeout=RUN_TIMEOUT)
+    assert summary["status"] == "ok" and summary["rounds_completed"] == 5
+    clients = [int(r["clients"]) for r in _metrics(tmp_path / "out")]
+    assert clients[0] == 2 and clients[-1] == 3 and clients == sorted(clients), clients
+    assert all(r["failed_clients"] == "0" for r in _metrics(tmp_path / "out"))
+
+
 def _netns_ok() -> bool:
     if os.geteuid() != 0 or not shutil.which("ip"):
         return False
