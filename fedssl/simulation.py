@@ -32,6 +32,7 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     if f.ray_address:
         init_args["address"] = f.ray_address
     else:
+        init_args["include_dashboard"] = False  # no dashboard processes for a local cluster
         init_args["num_cpus"] = max(1, int(os.environ.get("FEDSSL_RAY_CPUS", 0)) or
                                     (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
         init_args["num_gpus"] = int(_gpu_count()) if f.num_gpus > 0 else 0
