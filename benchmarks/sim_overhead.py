@@ -10,13 +10,14 @@ Workload: N clients (IID shards of real Fashion-MNIST), R rounds, every client t
 `--steps` SGD steps of batch 32 on the CNN each round. "ideal" = (a) / cores.
 Also prints the per-update time breakdown of (c) from its metrics.csv.
 
-    python benchmarks/sim_overhead.py --clients 50,200,500 --rounds 2 --steps 1
+    python benchmarks/sim_overhead.py --clients 50,200,500 --rounds 3 --steps 1 [--fixmatch]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import tempfile
@@ -39,9 +40,9 @@ def shards(n: int):
     cfg = resolve(overrides={"data.partition": "iid", "data.num_clients": n, "data.labeled_ratio": 1.0})
     s = load_dataset(cfg.data, 0)
     p = make_partition(s.train_y, cfg.data, s.num_classes, 0)
-    x = torch.from_numpy(np.ascontiguousarray(s.train_x.transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(s.train_x.transpose(0, 3, 1, 2).copy())
     y = torch.from_numpy(s.train_y.astype(np.int64))
-    return x, y, [torch.from_numpy(sh.labeled) for sh in p.shards]
+    return x, y, [torch.from_numpy(np.array(sh.labeled)) for sh in p.shards]
 
 
 def local_train(model, x, y, idx, steps, gen):
@@ -54,14 +55,16 @@ def local_train(model, x, y, idx, steps, gen):
         opt.step()
 
 
-def plain_loop(n: int, rounds: int, steps: int) -> float:
+def plain_loop(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
     torch.set_num_threads(1)
     x, y, idxs = shards(n)
     global_model = build_model("cnn", 10)
     local = build_model("cnn", 10)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
+    per_round = []
     for _ in range(rounds):
+        t_r = time.perf_counter()
         g = global_model.state_dict()
         acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in g.items()}
         for i in range(n):
@@ -70,10 +73,11 @@ def plain_loop(n: int, rounds: int, steps: int) -> float:
             for k, v in local.state_dict().items():
                 acc[k] += v.double() / n
         global_model.load_state_dict({k: v.float() for k, v in acc.items()})
-    return time.perf_counter() - t0
+        per_round.append(time.perf_counter() - t_r)
+    return time.perf_counter() - t0, per_round
 
 
-def stock_flower(n: int, rounds: int, steps: int) -> float:
+def stock_flower(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
@@ -103,10 +107,20 @@ def stock_flower(n: int, rounds: int, steps: int) -> float:
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
+        starts: list[float] = []
+        configure = strategy.configure_train
+
+        def timed_configure(*a, **kw):  # measurement only: stamp each round's start
+            starts.append(time.perf_counter())
+            return configure(*a, **kw)
+
+        strategy.configure_train = timed_configure
         t0 = time.perf_counter()
         strategy.start(grid=grid, initial_arrays=ArrayRecord(build_model("cnn", 10).state_dict()),
                        num_rounds=rounds)
         timing["t"] = time.perf_counter() - t0
+        ends = starts[1:] + [t0 + timing["t"]]
+        timing["rounds"] = [e - s for s, e in zip(starts, ends)]
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -117,10 +131,11 @@ def stock_flower(n: int, rounds: int, steps: int) -> float:
     import ray
 
     ray.shutdown()
-    return timing["t"]
+    return timing["t"], timing["rounds"]
 
 
-def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int) -> tuple[float, dict[str, float]]:
+def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int
+               ) -> tuple[float, list[float], dict[str, float]]:
     from fedssl.simulation import run_experiment
 
     out = Path(tempfile.mkdtemp(prefix="simbench_"))
@@ -138,41 +153,53 @@ def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int) -> tup
     last = rows[-1]
     breakdown = {k: float(last[k]) for k in ("t_deser_s", "t_state_s", "t_data_s", "t_train_s") if last.get(k)}
     breakdown["round_trip_s_per_update"] = float(last["t_round_trip_s"]) / max(1, int(last["clients"]))
-    return float(last["wall_s"]), breakdown
+    rounds_s = json.loads((out / "summary.json").read_text())["round_train_s"]
+    return float(last["wall_s"]), rounds_s, breakdown
+
+
+def steady(rounds_s: list[float]) -> float:
+    """Mean seconds per round after the first (cold-start) round."""
+    rest = rounds_s[1:] or rounds_s
+    return sum(rest) / len(rest)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", default="50,200,500")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--skip-stock", action="store_true")
     ap.add_argument("--fixmatch", action="store_true", help="also time fixmatch")
     args = ap.parse_args()
     print(f"cores={CORES}  rounds={args.rounds}  steps/client/round={args.steps}  batch=32  model=cnn")
-    header = f"{'N':>5} {'run':28} {'seconds':>8} {'x ideal':>8} {'vs stock':>9}"
+    print("total = all rounds (round 1 includes each worker's cold start: imports, dataset, model);\n"
+          "steady = mean seconds per round after round 1 (no evaluation in any of them)")
+    header = (f"{'N':>5} {'run':28} {'total s':>8} {'x ideal':>8} {'vs stock':>9} "
+              f"{'steady s':>9} {'x ideal':>8} {'vs stock':>9}")
     for n in [int(v) for v in args.clients.split(",")]:
         notes = []
-        a = plain_loop(n, args.rounds, args.steps)
-        ideal = a / CORES
-        res = [("(a) plain PyTorch loop", a)]
-        b = None
+        a, a_rounds = plain_loop(n, args.rounds, args.steps)
+        res = [("(a) plain PyTorch loop", a, a_rounds)]
+        b = b_steady = None
         if not args.skip_stock:
-            b = stock_flower(n, args.rounds, args.steps)
-            res.append(("(b) stock Flower FedAvg", b))
+            b, b_rounds = stock_flower(n, args.rounds, args.steps)
+            res.append(("(b) stock Flower FedAvg", b, b_rounds))
+            b_steady = steady(b_rounds)
         runs = [("supervised", 0), ("supervised", 1)] + ([("fixmatch", 0)] if args.fixmatch else [])
         for algo, cpn in runs:
-            t, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn)
-            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t))
+            t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn)
+            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s))
             notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
                          "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
+        ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
         print(header)
-        print(f"{n:>5} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f}")
-        for name, t in res:
+        print(f"{n:>5} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} {1.0:8.2f}")
+        for name, t, rounds_s in res:
             vs = f"{b / t:8.2f}x" if b else "       -"
-            print(f"{n:>5} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9}")
+            st = steady(rounds_s)
+            vs_st = f"{b_steady / st:8.2f}x" if b_steady else "       -"
+            print(f"{n:>5} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} {vs_st:>9}")
         print("\n".join(notes), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -108,6 +108,7 @@ class ServerRunner:
             best_loss = self.evaluate(0, arrays)["loss"]
         global_np = {k: arrays[k].numpy() for k in arrays}
         status, t_start = "ok", time.time()
+        train_s: list[float] = []  # per round: sample, send, train, validate, aggregate (no eval)
         rounds = cfg.federation.rounds
         progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
                             TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -117,6 +118,7 @@ class ServerRunner:
             for rnd in range(start_round, rounds + 1):
                 t_round = time.time()
                 arrays, info = self._round(rnd, arrays, global_np, last_ckpt)
+                train_s.append(time.time() - t_round)
                 global_np = {k: arrays[k].numpy() for k in arrays}
                 row: dict[str, Any] = {"round": rnd, **info}
                 if rnd % cfg.run.eval_every == 0 or rnd == rounds:
@@ -156,6 +158,7 @@ class ServerRunner:
             "global_unseen_classes": list(self.partition.global_unseen),
             "rounds_completed": final.get("round", 0),
             "elapsed_s": wall_offset + time.time() - t_start,
+            "round_train_s": train_s,  # this process's rounds, evaluation excluded
             "config": cfg.to_dict(),
         }
         runlog.write_json(out / "summary.json", summary)
