@@ -49,7 +49,10 @@ class ClientStateStore:
     def save(self, partition_id: int, server_round: int, tensors: dict[str, torch.Tensor],
              keep_round: int = 0) -> None:
         """Write the state after ``server_round``. Versions at or below ``keep_round``
-        (the last checkpointed round) are pruned to the newest one."""
+        (the last checkpointed round) are pruned to the newest one. An algorithm that
+        keeps no state (supervised) writes nothing."""
+        if not tensors:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".tmp")
         os.close(fd)
