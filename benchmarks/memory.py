@@ -16,30 +16,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from fedssl.deploy import _descendants
 from fedssl.models import build_model
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def tree_memory(root: int) -> tuple[int, int]:
@@ -47,7 +30,7 @@ def tree_memory(root: int) -> tuple[int, int]:
     shared between processes (torch's libraries, mapped by every worker) once per
     process; PSS splits them, so the PSS sum is the tree's real footprint."""
     rss = pss = 0
-    for pid in _tree(root):
+    for pid in [root, *_descendants(root)]:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
