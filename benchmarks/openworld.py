@@ -9,7 +9,8 @@ each (locally unseen). Methods, with identical local steps, seeds and partitions
 
 Prints mean +- std over seeds of the final global model's test accuracy on seen,
 unseen, locally unseen, globally unseen and all classes (unseen and all after
-Hungarian matching), and writes OUT/results.csv (one row per run) and
+Hungarian matching), the share of seen-class test samples given an unseen id
+(what the novel clusters take from the seen classes), and writes OUT/results.csv (one row per run) and
 OUT/summary.csv (mean and std per method). Finished runs are reused.
 
     python benchmarks/openworld.py --out runs/openworld [--rounds 30 --local-steps 20 --seeds 0,1,2]
@@ -43,8 +44,8 @@ METHODS = {  # name -> (server.strategy, client.algorithm)
     "fedavg+orca": ("fedavg", "orca"),
     "fedossl+fedossl": ("fedossl", "fedossl"),
 }
-METRICS = ("acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "acc_all")
-HEADER = ("seen", "unseen", "local-unseen", "global-unseen", "all")
+METRICS = ("acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "acc_all", "seen_as_unseen")
+HEADER = ("seen", "unseen", "local-unseen", "global-unseen", "all", "seen->unseen")
 
 
 def run_one(run_dir: Path, overrides: dict[str, object]) -> dict[str, object]:

@@ -44,8 +44,10 @@ def openworld_accuracy(
     local_unseen: Sequence[int] = (),
     global_unseen: Sequence[int] = (),
 ) -> dict[str, float]:
-    """acc_all, acc_seen, acc_unseen, acc_local_unseen, acc_global_unseen and
-    per-class accuracy (``acc_class_<k>``). Unseen entries are NaN without unseen classes."""
+    """acc_all, acc_seen, acc_unseen, acc_local_unseen, acc_global_unseen,
+    ``seen_as_unseen`` (share of seen-class samples given an unseen id: what novel
+    clusters take from the seen classes) and per-class accuracy (``acc_class_<k>``).
+    Unseen entries are NaN without unseen classes."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     seen = y_true < num_seen
@@ -56,6 +58,8 @@ def openworld_accuracy(
         "acc_unseen": float("nan"),
         "acc_local_unseen": float("nan"),
         "acc_global_unseen": float("nan"),
+        "seen_as_unseen": float((y_pred[seen] >= num_seen).mean())
+        if seen.any() and num_seen < num_classes else float("nan"),
     }
     correct = (y_pred == y_true).astype(np.float64)
     if num_seen < num_classes and (~seen).any():
