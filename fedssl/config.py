@@ -71,7 +71,7 @@ class ClientConfig:
     warmup_rounds: int = 2  # FedoSSL: cluster loss from this round on
     pseudo_label_round: int = 4  # FedoSSL: centroid pseudo-labels from this round on
     suppress_beta: float = 0.2
-    lambda_suppress: float = 0.1  # 1.0 over-sharpens (see README, open world)
+    lambda_suppress: float = 1.0  # weight of L_sup, which carries the reference's 1/K
     cluster_temperature: float = 0.1
     local_centroids: int = 20
     memory_size: int = 1024

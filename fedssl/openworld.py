@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "sinkhorn_knopp", "balanced_kmeans", "global_clustering", "calibrate",
-    "match_to_prototypes", "suppression_weights", "mean_uncertainty", "adaptive_margin",
+    "match_to_prototypes", "suppression_weights", "suppressed_loss", "mean_uncertainty", "adaptive_margin",
     "margin_cross_entropy", "pairwise_positives", "pairwise_bce", "entropy_of_mean",
 ]
 
@@ -165,6 +165,16 @@ def suppression_weights(class_counts: torch.Tensor | np.ndarray, beta: float) ->
     if n_max <= 0:
         return torch.ones_like(n, dtype=torch.float32)
     return (beta ** (1 - n / n_max)).float()
+
+
+def suppressed_loss(probs: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
+    """FedoSSL's uncertainty-aware suppressed loss on unlabeled predictions [N, K]:
+    ``mean_i w_{y_hat_i} (1 - max_k p_ik) / K``, the reference's L1 distance between
+    ``p_i`` and ``p_i`` with its top entry set to 1, averaged over the K entries."""
+    if probs.shape[0] == 0:
+        return probs.sum() * 0.0
+    max_p, y_hat = probs.max(dim=1)
+    return (class_weight[y_hat] * (1 - max_p)).mean() / probs.shape[1]
 
 
 # -- ORCA's loss pieces ------------------------------------------------------------

@@ -16,7 +16,8 @@ from fedssl.config import ConfigError, resolve
 from fedssl.models import build_model
 from fedssl.openworld import (adaptive_margin, balanced_kmeans, calibrate, entropy_of_mean,
                               margin_cross_entropy, mean_uncertainty, pairwise_bce,
-                              pairwise_positives, sinkhorn_knopp, suppression_weights)
+                              pairwise_positives, sinkhorn_knopp, suppressed_loss,
+                              suppression_weights)
 from fedssl.training import ClientData, build_algorithm, train_client
 
 K, S, D = 10, 6, 128
@@ -100,6 +101,24 @@ def test_suppression_weights_follow_the_formula():
     # weight grows with how often the class is predicted; a never-predicted class gets beta
     assert w[2] < w[3] < w[1] < w[0] == 1.0
     assert torch.equal(suppression_weights(torch.zeros(4), 0.2), torch.ones(4))
+
+
+def test_suppressed_loss_is_the_references_weighted_l1_and_spares_rare_classes():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
+    w = torch.tensor([1.0, 0.5, 0.2])
+    # reference form: per sample, L1Loss(p, p with its top entry set to 1) * w[argmax]
+    l1 = torch.nn.L1Loss()
+    expected = []
+    for p in probs:
+        target = p.clone()
+        target[p.argmax()] = 1.0
+        expected.append(l1(p, target) * w[p.argmax()])
+    assert suppressed_loss(probs, w) == pytest.approx(float(torch.stack(expected).mean()))
+    # the same uncertainty costs less on a rarely predicted class (weight beta)
+    frequent = suppressed_loss(torch.tensor([[0.6, 0.2, 0.2]]), w)
+    rare = suppressed_loss(torch.tensor([[0.2, 0.2, 0.6]]), w)
+    assert rare == pytest.approx(0.2 * frequent)
+    assert suppressed_loss(torch.zeros(0, 3), w) == 0.0
 
 
 # -- ORCA pieces --------------------------------------------------------------------

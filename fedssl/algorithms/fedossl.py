@@ -12,12 +12,16 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   assignment and its ORCA positive's view-2 assignment, ``-sum_k a1_ik log a2_pos(i),k``;
 - ``L_pl``: cross-entropy of the classifier on unlabeled samples whose top
   assignment is at least ``client.threshold``, with that centroid as the pseudo-label;
-- ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p)``, with
+- ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p) / K``, with
   ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.suppress_beta``) and N_k the
   number of this client's unlabeled samples its model predicted as class k at the end
   of its previous round (kept in the client state), so uncertainty about the classes
   this client predicts most is penalised most. It starts once N_k exists, i.e. from
-  the client's second round.
+  the client's second round. The ``1 / K`` is the reference code's: it writes the
+  term as an L1 loss between ``p`` and ``p`` with its top entry set to 1, averaged
+  over the K entries. Without it (weight K) the term over-sharpens every unlabeled
+  prediction and merges unseen clusters: unseen accuracy fell from 72 to 41 % on
+  Fashion-MNIST (README, open world).
 
 The first ``client.pretrain_rounds`` rounds train plain labeled cross-entropy, as
 for ORCA (see :mod:`fedssl.algorithms.orca`). Without global centroids (round 1, or a stock FedAvg server) the centroid terms are
@@ -46,7 +50,7 @@ from fedssl.algorithms import register
 from fedssl.algorithms.base import Batch, RoundContext
 from fedssl.algorithms.orca import ORCA
 from fedssl.data.augment import normalize
-from fedssl.openworld import balanced_kmeans, match_to_prototypes, suppression_weights
+from fedssl.openworld import balanced_kmeans, match_to_prototypes, suppressed_loss, suppression_weights
 
 
 @register("fedossl")
@@ -102,8 +106,7 @@ class FedoSSL(ORCA):
 
         p_u = v.p1[v.n_l:]
         if self._class_weight is not None and len(p_u):
-            max_p, y_hat = p_u.max(dim=1)
-            t["loss_sup"] = (self._class_weight[y_hat] * (1 - max_p)).mean()
+            t["loss_sup"] = suppressed_loss(p_u, self._class_weight)
             total = total + self.cfg.lambda_suppress * t["loss_sup"]
 
         if self._centroids is not None and ctx.server_round >= self.cfg.warmup_rounds:
