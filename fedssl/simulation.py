@@ -12,7 +12,9 @@ from typing import Any
 
 from fedssl.config import Config
 from fedssl.data import load_dataset, make_partition
+from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
+from fedssl.training import model_kwargs
 
 
 def local_parallelism(cfg: Config) -> int:
@@ -20,9 +22,9 @@ def local_parallelism(cfg: Config) -> int:
     return max(1, int(cpus / cfg.federation.num_cpus))
 
 
-def num_supernodes(cfg: Config) -> int:
+def num_supernodes(cfg: Config, model_bytes: int = 0) -> int:
     n = cfg.data.num_clients
-    cpn = cfg.federation.clients_per_node or auto_clients_per_node(n, local_parallelism(cfg))
+    cpn = cfg.federation.clients_per_node or auto_clients_per_node(n, local_parallelism(cfg), model_bytes)
     return max(1, math.ceil(n / cpn))
 
 
@@ -54,6 +56,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     # Bad data fails here, before Ray or Flower start.
     splits = load_dataset(cfg.data, cfg.run.seed)
     make_partition(splits.train_y, cfg.data, splits.num_classes, cfg.run.seed)
+    model_bytes = state_nbytes(build_model(cfg.model.name, **model_kwargs(cfg, splits)))
 
     import ray
     from flwr.simulation import run_simulation
@@ -73,7 +76,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
             run_simulation(
                 server_app=make_server_app(cfg, resume=resume, quiet=quiet),
                 client_app=make_client_app(cfg),
-                num_supernodes=num_supernodes(cfg),
+                num_supernodes=num_supernodes(cfg, model_bytes),
                 backend_config=backend_config(cfg),
             )
     finally:

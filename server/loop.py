@@ -26,7 +26,7 @@ from fedssl.config import Config, ConfigError
 from fedssl.data import load_dataset, make_partition
 from fedssl.data.augment import normalize
 from fedssl.metrics import evaluate
-from fedssl.models import build_model
+from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients
 from fedssl.state import ClientStateStore
 from fedssl.training import derive_seed, model_kwargs
@@ -35,6 +35,9 @@ from strategies.base import PIDS_KEY, FedSSLStrategy, iter_updates, to_arrayreco
 from strategies.validation import check_update
 
 log = logging.getLogger("fedssl")
+
+
+REPLY_POLL_S = 0.005
 
 
 class ServerRunner:
@@ -49,6 +52,7 @@ class ServerRunner:
         self.test_y = splits.test_y
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, **model_kwargs(cfg, splits))
+        self.model_bytes = state_nbytes(self.model)
         self.strategy: FedSSLStrategy = build_strategy(cfg)
         pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
@@ -61,6 +65,10 @@ class ServerRunner:
         # sampled node gets one message without 'fedssl.pids' and trains its own
         # partition, and the partition id is read back from its reply's metrics.
         self.deployment = not is_simulation_grid(grid)
+        if not self.deployment and hasattr(grid, "pull_interval"):
+            # InMemoryGrid's documented poll period for replies (default 0.1 s): each
+            # round otherwise ends up to 0.1 s after its last reply arrived.
+            grid.pull_interval = REPLY_POLL_S
         self._node_pid: dict[int, int] = {}  # deployment: partition id each node last reported
         self._started = False  # deployment: the first round of this process has begun
 
@@ -197,7 +205,7 @@ class ServerRunner:
             if not node_ids:
                 raise ConfigError("no client nodes connected")
             parallelism = max(1, min(len(node_ids), int((_cpus() or 1) / f.num_cpus)))
-            cpn = f.clients_per_node or auto_clients_per_node(len(pids), parallelism)
+            cpn = f.clients_per_node or auto_clients_per_node(len(pids), parallelism, self.model_bytes)
             groups = pack(pids, cpn, len(node_ids))
             msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids[:len(groups)],
                                                 {"fedssl.keep-round": keep_round})

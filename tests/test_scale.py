@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedssl.config import resolve
-from fedssl.sampling import pack, sample_clients
+from fedssl.sampling import REPLY_BYTES, auto_clients_per_node, pack, sample_clients
 from fedssl.simulation import run_experiment
 from fedssl.state import ClientStateStore
 from tests.conftest import tiny
@@ -59,6 +59,21 @@ def test_pack_is_an_ordered_split_within_the_node_budget(ids, cpn, nodes):
     assert len(groups) <= nodes and all(groups)
     if len(ids) <= cpn * nodes:
         assert all(len(g) <= cpn for g in groups)
+
+
+@given(n=st.integers(1, 5000), workers=st.integers(1, 64),
+       model_bytes=st.sampled_from([0, 320_808, 44_700_000, 200_000_000]))
+@settings(max_examples=200, deadline=None)
+def test_auto_packing_keeps_workers_fed_and_replies_bounded(n, workers, model_bytes):
+    cpn = auto_clients_per_node(n, workers, model_bytes)
+    assert cpn >= 1
+    if cpn > 1 and model_bytes:
+        assert cpn * model_bytes <= REPLY_BYTES  # a reply never carries more than the budget
+    messages = len(pack(list(range(n)), cpn, 10**6))
+    assert messages >= min(n, workers)  # every worker gets a message each round
+    cap = max(1, REPLY_BYTES // model_bytes) if model_bytes else 16
+    assert messages <= max(2 * workers, -(-n // cap))  # and no more messages than that needs
+    assert auto_clients_per_node(200, 2, 320_808) == 50  # the CNN at N=200 on 2 cores
 
 
 def test_state_store_is_lazy_versioned_and_exact(tmp_path):

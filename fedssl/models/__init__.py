@@ -61,3 +61,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 1,
     if name == "resnet18":
         return ResNet18(num_classes, in_channels, cosine_head)
     raise ValueError(f"unknown model {name!r}")
+
+
+def state_nbytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict: what one client update carries."""
+    return sum(v.numel() * v.element_size() for v in model.state_dict().values())
