@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 
@@ -23,6 +22,8 @@ def hungarian_map(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> n
     size = max(num_classes, int(y_pred.max(initial=0)) + 1, int(y_true.max(initial=0)) + 1)
     counts = np.zeros((size, size), dtype=np.int64)
     np.add.at(counts, (y_pred, y_true), 1)
+    from scipy.optimize import linear_sum_assignment  # lazy: 0.3 s of worker cold start
+
     rows, cols = linear_sum_assignment(counts, maximize=True)
     mapping = np.arange(size)
     mapping[rows] = cols

@@ -23,7 +23,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "sinkhorn_knopp", "balanced_kmeans", "global_clustering", "calibrate",
@@ -148,6 +147,8 @@ def match_to_prototypes(centroids: torch.Tensor, prototypes: torch.Tensor) -> to
     """Hungarian matching of centroids [M, D] to prototypes [M, D] by cosine similarity;
     returns ``perm`` [M] with centroid i matched to prototype ``perm[i]``."""
     sim = F.normalize(centroids.detach().float(), dim=1) @ F.normalize(prototypes.detach().float(), dim=1).T
+    from scipy.optimize import linear_sum_assignment  # lazy: 0.3 s of worker cold start
+
     rows, cols = linear_sum_assignment(sim.cpu().numpy(), maximize=True)
     perm = torch.empty(len(rows), dtype=torch.long)
     perm[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)

@@ -8,11 +8,19 @@ round, client), so augmentations are reproducible and independent of packing.
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
-_RANDAUGMENT = v2.RandAugment(num_ops=2, magnitude=10)
+
+@cache
+def _randaugment():  # noqa: ANN202
+    # Imported on first use: torchvision pulls in torch._dynamo (about 1 s), which a
+    # worker whose algorithm never augments strongly should not pay at cold start.
+    from torchvision.transforms import v2
+
+    return v2.RandAugment(num_ops=2, magnitude=10)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +63,7 @@ def strong(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
     if x.shape[0] == 0:
         return x
     x = weak(x, flip)
-    x = torch.stack([_RANDAUGMENT(img) for img in x])
+    x = torch.stack([_randaugment()(img) for img in x])
     return cutout(x)
 
 
