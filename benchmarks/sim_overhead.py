@@ -232,11 +232,11 @@ def main() -> None:
                          "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
         ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
         floor = cold_start_floor(n)
-        cold = floor["import_s"] + floor["runtime_s"]
+        cold = floor["actors_ready_s"]  # worker spawn, imports, runtime, first optimizer
         print(f"cold-start floor, bare Ray without Flower: ray.init {floor['ray_init_s']:.2f} s (before any "
-              f"clock), then {CORES} actors ready in {floor['actors_ready_s']:.2f} s: imports "
+              f"clock), then {CORES} actors ready in {floor['actors_ready_s']:.2f} s (inside each actor: imports "
               f"{floor['import_s']:.2f} s + runtime (dataset, partition, model, first optimizer) "
-              f"{floor['runtime_s']:.2f} s")
+              f"{floor['runtime_s']:.2f} s)")
         print(header)
         print(f"{n:>5} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} {1.0:8.2f}")
         for name, t, rounds_s in res:
