@@ -70,6 +70,7 @@ class ClientConfig:
     # Open world (ORCA / FedoSSL)
     warmup_rounds: int = 2  # FedoSSL: cluster loss from this round on
     pseudo_label_round: int = 4  # FedoSSL: centroid pseudo-labels from this round on
+    pseudo_label_slots: str = "all"  # FedoSSL: all centroids (reference) | unseen
     suppress_beta: float = 0.2
     lambda_suppress: float = 1.0  # weight of L_sup, which carries the reference's 1/K
     cluster_temperature: float = 0.1
@@ -129,6 +130,7 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
 MODELS = ("cnn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
+PSEUDO_LABEL_SLOTS = ("all", "unseen")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
 
@@ -339,6 +341,8 @@ def validate(cfg: Config) -> None:
     _require(c.batch_size >= 2, f"client.batch_size must be >= 2, got {c.batch_size}")
     _require(c.lr > 0, f"client.lr must be > 0, got {c.lr}")
     _require(c.uratio >= 1, f"client.uratio must be >= 1, got {c.uratio}")
+    _require(c.pseudo_label_slots in PSEUDO_LABEL_SLOTS, f"client.pseudo_label_slots: unknown value "
+             f"{c.pseudo_label_slots!r} (choose from {', '.join(PSEUDO_LABEL_SLOTS)})")
     _require(c.lr_schedule in LR_SCHEDULES, f"client.lr_schedule: unknown schedule "
              f"{c.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})")
     _require(0 <= c.ema_decay < 1, f"client.ema_decay must be in [0, 1), got {c.ema_decay}")

@@ -11,7 +11,10 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   (``T = client.cluster_temperature``), the cross-entropy between sample i's view-1
   assignment and its ORCA positive's view-2 assignment, ``-sum_k a1_ik log a2_pos(i),k``;
 - ``L_pl``: cross-entropy of the classifier on unlabeled samples whose top
-  assignment is at least ``client.threshold``, with that centroid as the pseudo-label;
+  assignment is at least ``client.threshold``, with that centroid as the pseudo-label
+  (``client.pseudo_label_slots = "unseen"``: only samples assigned to an unseen slot;
+  a seen slot whose centroid has absorbed a novel class otherwise labels that class
+  as the seen one, as in seed 4 of the README's open-world run);
 - ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p) / K``, with
   ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.suppress_beta``) and N_k the
   number of this client's unlabeled samples its model predicted as class k at the end
@@ -119,6 +122,8 @@ class FedoSSL(ORCA):
             if ctx.server_round >= self.cfg.pseudo_label_round and len(p_u):
                 conf, slot = a1[v.n_l:].detach().max(dim=1)
                 mask = conf >= self.cfg.threshold
+                if self.cfg.pseudo_label_slots == "unseen":  # seen classes keep their labels only
+                    mask &= slot >= self.num_seen
                 pseudo_label = self._slot_to_class[slot]
                 t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
                                 if mask.any() else v.logits1.sum() * 0.0)
