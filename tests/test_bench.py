@@ -400,7 +400,10 @@ def e2e(tmp_path_factory):
 
     # 1. start; let the first cell finish; Ctrl-C while the second one runs
     with open(tmp / "p1.out", "w") as so, open(tmp / "p1.err", "w") as se:
-        p1 = subprocess.Popen(cmd, cwd=ROOT, stdout=so, stderr=se)
+        # Ctrl-C of a foreground process: SIGINT must not be inherited as ignored, which
+        # it is when the suite itself runs as a background job (`... &` in a script).
+        p1 = subprocess.Popen(cmd, cwd=ROOT, stdout=so, stderr=se,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             rec = out / "cells" / f"{first.id}.json"
             _wait(lambda: (report.read_json(rec) or {}).get("status") == "ok", 400, "the first cell")
