@@ -191,3 +191,41 @@ def test_fedprox_client_step_adds_proximal_gradient():
     for k in w0:
         torch.testing.assert_close(prox[k], plain[k] - lr * mu * (w1[k] - w0[k]))
     assert max((prox[k] - plain[k]).abs().max() for k in w0) > 1e-4
+
+
+# -- update validation ----------------------------------------------------------------
+@pytest.mark.parametrize("a", [
+    np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    np.array(7, dtype=np.int64), np.zeros((0, 5), dtype=np.float16), np.arange(5, dtype=np.uint8)])
+def test_decode_matches_numpy_load_on_first_and_cached_reads(a):
+    from flwr.app import Array
+
+    from strategies.validation import decode
+
+    for _ in range(3):  # the first read parses the header, later ones reuse it
+        arr = Array(a)
+        got = decode(arr)
+        assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, arr.numpy())
+    if a.size:  # a cut payload fails as np.load fails, not silently
+        truncated = Array(a)
+        truncated.data = truncated.data[:-1]
+        with pytest.raises(ValueError):
+            decode(truncated)
+
+
+def test_check_update_accepts_good_and_names_bad_updates():
+    from strategies.validation import check_update
+
+    _, good = update(0, GLOBAL, 10)
+    assert check_update(good, GLOBAL, 10) is None
+    _, big = update(0, GLOBAL, 11)
+    assert "exceeds the partition size" in check_update(big, GLOBAL, 10)
+    _, nan = update(0, {**GLOBAL, "b": np.array([0.0, np.nan, 1.0])}, 10)
+    assert "non-finite" in check_update(nan, GLOBAL, 10)
+    _, shape = update(0, {**GLOBAL, "b": np.zeros(4)}, 10)
+    assert "has shape (4,)" in check_update(shape, GLOBAL, 10)
+    _, cut = update(0, GLOBAL, 10)
+    cut["arrays"]["w"].data = cut["arrays"]["w"].data[:-3]
+    assert "cannot be decoded" in check_update(cut, GLOBAL, 10)
+    _, far = update(0, {k: v + 10 for k, v in GLOBAL.items()}, 10)
+    assert "exceeds server.max_update_norm" in check_update(far, GLOBAL, 10, max_update_norm=1.0)
