@@ -168,10 +168,8 @@ def cold_start_floor(n: int) -> dict[str, float]:
     and its first optimizer (which imports torch._dynamo)."""
     import ray
 
-    from fedssl.config import resolve as _resolve
-
-    cfg = _resolve(overrides={"data.partition": "iid", "data.num_clients": n, "data.labeled_ratio": 1.0,
-                              "run.out_dir": tempfile.mkdtemp(prefix="simbench_")})
+    cfg = resolve(overrides={"data.partition": "iid", "data.num_clients": n, "data.labeled_ratio": 1.0,
+                             "run.out_dir": tempfile.mkdtemp(prefix="simbench_")})
     t0 = time.perf_counter()
     ray.init(num_cpus=CORES, include_dashboard=False, logging_level="ERROR")
     t1 = time.perf_counter()
