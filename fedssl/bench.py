@@ -54,16 +54,15 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedssl import report
-from fedssl.config import SECTIONS, Config, ConfigError, _coerce, _suggest, flatten, read_toml, resolve
+from fedssl.config import Config, ConfigError, coerce, flatten, keys, read_toml, resolve, unknown_key
 
 EXIT_FAILED_CELLS = 1
 EXIT_INTERRUPTED = 130
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 _MAX_ID = 150
 
 
@@ -100,10 +99,6 @@ class Grid:
         return sorted(self.cells, key=lambda c: seeds.index(c.seed))
 
 
-def _key_types() -> dict[str, type]:
-    return {f"{s}.{f.name}": _TYPES[str(f.type)] for s, cls in SECTIONS.items() for f in fields(cls)}
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -137,11 +132,11 @@ def load_grid(path: str | Path, out: str | Path) -> Grid:
     for table in ("base", "axes"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{path}: {table} must be a table ([{table}])")
-    types = _key_types()
+    types = {k: spec.type for k, spec in keys().items()}
 
     def check_key(key: str, where: str) -> type:
         if key not in types:
-            raise ConfigError(f"{path} {where}: unknown config key {key!r}{_suggest(key)}")
+            raise ConfigError(f"{path} {where}: {unknown_key(key)}")
         if key == "run.out_dir":
             raise ConfigError(f"{path} {where}: run.out_dir is set by fedssl bench (each cell runs in "
                               f"DIR/runs/<cell>); remove it")
@@ -156,7 +151,7 @@ def load_grid(path: str | Path, out: str | Path) -> Grid:
         config_file = (path.parent / ref) if not Path(ref).is_absolute() else Path(ref)
         if not config_file.is_file():
             raise ConfigError(f"{path} [base]: config = {ref!r}: file not found ({config_file})")
-    base = {k: _coerce(k, v, check_key(k, "[base]"), f"{path} [base]") for k, v in base.items()}
+    base = {k: coerce(k, v, check_key(k, "[base]"), f"{path} [base]") for k, v in base.items()}
 
     axes: list[tuple[list[str], list[tuple[Any, ...]]]] = []
     keys: list[str] = []
@@ -180,7 +175,7 @@ def load_grid(path: str | Path, out: str | Path) -> Grid:
                 items = v
             else:
                 items = [v]
-            row = tuple(_coerce(k, x, types[k], f"{path} {where}") for k, x in zip(names, items))
+            row = tuple(coerce(k, x, types[k], f"{path} {where}") for k, x in zip(names, items))
             if row in rows:
                 raise ConfigError(f"{path} {where}: value {v!r} is listed twice")
             rows.append(row)

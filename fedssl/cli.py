@@ -1,4 +1,4 @@
-"""The ``fedssl`` command: run | bench | report | deploy | data.
+"""The ``fedssl`` command: run | config | bench | report | deploy | data.
 
 Bad input exits with status 2 and one line ``error: ...`` on stderr, no traceback.
 """
@@ -6,6 +6,7 @@ Bad input exits with status 2 and one line ``error: ...`` on stderr, no tracebac
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -30,7 +31,6 @@ def _setup_logging(quiet: bool) -> None:
         handler = RichHandler(show_path=False, show_time=False, markup=False)
         log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,6 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise ConfigError(f"--resume {run_dir} continues the run in that directory; "
+                              f"--out {args.out} would be ignored (drop it)")
         saved = run_dir / "config.toml"
         if not saved.exists():
             raise ConfigError(f"--resume {run_dir}: no config.toml there (not a fedssl run directory)")
@@ -68,11 +71,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             shutil.rmtree(out)
         cfg = cfg.replace(**{"run.out_dir": str(out)})
         summary = run_experiment(cfg, quiet=args.quiet)
-    _print_summary(summary, cfg.run.out_dir)
+    print_summary(summary, cfg.run.out_dir)
     return 0
 
 
-def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
+def print_summary(summary: dict[str, Any], out_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -90,6 +93,17 @@ def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
                   f"files: {out_dir}/metrics.csv, summary.json, config.toml")
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from fedssl.config.render import commented_toml
+
+    print(commented_toml(resolve(args.config, parse_set(args.set or []))), end="")
+    return 0
+
+
+# Modules that add their own subcommand through ``add_parser(subparsers)``.
+SUBCOMMAND_MODULES = ("fedssl.bench", "fedssl.report", "fedssl.deploy", "fedssl.data.export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedssl", description="Federated semi-supervised learning on Flower + Ray.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -103,13 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="only warnings and the final table")
     r.set_defaults(func=cmd_run)
 
-    for module in ("fedssl.bench", "fedssl.report", "fedssl.deploy", "fedssl.data.export"):
-        try:
-            mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_parser"):
-            mod.add_parser(sub)
+    c = sub.add_parser("config", help="print the resolved config as TOML, one help line per key")
+    c.add_argument("--config", help="TOML config file (default: the built-in defaults)")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    c.set_defaults(func=cmd_config)
+
+    # A subcommand module that fails to import is a broken install: let the ImportError
+    # surface instead of hiding the command (argparse would call it an invalid choice).
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return p
 
 

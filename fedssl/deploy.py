@@ -671,9 +671,9 @@ def cmd_local(args: argparse.Namespace) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
         signal.signal(signal.SIGTERM, old)
     if not args.quiet:
-        from fedssl.cli import _print_summary
+        from fedssl.cli import print_summary
 
-        _print_summary(summary, str(out))
+        print_summary(summary, str(out))
     return 0
 
 

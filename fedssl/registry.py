@@ -56,3 +56,17 @@ class Registry(Mapping[str, Any]):
 # Strategy names are declared here so the core can validate a config without
 # importing Flower; `strategies/` holds one file per name and checks the list.
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedossl")
+
+# Algorithm names, with whether each needs unseen classes (open world), declared here
+# so a config validates without importing torch. Each name is one file in
+# `fedssl/algorithms/`, registered by the same name; tests/test_config_schema.py checks
+# that this table and the registry agree.
+ALGORITHM_NAMES: dict[str, bool] = {
+    "supervised": False,
+    "fixmatch": False,
+    "meanteacher": False,
+    "uda": False,
+    "shrinkmatch": False,
+    "orca": True,
+    "fedossl": True,
+}

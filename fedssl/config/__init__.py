@@ -1,0 +1,56 @@
+"""Typed experiment configuration, declared once and validated once at the edge.
+
+A config is a set of TOML sections (``[data]``, ``[federation]`` ...). Every key is
+declared on one line in :mod:`fedssl.config.schema` (type, default, allowed values,
+range, help); validation, ``[tool.flwr.app.config]``, the README table and
+``fedssl config`` are generated from it. Every entry point (``fedssl run``, the Flower
+apps' run config, ``fedssl bench`` cells) goes through :func:`resolve` or
+:func:`from_flat`, so the core never re-checks inputs. Errors raise
+:class:`ConfigError` with a one-line message naming the key and the bad value.
+
+Importing this package imports neither torch nor Flower.
+"""
+
+from fedssl.config.schema import (
+    DATASETS,
+    FAULT_MODES,
+    LR_SCHEDULES,
+    MODELS,
+    PARTITIONS,
+    PSEUDO_LABEL_SLOTS,
+    SECTIONS,
+    ClientConfig,
+    Config,
+    DataConfig,
+    FaultsConfig,
+    FederationConfig,
+    Key,
+    ModelConfig,
+    RunConfig,
+    ServerConfig,
+    key,
+    keys,
+    num_classes_of,
+)
+from fedssl.config.validate import (
+    ConfigError,
+    check_key,
+    checked_keys,
+    coerce,
+    fault_clients,
+    flatten,
+    from_flat,
+    parse_set,
+    read_toml,
+    resolve,
+    suggest,
+    unknown_key,
+)
+
+__all__ = [
+    "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "PSEUDO_LABEL_SLOTS", "SECTIONS",
+    "ClientConfig", "Config", "ConfigError", "DataConfig", "FaultsConfig", "FederationConfig", "Key",
+    "ModelConfig", "RunConfig", "ServerConfig", "check_key", "checked_keys", "coerce", "fault_clients",
+    "flatten", "from_flat", "key", "keys", "num_classes_of", "parse_set", "read_toml", "resolve",
+    "suggest", "unknown_key",
+]
