@@ -34,6 +34,7 @@ from fedssl.config.schema import (
 )
 from fedssl.config.validate import (
     ConfigError,
+    check_class_counts,
     check_key,
     checked_keys,
     coerce,
@@ -49,7 +50,7 @@ from fedssl.config.validate import (
 
 __all__ = [
     "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "PSEUDO_LABEL_SLOTS", "SECTIONS",
-    "ClientConfig", "Config", "ConfigError", "DataConfig", "FaultsConfig", "FederationConfig", "Key",
+    "ClientConfig", "Config", "ConfigError", "DataConfig", "check_class_counts", "FaultsConfig", "FederationConfig", "Key",
     "ModelConfig", "RunConfig", "ServerConfig", "check_key", "checked_keys", "coerce", "fault_clients",
     "flatten", "from_flat", "key", "keys", "num_classes_of", "parse_set", "read_toml", "resolve",
     "suggest", "unknown_key",

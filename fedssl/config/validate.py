@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedssl.config.schema import SECTIONS, Config, Key, keys
+from fedssl.config.schema import SECTIONS, Config, DataConfig, Key, keys
 from fedssl.registry import ALGORITHM_NAMES
 
 
@@ -83,14 +83,20 @@ def _require(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _check_classes(cfg: Config) -> None:
-    d, k = cfg.data, cfg.num_classes
-    _require(d.seen_classes <= k, f"data.seen_classes must be in [1, {k}] (or 0 for all), got {d.seen_classes}")
-    _require(d.classes_per_client <= k,
+def check_class_counts(d: DataConfig, k: int) -> None:
+    """Class counts against the dataset's ``k`` classes (also the partitioner's precondition)."""
+    _require(0 <= d.seen_classes <= k, f"data.seen_classes must be in [1, {k}] (or 0 for all), "
+             f"got {d.seen_classes}")
+    _require(1 <= d.classes_per_client <= k,
              f"data.classes_per_client must be in [1, {k}], got {d.classes_per_client}")
-    unseen = k - cfg.num_seen
-    _require(d.globally_unseen <= unseen, f"data.globally_unseen must be in [0, {unseen}] (the number of "
-             f"unseen classes), got {d.globally_unseen}")
+    unseen = k - (d.seen_classes or k)
+    _require(0 <= d.globally_unseen <= unseen, f"data.globally_unseen must be in [0, {unseen}] (the number "
+             f"of unseen classes), got {d.globally_unseen}")
+
+
+def _check_classes(cfg: Config) -> None:
+    d = cfg.data
+    check_class_counts(d, cfg.num_classes)
     _require(d.globally_unseen == 0 or d.partition == "openworld",
              f"data.globally_unseen={d.globally_unseen} only applies with data.partition=openworld "
              f"(got partition={d.partition!r})")

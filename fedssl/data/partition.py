@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedssl.config import ConfigError, DataConfig
+from fedssl.config import ConfigError, DataConfig, check_class_counts
 
 __all__ = ["Shard", "Partition", "make_partition", "client_shard"]
 
@@ -89,14 +89,7 @@ def make_partition(labels: np.ndarray, cfg: DataConfig, num_classes: int,
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     if n and (labels.min() < 0 or labels.max() >= k):
         raise ValueError(f"labels must be in [0, {k}), got [{labels.min()}, {labels.max()}]")
-    if c < 1:
-        raise ConfigError(f"data.num_clients must be >= 1, got {c}")
-    if not 1 <= s <= k:
-        raise ConfigError(f"data.seen_classes must be in [1, {k}] (or 0 for all), "
-                          f"got {cfg.seen_classes}")
-    if not 0 <= cfg.globally_unseen <= k - s:
-        raise ConfigError(f"data.globally_unseen must be in [0, {k - s}], "
-                          f"got {cfg.globally_unseen}")
+    check_class_counts(cfg, k)  # the schema's own check: callers may pass a bare DataConfig
     if c > n:
         raise ConfigError(f"data.num_clients ({c}) exceeds the number of training "
                           f"samples ({n})")
