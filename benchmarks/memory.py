@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedssl.deploy import _descendants
+from fedssl.deploy import descendants
 from fedssl.models import build_model
 
 
@@ -30,7 +30,7 @@ def tree_memory(root: int) -> tuple[int, int]:
     shared between processes (torch's libraries, mapped by every worker) once per
     process; PSS splits them, so the PSS sum is the tree's real footprint."""
     rss = pss = 0
-    for pid in [root, *_descendants(root)]:
+    for pid in [root, *descendants(root)]:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:

@@ -59,7 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl import report
-from fedssl.config import Config, ConfigError, coerce, flatten, keys, read_toml, resolve, unknown_key
+from fedssl.config import Config, ConfigError, coerce, flatten, read_toml, resolve, unknown_key
+from fedssl.config import keys as config_keys
 
 EXIT_FAILED_CELLS = 1
 EXIT_INTERRUPTED = 130
@@ -132,7 +133,7 @@ def load_grid(path: str | Path, out: str | Path) -> Grid:
     for table in ("base", "axes"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{path}: {table} must be a table ([{table}])")
-    types = {k: spec.type for k, spec in keys().items()}
+    types = {k: spec.type for k, spec in config_keys().items()}
 
     def check_key(key: str, where: str) -> type:
         if key not in types:

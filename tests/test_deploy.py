@@ -23,7 +23,7 @@ from fedssl.config import ConfigError, resolve
 from fedssl.data import client_shard
 from fedssl.data.export import (check_node_config, data_config_hash, export_shards, find_shard,
                                 load_client_shard, read_shard_meta)
-from fedssl.deploy import (LocalFederation, ProcessSet, _descendants, free_ports, make_certs,
+from fedssl.deploy import (LocalFederation, ProcessSet, descendants, free_ports, make_certs,
                            make_node_key, parse_node_config, run_config_string)
 from fedssl.training import client_data
 from tests.conftest import ROOT, assert_bad_input, run_cli
@@ -187,9 +187,9 @@ def test_process_set_stops_whole_trees_including_detached_children(tmp_path):
     script = "sleep 300 & setsid sleep 301 & wait"
     p = ps.start("tree", ["bash", "-c", script], tmp_path / "tree.log", dict(os.environ), tmp_path)
     deadline = time.time() + 10
-    while len(_descendants(p.popen.pid)) < 2 and time.time() < deadline:
+    while len(descendants(p.popen.pid)) < 2 and time.time() < deadline:
         time.sleep(0.05)
-    kids = _descendants(p.popen.pid)
+    kids = descendants(p.popen.pid)
     assert len(kids) >= 2
     ps.stop(grace=2)
     time.sleep(0.2)
@@ -339,7 +339,7 @@ def test_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
         while victim.log.read_text(errors="replace").count("Receiving: train message") < 2:
             assert time.time() < deadline and run.poll() is None, "round 2 never reached node 2"
             time.sleep(0.1)
-        tree = [victim.popen.pid, *_descendants(victim.popen.pid)]
+        tree = [victim.popen.pid, *descendants(victim.popen.pid)]
         for pid in tree:  # a crash, not a clean shutdown
             try:
                 os.kill(pid, signal.SIGKILL)
