@@ -101,7 +101,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 # Modules that add their own subcommand through ``add_parser(subparsers)``.
-SUBCOMMAND_MODULES = ("fedssl.bench", "fedssl.report", "fedssl.deploy.cli", "fedssl.data.export")
+SUBCOMMAND_MODULES = ("fedssl.bench.cli", "fedssl.report.cli", "fedssl.deploy.cli", "fedssl.data.export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ def fake_bench(tmp: Path, open_world: bool = True, fail: bool = True, rounds: in
 "data.num_clients" = 5
 "data.seen_classes" = {6 if open_world else 0}
 "data.globally_unseen" = {2 if open_world else 0}
+"data.partition" = "{'openworld' if open_world else 'dirichlet'}"
 "federation.rounds" = {rounds}
 """, """
 "server.strategy" = ["fedavg", "fedprox"]

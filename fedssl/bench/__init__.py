@@ -1,0 +1,67 @@
+"""``fedssl bench --grid FILE.toml --out DIR``: a resumable grid of experiments.
+
+Grid file
+---------
+::
+
+    [base]                              # fixed for every cell (dotted config keys)
+    config = "base.toml"                # optional; relative to the grid file
+    "data.dataset" = "fashion-mnist"
+
+    [axes]                              # the grid is the Cartesian product of these lists
+    "server.strategy" = ["fedavg", "fedprox"]
+    "client.algorithm" = ["supervised", "fixmatch"]
+    "run.seed" = [0, 1, 2]
+    # keys joined with "+" vary together (zipped, not crossed): each value is a list
+    "server.strategy+client.algorithm" = [["fedavg", "fixmatch"], ["fedossl", "fedossl"]]
+
+Precedence per cell: defaults < ``[base] config`` file < ``[base]`` keys < ``[axes]``.
+``run.out_dir`` is owned by the bench. The whole grid (unknown keys, value types, every
+cell's cross-field validation, clashes with finished runs already in DIR) is validated
+before anything runs; a bad grid exits 2 with one ``error:`` line.
+
+Directory layout
+----------------
+Owned by :mod:`fedssl.bench.layout`: ``DIR/grid.json`` (cells: id, varied values, seed),
+``DIR/grid.toml`` (copy of the grid file), ``DIR/cells/<id>.toml`` (the cell's resolved
+config), ``DIR/cells/<id>.json`` (the bench's record: status, exit code, error, seconds),
+``DIR/runs/<id>/`` (the run's own files), ``DIR/logs/<id>.stdout|.stderr``, and the report (``results.csv``,
+``summary.md``, ``report.html``, ``plots/``; see :mod:`fedssl.report`). The tables are
+rewritten after every cell, the plots and HTML at the end; ``fedssl report DIR``
+re-renders all of it from the files at any time.
+
+Resumability
+------------
+Each cell is a ``fedssl run`` in a fresh child process (own process group), so a
+crashing cell -- even a segfault -- cannot take the grid down and every cell starts with
+clean Ray state. A cell is *finished* iff ``runs/<id>/summary.json`` exists with status
+``ok`` or ``diverged``; finished cells are skipped when the command is run again. An
+interrupted cell continues with ``fedssl run --resume`` when its run left a checkpoint
+of the same config, otherwise it starts over. Failed cells are retried on the next
+invocation unless ``--skip-failed``. Ctrl-C (or SIGTERM) stops the running child's whole
+process group, keeps what is done, renders the report and prints how to resume.
+
+Modules: :mod:`~fedssl.bench.grid` (the grid file, pure), :mod:`~fedssl.bench.layout`,
+:mod:`~fedssl.bench.state` (cell states, the directory lock), :mod:`~fedssl.bench.runner`
+(child processes, progress, report) and :mod:`~fedssl.bench.cli`.
+"""
+
+import importlib
+from typing import Any
+
+# Public names, imported on first use: the report reads bench directories through
+# fedssl.bench.layout, so importing this package must not import the runner (which
+# imports the report) eagerly.
+_EXPORTS = {
+    "Grid": "grid", "GridCell": "grid", "cell_id": "grid", "load_grid": "grid",
+    "EXIT_FAILED_CELLS": "runner", "EXIT_INTERRUPTED": "runner", "BenchRunner": "runner",
+    "last_error": "runner", "summary_table": "runner",
+    "cell_state": "state", "check_out_dir": "state",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -1,0 +1,39 @@
+"""The directory layout of a bench (``fedssl bench --out DIR``), owned by the bench.
+
+``DIR/grid.json`` (cells: id, varied values, seed), ``DIR/grid.toml`` (copy of the grid
+file), ``DIR/cells/<id>.toml`` (the cell's resolved config), ``DIR/cells/<id>.json``
+(the bench's record: status, exit code, error, seconds), ``DIR/runs/<id>/`` (the run's
+own files) and ``DIR/logs/<id>.stdout|.stderr``. The report files next to them
+(``results.csv``, ``summary.md``, ``report.html``, ``plots/``) belong to
+:mod:`fedssl.report`. This module imports nothing of fedssl, so the report can read a
+bench directory without importing the runner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GRID_JSON = "grid.json"
+GRID_TOML = "grid.toml"
+LOCK = ".lock"
+
+
+def runs_dir(bench: Path) -> Path:
+    return bench / "runs"
+
+
+def cells_dir(bench: Path) -> Path:
+    return bench / "cells"
+
+
+def logs_dir(bench: Path) -> Path:
+    return bench / "logs"
+
+
+def record_path(bench: Path, cell_id: str) -> Path:
+    """The bench's record of one cell (status, exit code, error, seconds)."""
+    return cells_dir(bench) / f"{cell_id}.json"
+
+
+def cell_config_path(bench: Path, cell_id: str) -> Path:
+    return cells_dir(bench) / f"{cell_id}.toml"
