@@ -358,7 +358,7 @@ def test_download_failure_becomes_data_error(tmp_path, monkeypatch):
     fake = types.ModuleType("torchvision.datasets")
     fake.CIFAR10 = fake.CIFAR100 = fake.FashionMNIST = boom
     monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
-    monkeypatch.setattr(sources, "_network_available", lambda: True)
+    monkeypatch.setattr(sources.download, "network_available", lambda: True)
     with pytest.raises(DataError, match="simulated network failure") as err:
         load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)))
     assert_one_line_with(err, tmp_path / "cifar-100-python")

@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.bench.layout import runs_dir
-from fedssl.config import Config, ConfigError, coerce, flatten, keys, read_toml, resolve, suggest, unknown_key
+from fedssl.config import (
+    Config,
+    ConfigError,
+    coerce,
+    flatten,
+    keys,
+    read_toml,
+    resolve,
+    suggest,
+    unknown_key,
+)
 
 _MAX_ID = 150
 

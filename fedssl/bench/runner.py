@@ -16,9 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.bench.grid import Grid, GridCell, fmt_value
-from fedssl.bench.layout import GRID_JSON, GRID_TOML, cell_config_path, cells_dir, logs_dir, record_path, runs_dir
+from fedssl.bench.layout import (
+    GRID_JSON,
+    GRID_TOML,
+    cell_config_path,
+    cells_dir,
+    logs_dir,
+    record_path,
+    runs_dir,
+)
 from fedssl.bench.state import cell_state
-from fedssl.report.model import SEED_KEY, Bench, finished_summary, load_bench, read_json, results_frame
+from fedssl.report.model import (
+    SEED_KEY,
+    Bench,
+    finished_summary,
+    load_bench,
+    read_json,
+    results_frame,
+)
 from fedssl.report.render import render_bench, write_results
 from fedssl.report.stats import summary_cells
 
@@ -204,7 +219,13 @@ class BenchRunner:
 
     def _run_todo(self, todo: list[GridCell], done0: int) -> None:
         from rich.markup import escape
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         progress = Progress(TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
                             TimeElapsedColumn(), TextColumn("{task.fields[eta]}"),

@@ -40,7 +40,14 @@ from fedssl.deploy.federation import (
     toml_value,
 )
 from fedssl.deploy.pki import make_certs, make_node_key
-from fedssl.deploy.processes import DeployError, Proc, ProcessSet, descendants, free_port, free_ports
+from fedssl.deploy.processes import (
+    DeployError,
+    Proc,
+    ProcessSet,
+    descendants,
+    free_port,
+    free_ports,
+)
 
 __all__ = ["CONNECTION", "DeployError", "LocalFederation", "Proc", "ProcessSet", "app_dir", "descendants",
            "flower_exe", "free_port", "free_ports", "make_certs", "make_node_key", "node_config_string",

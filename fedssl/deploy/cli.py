@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.config import Config, ConfigError
-from fedssl.deploy.federation import CONNECTION, LocalFederation, flower_exe, parse_node_config
+from fedssl.deploy.federation import (
+    CONNECTION,
+    LocalFederation,
+    flower_exe,
+    parse_node_config,
+)
 from fedssl.deploy.pki import make_certs, make_node_key
 from fedssl.deploy.processes import DeployError
+
 
 def _resolve(args: argparse.Namespace, extra: dict[str, Any]) -> Config:
     from fedssl.config import parse_set, resolve

@@ -10,8 +10,20 @@ from fedssl.bench.layout import GRID_JSON
 from fedssl.config import ConfigError
 from fedssl.report import html, plots
 from fedssl.report.markdown import summary_markdown
-from fedssl.report.model import (FINAL, PLOTS, REPORT_HTML, RESULTS_CSV, SEED_KEY, SUMMARY_MD, Bench, load_bench,
-                                 num, read_json, read_metrics, results_frame)
+from fedssl.report.model import (
+    FINAL,
+    PLOTS,
+    REPORT_HTML,
+    RESULTS_CSV,
+    SEED_KEY,
+    SUMMARY_MD,
+    Bench,
+    load_bench,
+    num,
+    read_json,
+    read_metrics,
+    results_frame,
+)
 from fedssl.report.stats import groups_of, status_counts
 
 
