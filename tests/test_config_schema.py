@@ -120,7 +120,7 @@ def test_subcommand_import_error_surfaces():
             "main(['report', '--help'])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "invalid choice" not in proc.stderr
-    assert "ImportError" in proc.stderr and "fedssl.report.cli" in proc.stderr, proc.stderr
+    assert "ModuleNotFoundError: import of fedssl.report.cli" in proc.stderr, proc.stderr
 
 
 def test_cli_keeps_logger_propagation(tmp_path):
