@@ -22,7 +22,7 @@ def toml_value(value: Any) -> str:
 
 def _allowed(k: Key) -> str:
     if k.choices is not None:
-        return " \\| ".join(k.choices) + (" (comma-separated list)" if k.meta["each"] else "")
+        return ("comma-separated: " if k.meta["each"] else "") + " \\| ".join(k.choices)
     return k.range_text()
 
 
