@@ -58,7 +58,8 @@ _EXPORTS = {
     "last_error": "runner", "summary_table": "runner",
     "cell_state": "state", "check_out_dir": "state",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["EXIT_FAILED_CELLS", "EXIT_INTERRUPTED", "BenchRunner", "Grid", "GridCell", "cell_id", "cell_state",
+           "check_out_dir", "last_error", "load_grid", "summary_table"]
 
 
 def __getattr__(name: str) -> Any:

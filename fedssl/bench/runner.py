@@ -234,12 +234,12 @@ class BenchRunner:
             total = progress.add_task("[bold]cells", total=len(self.grid.cells), completed=done0, eta="")
             current = progress.add_task("", total=1, visible=False, eta="")
             for i, cell in enumerate(todo):
-                rounds = cell.cfg.federation.rounds
+                rounds, left_after = cell.cfg.federation.rounds, len(todo) - i - 1
                 label = " · ".join(fmt_value(v) for v in cell.params.values()) or cell.id
                 progress.reset(current, total=rounds, completed=0, visible=True,
                                description=f"  {escape(label)} [dim](rounds)[/]", eta="")
 
-                def poll(done_rounds: int, running: float, _left=len(todo) - i - 1, _r=rounds) -> None:
+                def poll(done_rounds: int, running: float, _left=left_after, _r=rounds) -> None:
                     progress.update(current, completed=min(done_rounds, _r))
                     progress.update(total, eta=f"ETA {_fmt_s(self._eta(running, done_rounds, _r, _left))}")
 

@@ -28,11 +28,11 @@ def summary_markdown(bench: Bench, results) -> str:
     done = n["ok"] + n["diverged"]
     title = Path(bench.grid_file).name or bench.dir.name
     lines = [f"# Benchmark: {title}", "",
-             f"{done} of {len(bench.cells)} cells finished ({n['diverged']} diverged, "
-             f"{n['failed']} failed, {n['interrupted']} interrupted, {n['pending']} pending).", "",
-             f"Mean ± std over `{SEED_KEY}` (n = finished runs / cells of the configuration); "
-             "accuracies in %, final round unless `best_`; `wall_s` is training time in "
-             "seconds. The best mean of each column is in **bold**.", ""]
+             (f"{done} of {len(bench.cells)} cells finished ({n['diverged']} diverged, "
+              f"{n['failed']} failed, {n['interrupted']} interrupted, {n['pending']} pending)."), "",
+             (f"Mean ± std over `{SEED_KEY}` (n = finished runs / cells of the configuration); "
+              "accuracies in %, final round unless `best_`; `wall_s` is training time in "
+              "seconds. The best mean of each column is in **bold**."), ""]
     cols, rows = summary_cells(bench, results)
     keys = bench.group_keys or ["configuration"]
     lines.append("| " + " | ".join(keys + ["n"] + cols) + " |")

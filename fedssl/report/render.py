@@ -49,8 +49,8 @@ def _bench_figures(bench: Bench, results) -> list[tuple[str, Path | None, str]]:
         ("Seen / unseen / all accuracy", plots.plot_bars(bench, groups, results, plots_dir / "accuracy_bars.png"),
          "Final-round accuracy per configuration, grouped by class subset."),
         ("Per-class accuracy", plots.plot_heatmap(bench, groups, plots_dir / "per_class_heatmap.png"),
-         "Final per-class accuracy; globally-unseen classes (present on a single client) are "
-         "outlined in red."),
+         ("Final per-class accuracy; globally-unseen classes (present on a single client) are "
+          "outlined in red.")),
         ("Accuracy vs wall time",
          plots.plot_curves(bench, groups, plots_dir / "accuracy_vs_wall_time.png", x="wall"),
          "Test accuracy against training time (seconds since the first round, mean over seeds)."),
