@@ -128,3 +128,14 @@ def test_cli_keeps_logger_propagation(tmp_path):
 
     assert main(["config"]) == 0
     assert logging.getLogger("fedssl").propagate
+
+
+def test_a_key_declared_with_a_check_rejects_in_one_line():
+    from fedssl.config import check_key
+    from fedssl.config.schema import Key
+
+    k = Key("server.strategy", str, "x", "help", {**keys()["server.strategy"].meta, "choices": None,
+                                                   "check": lambda v: None if ":" in v else f"{v!r} is no path"})
+    assert check_key(k, "pkg.mod:Cls") == "pkg.mod:Cls"
+    with pytest.raises(ConfigError, match=r"^server.strategy: 'nope' is no path$"):
+        check_key(k, "nope")

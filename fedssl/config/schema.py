@@ -42,14 +42,15 @@ def _no_spaces(value: str) -> str:
 def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         gt: float | None = None, ge: float | None = None, lt: float | None = None,
         le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
-        flwr: Any = None) -> Any:
+        check: Callable[[Any], str | None] | None = None, flwr: Any = None) -> Any:
     """Declare one key. ``choices``: allowed values (or a function returning them);
     ``each``: the value is a comma-separated list, each item in ``choices``;
     ``gt/ge/lt/le``: the numeric range; ``norm``: normalises the value once, at
-    validation, so every reader sees the same form; ``flwr``: a different default in
-    ``[tool.flwr.app.config]``."""
+    validation, so every reader sees the same form; ``check``: any other test of the value
+    alone, returning an error text (or None when fine), e.g. an import path that must
+    resolve; ``flwr``: a different default in ``[tool.flwr.app.config]``."""
     meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le,
-            "each": each, "norm": norm, "flwr": flwr}
+            "each": each, "norm": norm, "check": check, "flwr": flwr}
     return field(default=default, metadata=meta)
 
 

@@ -75,6 +75,9 @@ def check_key(k: Key, value: Any, source: str = "") -> Any:
     if rng and not ((m["gt"] is None or value > m["gt"]) and (m["ge"] is None or value >= m["ge"])
                     and (m["lt"] is None or value < m["lt"]) and (m["le"] is None or value <= m["le"])):
         raise ConfigError(f"{k.name} must be {rng}, got {value}")
+    problem = k.meta["check"](value) if k.meta["check"] is not None else None
+    if problem:
+        raise ConfigError(f"{k.name}: {problem}")
     return value
 
 
