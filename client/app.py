@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from client.runtime import ClientRuntime, config_from_context
 from fedssl.config import Config
 from fedssl.faults import apply_fault
+from fedssl.state import RUN_ID_KEY
 from strategies.base import PAYLOAD, PIDS_KEY, packed_key, to_arrayrecord
 
 log = logging.getLogger("fedssl")
@@ -33,6 +34,9 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
     proximal_mu = float(config.get("proximal-mu", cfg.client.proximal_mu))
     want_payload = bool(config.get("fedssl.payload", False))
     keep_round = int(config.get("fedssl.keep-round", 0))
+    # fedssl's server names its run; a stock server does not: Flower's run id keys the state
+    stock = RUN_ID_KEY not in config
+    run_id = str(config[RUN_ID_KEY]) if not stock else str(context.run_id)
     payload_in = ({k: v.numpy() for k, v in msg.content[PAYLOAD].items()}
                   if PAYLOAD in msg.content else {})
     packed = PIDS_KEY in config
@@ -46,7 +50,7 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
     for pid in pids:
         try:
             _train_one(rt, cfg, pid, server_round, global_state, payload_in, proximal_mu,
-                       want_payload, keep_round, packed, t_deser / len(pids), reply)
+                       want_payload, (run_id, keep_round, stock), packed, t_deser / len(pids), reply)
         except Exception as e:
             if not packed:
                 raise  # Flower turns it into an error reply for this node
@@ -60,15 +64,17 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
 
 
 def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, global_state: dict,
-               payload_in: dict, proximal_mu: float, want_payload: bool, keep_round: int,
+               payload_in: dict, proximal_mu: float, want_payload: bool, run: tuple[str, int, bool],
                packed: bool, t_deser: float, reply: RecordDict) -> None:
+    run_id, keep_round, stock = run
     t1 = time.perf_counter()
     rt.model.load_state_dict(global_state)
-    state = rt.store.load(pid, before_round=server_round)
+    state = rt.store.load(pid, run_id, before_round=server_round)
     t2 = time.perf_counter()
-    result = rt.train(pid, server_round, state, payload_in, proximal_mu)
+    # under a stock server the labeled part evaluate() scores on is held out of training
+    result = rt.train(pid, server_round, state, payload_in, proximal_mu, holdout=stock)
     t3 = time.perf_counter()
-    rt.store.save(pid, server_round, result.state, keep_round)
+    rt.store.save(pid, run_id, server_round, result.state, keep_round)
     arrays = ArrayRecord(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
     t4 = time.perf_counter()
     metrics: dict[str, Any] = {
@@ -88,7 +94,8 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
 
 
 def _evaluate(msg: Message, context: Context, cfg: Config | None) -> Message:
-    """Federated evaluation for stock servers: the global model on this node's shard."""
+    """Federated evaluation for stock servers: the global model on the held-out labeled
+    part of this node's shard (num-examples 0 and zero metrics when it has none)."""
     cfg = cfg or config_from_context(context)
     rt = ClientRuntime.get(cfg, context)
     rt.model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

@@ -16,7 +16,11 @@ from fedssl.data import client_shard
 from fedssl.metrics import evaluate
 from fedssl.models import build_model
 from fedssl.state import ClientStateStore
-from fedssl.training import ClientData, TrainResult, build_algorithm, client_data, model_kwargs, train_client
+from fedssl.training import (ClientData, TrainResult, build_algorithm, client_data, derive_seed, model_kwargs,
+                             train_client)
+
+#: share of a client's labeled examples held out of training for stock-server evaluation
+HOLDOUT_FRACTION = 0.2
 
 
 def config_from_context(context: Context) -> Config:
@@ -73,18 +77,32 @@ class ClientRuntime:
         splits, shard = client_shard(self.cfg.data, self.cfg.run.seed, partition_id)
         return client_data(splits.train_x, splits.train_y, shard.labeled, shard.unlabeled)
 
+    def split_holdout(self, partition_id: int) -> tuple[ClientData, ClientData]:
+        """(training part, held-out part) of the shard: a seeded HOLDOUT_FRACTION of the
+        labeled examples (at least one when there are two or more, none below)."""
+        d = self.shard(partition_id)
+        n = len(d.y_l)
+        k = max(1, round(HOLDOUT_FRACTION * n)) if n >= 2 else 0
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, "eval-holdout", partition_id))
+        perm = torch.randperm(n, generator=gen)
+        ev, tr = perm[:k].sort().values, perm[k:].sort().values
+        return (ClientData(d.x_l[tr], d.y_l[tr], d.x_u, d.y_u, d.flip),
+                ClientData(d.x_l[ev], d.y_l[ev], d.x_u[:0], d.y_u[:0], d.flip))
+
     def train(self, partition_id: int, server_round: int, state: Any,
-              payload: dict[str, np.ndarray], proximal_mu: float) -> TrainResult:
-        return train_client(self.model, self.algorithm, self.shard(partition_id), self.cfg,
+              payload: dict[str, np.ndarray], proximal_mu: float, holdout: bool = False) -> TrainResult:
+        """One local round; with ``holdout`` (stock servers) the evaluation part is left out."""
+        data = self.split_holdout(partition_id)[0] if holdout else self.shard(partition_id)
+        return train_client(self.model, self.algorithm, data, self.cfg,
                             server_round=server_round, partition_id=partition_id, state=state,
                             payload=payload, proximal_mu=proximal_mu, device=self.device)
 
     def evaluate_local(self, partition_id: int) -> dict[str, float]:
         from fedssl.data.augment import normalize
 
-        d = self.shard(partition_id)
-        if len(d.y_l) == 0:
-            return {"num-examples": 0, "eval_loss": float("nan"), "eval_acc": float("nan")}
+        d = self.split_holdout(partition_id)[1]
+        if len(d.y_l) == 0:  # weight 0 in the server's mean; zeros, not NaN, so the mean stays finite
+            return {"num-examples": 0, "eval_loss": 0.0, "eval_acc": 0.0}
         m = evaluate(self.model, normalize(d.x_l), d.y_l.numpy(), self.cfg.num_classes, self.cfg.num_seen)
         return {"num-examples": len(d.y_l), "eval_loss": m["loss"], "eval_acc": m["acc_seen"]}
 

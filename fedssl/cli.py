@@ -62,7 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides["run.out_dir"] = args.out
         cfg = resolve(args.config, overrides)
         out = Path(cfg.run.out_dir).resolve()
-        if (out / "metrics.csv").exists() or (out / "summary.json").exists():
+        from fedssl.runlog import holds_run
+
+        if holds_run(out):
             if not args.overwrite:
                 raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it "
                                   f"or --resume {out} to continue it")

@@ -30,6 +30,19 @@ def hungarian_map(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> n
     return mapping
 
 
+def pseudo_label_accuracy(pseudo_label: torch.Tensor, y_true: torch.Tensor | None,
+                          mask: torch.Tensor) -> float | None:
+    """Accuracy of the confident (``mask`` > 0) pseudo-labels on the samples whose true
+    label is known (``y_true`` >= 0; exported shards store -1 for hidden labels), or
+    None when no such sample exists, so the step emits no ``pl_acc`` at all."""
+    if y_true is None:
+        return None
+    w = mask.float() * (y_true >= 0).float()
+    if w.sum() <= 0:
+        return None
+    return float(((pseudo_label == y_true).float() * w).sum() / w.sum())
+
+
 def cluster_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Accuracy after the best one-to-one relabelling of predictions."""
     if y_true.size == 0:

@@ -2,6 +2,9 @@
 
 Every file is written atomically (temp file in the same directory, then rename), so
 a crash or a full disk leaves the previous version intact.
+
+The checkpoint is one safetensors file: the arrays as tensors, everything else as JSON
+in its header metadata, with a format version. ``--resume`` deserialises no Python objects.
 """
 
 from __future__ import annotations
@@ -12,14 +15,24 @@ import json
 import math
 import os
 import tempfile
+import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fedssl.config import ConfigError
 
 METRIC_COLUMNS = ["round", "loss", "acc_all", "acc_seen", "acc_unseen", "acc_local_unseen",
                   "acc_global_unseen", "wall_s", "clients", "rejected_updates", "status"]
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "fedssl-checkpoint"
+CHECKPOINT_VERSION = 1
+RUN_ID_LINE = "# fedssl run id: "  # config.toml's first line (a comment: the config stays loadable)
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> None:
@@ -75,14 +88,87 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(clean(obj), indent=2, sort_keys=False) + "\n")
 
 
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def write_config(out_dir: Path, config_toml: str, run_id: str) -> None:
+    write_atomic(Path(out_dir) / "config.toml", f"{RUN_ID_LINE}{run_id}\n{config_toml}")
+
+
+def holds_run(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds (part of) a run: any of its files or client state."""
+    out = Path(out_dir)
+    return any((out / n).exists() for n in ("metrics.csv", "summary.json", "config.toml", CHECKPOINT,
+                                             "checkpoint.pt")) or any((out / "client_state").glob("*"))
+
+
+def _split(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:
+    """JSON-able copy of ``obj`` with every array replaced by {"__array__": key}."""
+    if isinstance(obj, np.ndarray) or hasattr(obj, "numpy") and not isinstance(obj, (str, bytes)):
+        arrays[path] = np.asarray(obj if isinstance(obj, np.ndarray) else obj.numpy(), order="C")
+        return {"__array__": path}
+    if isinstance(obj, dict):
+        return {str(k): _split(v, arrays, f"{path}/{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, arrays, f"{path}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint cannot hold {type(obj).__name__} at {path}")
+
+
+def _join(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__array__"}:
+            return arrays[obj["__array__"]]
+        return {k: _join(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join(v, arrays) for v in obj]
+    return obj
+
+
+def _crc(arrays: dict[str, np.ndarray]) -> str:
+    crc = 0
+    for k in sorted(arrays):
+        crc = zlib.crc32(np.ascontiguousarray(arrays[k]).tobytes(), zlib.crc32(k.encode(), crc))
+    return f"{crc:08x}"
+
+
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_atomic(out_dir / CHECKPOINT, buf.getvalue())
+    arrays: dict[str, np.ndarray] = {}
+    rest = _split(state, arrays, "")
+    meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "state": json.dumps(rest),
+            "crc32": _crc(arrays)}
+    write_atomic(Path(out_dir) / CHECKPOINT, st_save(arrays, metadata=meta))
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
+    """The saved state, None if there is no checkpoint; ConfigError (one line) if the
+    file is corrupt, truncated, of an unknown format version, or an old checkpoint.pt."""
     p = Path(out_dir) / CHECKPOINT
     if not p.exists():
+        if (Path(out_dir) / "checkpoint.pt").exists():
+            raise ConfigError(f"{Path(out_dir) / 'checkpoint.pt'}: a checkpoint of an older "
+                              "fedssl; it is not loaded (start the run again)")
         return None
-    return torch.load(p, weights_only=False)
+    try:
+        data = p.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n]) if 0 < n <= len(data) - 8 else None
+        meta = (header or {}).get("__metadata__") or {}
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: unreadable checkpoint ({e})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{p}: not a fedssl checkpoint (corrupt or truncated)")
+    if meta.get("version") != str(CHECKPOINT_VERSION):
+        raise ConfigError(f"{p}: checkpoint format version {meta.get('version')!r} is not supported "
+                          f"(this fedssl reads version {CHECKPOINT_VERSION})")
+    try:
+        arrays = st_load(data)
+        if meta.get("crc32") != _crc(arrays):
+            raise ValueError("checksum mismatch")
+        return _join(json.loads(meta["state"]), arrays)
+    except (SafetensorError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{p}: corrupt checkpoint ({str(e).splitlines()[0] if str(e) else e!r})") from None

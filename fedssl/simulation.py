@@ -53,7 +53,11 @@ def _gpu_count() -> int:
 
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or resume it) and return its summary.json."""
-    # Bad data fails here, before Ray or Flower start.
+    # Bad data (or a bad checkpoint to resume from) fails here, before Ray or Flower start.
+    if resume:
+        from fedssl.runlog import load_checkpoint
+
+        load_checkpoint(Path(cfg.run.out_dir))
     splits = load_dataset(cfg.data, cfg.run.seed)
     make_partition(splits.train_y, cfg.data, splits.num_classes, cfg.run.seed)
     model_bytes = state_nbytes(build_model(cfg.model.name, **model_kwargs(cfg, splits)))

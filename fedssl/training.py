@@ -183,6 +183,7 @@ def train_client(
     lab = _Sampler(len(data.y_l), gen)
     unl = _Sampler(len(data.y_u), gen)
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # steps that emitted each metric (pl_acc only when the mask is non-empty)
     t_data = t_train = 0.0
     for step in range(steps):
         ctx.step = step
@@ -211,12 +212,13 @@ def train_client(
         metrics["loss"] = loss.item()
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + (v.item() if isinstance(v, torch.Tensor) else float(v))
+            counts[k] = counts.get(k, 0) + 1
     out_payload = algorithm.end_round(model, ctx, data)
 
     new_state = {f"algo.{k}": v for k, v in ctx.state.items()}
     if ctx.teacher is not None:
         new_state.update({f"teacher.{k}": v for k, v in ctx.teacher.state_dict().items()})
-    metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+    metrics = {f"train_{k}": v / counts[k] for k, v in sums.items()}
     num_examples = len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0)
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
     return TrainResult(new_state, metrics, out_payload, max(num_examples, 1), timings)

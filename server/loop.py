@@ -28,7 +28,7 @@ from fedssl.data.augment import normalize
 from fedssl.metrics import evaluate
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients
-from fedssl.state import ClientStateStore
+from fedssl.state import RUN_ID_KEY, ClientStateStore
 from fedssl.training import derive_seed, model_kwargs
 from strategies import build_strategy
 from strategies.base import PIDS_KEY, FedSSLStrategy, iter_updates, to_arrayrecord
@@ -95,23 +95,24 @@ class ServerRunner:
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
         out.mkdir(parents=True, exist_ok=True)
-        runlog.write_atomic(out / "config.toml", cfg.to_toml())
         arrays = ArrayRecord(self.model.state_dict())
         rows: list[dict[str, Any]] = []
         start_round, wall_offset, best_loss = 1, 0.0, math.inf
         last_ckpt = 0
-        if self.resume:
-            ckpt = runlog.load_checkpoint(out)
-            if ckpt is not None:
-                arrays = to_arrayrecord(ckpt["arrays"])
-                self.strategy.load_state_dict(ckpt["strategy"])
-                rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
-                start_round, wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
-                best_loss, last_ckpt = ckpt["best_loss"], ckpt["round"]
-                torch.set_rng_state(ckpt["torch_rng"])
-                np.random.set_state(ckpt["numpy_rng"])
-                self._drop_client_state_after(ckpt["round"])
-                log.info("resuming %s after round %d", out, ckpt["round"])
+        # A fresh run gets a new run id; a resumed one keeps its checkpoint's (no
+        # checkpoint: it starts over, as a new run). Client state of other runs and
+        # state saved after the checkpoint are deleted, never read.
+        ckpt = runlog.load_checkpoint(out) if self.resume else None
+        self.run_id = ckpt["run_id"] if ckpt is not None else runlog.new_run_id()
+        ClientStateStore(self.state_dir).retain(self.run_id, ckpt["round"] if ckpt is not None else None)
+        runlog.write_config(out, cfg.to_toml(), self.run_id)
+        if ckpt is not None:
+            arrays = to_arrayrecord(ckpt["arrays"])
+            self.strategy.load_state_dict(ckpt["strategy"])
+            rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
+            start_round, wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
+            best_loss, last_ckpt = ckpt["best_loss"], ckpt["round"]
+            log.info("resuming %s after round %d", out, ckpt["round"])
         if not math.isfinite(best_loss):  # the initial model's loss anchors divergence checks
             best_loss = self.evaluate(0, arrays)["loss"]
         global_np = {k: arrays[k].numpy() for k in arrays}
@@ -152,13 +153,13 @@ class ServerRunner:
                     runlog.save_checkpoint(out, {
                         "round": rnd, "arrays": global_np, "strategy": self.strategy.state_dict(),
                         "rows": rows, "wall_s": wall_offset + time.time() - t_start,
-                        "best_loss": best_loss, "torch_rng": torch.get_rng_state(),
-                        "numpy_rng": np.random.get_state(), "client_state": str(self.state_dir),
+                        "best_loss": best_loss, "run_id": self.run_id,
                     })
                     last_ckpt = rnd
         final = rows[-1] if rows else {}
         summary = {
             "status": status,
+            "run_id": self.run_id,
             "final": {k: v for k, v in final.items() if not k.startswith("acc_class_")},
             "per_class_accuracy": {str(k): final.get(f"acc_class_{k}") for k in range(cfg.num_classes)},
             "seen_classes": list(range(self.partition.num_seen)),
@@ -176,11 +177,6 @@ class ServerRunner:
     def state_dir(self) -> Path:
         return self.out / "client_state"
 
-    def _drop_client_state_after(self, server_round: int) -> None:
-        for p in self.state_dir.glob("client_*.r*.safetensors"):
-            if int(p.name.split(".r")[1].split(".")[0]) > server_round:
-                p.unlink(missing_ok=True)
-
     # ------------------------------------------------------------------------------
     def _round(self, rnd: int, arrays: ArrayRecord, global_np: dict[str, np.ndarray],
                keep_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
@@ -196,7 +192,8 @@ class ServerRunner:
             # groups are only for logging: the partition each node reported before
             groups = [[self._node_pid[n]] if n in self._node_pid else [] for n in node_ids]
             msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids,
-                                                {"fedssl.keep-round": keep_round})
+                                                {"fedssl.keep-round": keep_round,
+                                                 RUN_ID_KEY: self.run_id})  # state: run-id key
             for m in msgs:  # no packed ids: the node trains its own node-config partition-id
                 del m.content["config"][PIDS_KEY]
         else:
@@ -208,7 +205,8 @@ class ServerRunner:
             cpn = f.clients_per_node or auto_clients_per_node(len(pids), parallelism, self.model_bytes)
             groups = pack(pids, cpn, len(node_ids))
             msgs = self.strategy.build_messages(rnd, arrays, groups, node_ids[:len(groups)],
-                                                {"fedssl.keep-round": keep_round})
+                                                {"fedssl.keep-round": keep_round,
+                                                 RUN_ID_KEY: self.run_id})  # state: run-id key
         group_of = {m.metadata.dst_node_id: g for m, g in zip(msgs, groups)}
         t0 = time.time()
         replies = list(self.grid.send_and_receive(msgs, timeout=f.round_timeout))

@@ -19,6 +19,7 @@ from flwr.app import (DEFAULT_TTL, Array, ArrayRecord, ConfigRecord, Message, Me
                       MetricRecord, RecordDict)
 
 from fedssl.config import Config
+from strategies.validation import in_global_order
 
 log = logging.getLogger("fedssl")
 
@@ -83,7 +84,7 @@ class FedSSLStrategy:
         replies = []
         for pid, content in updates:
             n = int(content["metrics"]["num-examples"])
-            rd = RecordDict({"arrays": content["arrays"],
+            rd = RecordDict({"arrays": in_global_order(content["arrays"], global_arrays),
                              "metrics": MetricRecord({"num-examples": n})})
             replies.append(Message(content=rd, metadata=_reply_metadata(pid, server_round)))
         if not replies:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
@@ -37,7 +38,8 @@ def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
                  max_examples: int | None, max_update_norm: float = 0.0) -> str | None:
     """None if the reply is acceptable, else a one-line reason.
 
-    - exactly the global model's keys, with the same shapes;
+    - exactly the global model's keys (in any order: :func:`in_global_order` rebuilds
+      the update before aggregation), with the same dtypes and shapes;
     - every value finite;
     - ``num-examples`` a positive integer, at most the client's partition size;
     - ||update - global||_2 <= max_update_norm when that bound is > 0.
@@ -63,6 +65,8 @@ def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
             a = decode(arrays[k])
         except Exception as e:  # malformed bytes
             return f"array {k!r} cannot be decoded ({e})"
+        if a.dtype != ref.dtype:
+            return f"array {k!r} has dtype {a.dtype}, expected {ref.dtype}"
         if a.shape != ref.shape:
             return f"array {k!r} has shape {a.shape}, expected {ref.shape}"
         if not np.all(np.isfinite(a)):
@@ -72,3 +76,16 @@ def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
     if max_update_norm > 0 and math.sqrt(sq) > max_update_norm:
         return f"update norm {math.sqrt(sq):.3g} exceeds server.max_update_norm={max_update_norm}"
     return None
+
+
+def in_global_order(arrays: ArrayRecord, global_keys: Iterable[str]) -> ArrayRecord:
+    """The update rebuilt with the global model's keys in the global model's order.
+
+    Flower strategies that work on ``ArrayRecord.to_numpy_ndarrays()`` (FedAvgM's
+    momentum, ...) pair layers by position; a client listing its layers in another
+    order would be mis-paired. Validation has checked the names; this fixes the order.
+    """
+    keys = list(global_keys)
+    if list(arrays.keys()) == keys:
+        return arrays
+    return ArrayRecord({k: arrays[k] for k in keys})

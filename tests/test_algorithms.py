@@ -243,10 +243,10 @@ def test_shrinkmatch_certain_ratio_persists_in_client_state(tmp_path):
     assert res1.metrics["train_mask"] == 0, "an untrained model is never 99% confident"
     assert_close(res1.state["algo.certain_ratio"], torch.tensor([0.0]))
     res1.state["algo.certain_ratio"] = torch.tensor([0.5])  # pretend earlier rounds were confident
-    store.save(0, 1, res1.state)
+    store.save(0, "run0", 1, res1.state)
 
     res2 = train_client(build_model("cnn", 10), alg, data, cfg, server_round=2, partition_id=0,
-                        state=store.load(0, before_round=2))
+                        state=store.load(0, "run0", before_round=2))
     assert_close(res2.state["algo.certain_ratio"], torch.tensor([0.5 * 0.99 ** 2]))
     assert res2.metrics["train_certain_ratio"] == pytest.approx(0.5 * (0.99 + 0.99 ** 2) / 2)
 
@@ -309,8 +309,8 @@ def test_ema_teacher_persists_and_meets_the_global_model_by_gap(tmp_path):
     def train(rnd: int, global_sd: dict[str, torch.Tensor]) -> tuple[dict, dict]:
         model.load_state_dict(global_sd)
         res = train_client(model, alg, data, cfg, server_round=rnd, partition_id=pid,
-                           state=store.load(pid, before_round=rnd))
-        store.save(pid, rnd, res.state)
+                           state=store.load(pid, "run0", before_round=rnd))
+        store.save(pid, "run0", rnd, res.state)
         return teacher_of(res.state), {k: v.clone() for k, v in model.state_dict().items()}
 
     # Round 1, no saved state: the teacher starts at the global model, then one EMA step.

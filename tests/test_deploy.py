@@ -25,6 +25,7 @@ from fedssl.data.export import (check_node_config, data_config_hash, export_shar
                                 load_client_shard, read_shard_meta)
 from fedssl.deploy import (LocalFederation, ProcessSet, descendants, free_ports, make_certs,
                            make_node_key, parse_node_config, run_config_string)
+from fedssl.runlog import load_checkpoint
 from fedssl.training import client_data
 from tests.conftest import ROOT, assert_bad_input, run_cli
 
@@ -285,8 +286,8 @@ def test_deploy_local_matches_simulation(tmp_path):
     assert sa["status"] == sb["status"] == "ok"
     assert abs(sa["final"]["loss"] - sb["final"]["loss"]) <= 1e-5
     # the global models agree weight for weight
-    wa = torch.load(dep / "checkpoint.pt", weights_only=False)["arrays"]
-    wb = torch.load(sim / "checkpoint.pt", weights_only=False)["arrays"]
+    wa = load_checkpoint(dep)["arrays"]
+    wb = load_checkpoint(sim)["arrays"]
     assert wa.keys() == wb.keys()
     for k in wa:
         assert np.allclose(wa[k], wb[k], atol=1e-6), k

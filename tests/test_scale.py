@@ -78,33 +78,33 @@ def test_auto_packing_keeps_workers_fed_and_replies_bounded(n, workers, model_by
 
 def test_state_store_is_lazy_versioned_and_exact(tmp_path):
     store = ClientStateStore(tmp_path / "s")
-    assert store.load(7) is None and store.ids() == []  # never trained: nothing on disk
+    assert store.load(7, "run0") is None and store.ids() == []  # never trained: nothing on disk
     t1 = {"teacher.w": torch.randn(3, 4, dtype=torch.float32), "algo.count": torch.tensor([5], dtype=torch.int64)}
     t3 = {"teacher.w": torch.randn(3, 4, dtype=torch.float32), "algo.count": torch.tensor([9], dtype=torch.int64)}
-    store.save(7, 1, t1)
-    store.save(7, 3, t3, keep_round=1)
+    store.save(7, "run0", 1, t1)
+    store.save(7, "run0", 3, t3, keep_round=1)
     assert store.ids() == [7]
-    rnd, got = store.load(7)
+    rnd, got = store.load(7, "run0")
     assert rnd == 3 and all(torch.equal(got[k], t3[k]) and got[k].dtype == t3[k].dtype for k in t3)
-    rnd, got = store.load(7, before_round=3)  # a resume from the round-2 checkpoint sees round 1
+    rnd, got = store.load(7, "run0", before_round=3)  # a resume from the round-2 checkpoint sees round 1
     assert rnd == 1 and torch.equal(got["teacher.w"], t1["teacher.w"])
-    store.save(7, 5, t1, keep_round=4)  # versions <= the checkpointed round are pruned to the newest
-    assert [p.name for p in sorted((tmp_path / "s").iterdir())] == ["client_00007.r000003.safetensors",
-                                                                     "client_00007.r000005.safetensors"]
+    store.save(7, "run0", 5, t1, keep_round=4)  # versions <= the checkpointed round are pruned to the newest
+    assert [p.name for p in sorted((tmp_path / "s").iterdir())] == ["client_00007.run0.r000003.safetensors",
+                                                                     "client_00007.run0.r000005.safetensors"]
 
 
 def test_sampled_clients_only_get_state_and_it_survives_unsampled_rounds(tmp_path):
     out = tmp_path / "run"
-    run_experiment(resolve(overrides=tiny(out, **{
+    run_id = run_experiment(resolve(overrides=tiny(out, **{
         "data.num_clients": 12, "federation.fraction_train": 0.25, "federation.min_clients": 2,
-        "federation.rounds": 3, "client.local_steps": 2})), quiet=True)
+        "federation.rounds": 3, "client.local_steps": 2})), quiet=True)["run_id"]
     sampled = {i for r in (1, 2, 3) for i in sample_clients(12, 0.25, 2, 0, r)}
     assert all(r["clients"] == "3" for r in rows(out))
     on_disk = ClientStateStore(out / "client_state").ids()
     assert set(on_disk) == sampled and len(sampled) < 12
     for pid in sampled:  # the newest version is from the last round the client trained in
         last = max(r for r in (1, 2, 3) if pid in sample_clients(12, 0.25, 2, 0, r))
-        assert ClientStateStore(out / "client_state").load(pid)[0] == last
+        assert ClientStateStore(out / "client_state").load(pid, run_id)[0] == last
 
 
 def _free_port() -> int:

@@ -14,6 +14,7 @@ from torch import nn
 
 from fedssl.algorithms import register
 from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.metrics import pseudo_label_accuracy
 
 
 @register("fixmatch")
@@ -35,7 +36,7 @@ class FixMatch(Algorithm):
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
         loss_u = (F.cross_entropy(logits[n_l:], pseudo_label, reduction="none") * mask).mean()
         metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask": mask.mean().item()}
-        if batch.y_u is not None and mask.sum() > 0:
-            correct = (pseudo_label == batch.y_u).float()
-            metrics["pl_acc"] = ((correct * mask).sum() / mask.sum()).item()
+        pl_acc = pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
+        if pl_acc is not None:
+            metrics["pl_acc"] = pl_acc
         return loss_x + self.cfg.lambda_u * loss_u, metrics

@@ -45,6 +45,7 @@ from torch import nn
 
 from fedssl.algorithms import register
 from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.metrics import pseudo_label_accuracy
 
 
 class ShrunkSpace(NamedTuple):
@@ -122,7 +123,7 @@ class ShrinkMatch(Algorithm):
                    "certain_ratio": ratio}
         if uncertain.sum() > 0:
             metrics["removed"] = float((shrunk.removed.float() * uncertain).sum() / uncertain.sum())
-        if batch.y_u is not None and mask.sum() > 0:
-            correct = (pseudo_label == batch.y_u).float()
-            metrics["pl_acc"] = float((correct * mask).sum() / mask.sum())
+        pl_acc = pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
+        if pl_acc is not None:
+            metrics["pl_acc"] = pl_acc
         return loss_x + self.cfg.lambda_u * (loss_u + ratio * loss_shrink), metrics

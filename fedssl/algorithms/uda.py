@@ -20,6 +20,7 @@ from torch import nn
 
 from fedssl.algorithms import register
 from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.metrics import pseudo_label_accuracy
 
 
 def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -49,7 +50,7 @@ class UDA(Algorithm):
         kl = F.kl_div(log_student, pseudo_label, reduction="none").sum(dim=1)
         loss_u = (kl * mask).mean()
         metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask": float(mask.mean())}
-        if batch.y_u is not None and mask.sum() > 0:
-            correct = (pseudo_label.argmax(dim=1) == batch.y_u).float()
-            metrics["pl_acc"] = float((correct * mask).sum() / mask.sum())
+        pl_acc = pseudo_label_accuracy(pseudo_label.argmax(dim=1), batch.y_u, mask)  # hidden labels (-1) excluded
+        if pl_acc is not None:
+            metrics["pl_acc"] = pl_acc
         return loss_x + self.cfg.lambda_u * loss_u, metrics
