@@ -96,7 +96,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     deadline = time.time() + 600
     try:
         while time.time() < deadline:
-            ckpt = runlog.load_checkpoint(killed) if (killed / "checkpoint.pt").exists() else None
+            ckpt = runlog.load_checkpoint(killed) if (killed / runlog.CHECKPOINT).exists() else None
             if ckpt and ckpt["round"] >= 2:
                 break
             assert proc.poll() is None, "run ended before it could be killed"
