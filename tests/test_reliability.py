@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from fedssl import runlog
 from fedssl.config import resolve
 from fedssl.simulation import run_experiment
+from fedssl.state import ClientStateStore
 from tests.conftest import ROOT, as_set_flags, assert_bad_input, run_cli, tiny
 
 TIME_COLS = ("wall_s", "round_s", "t_")
@@ -86,9 +88,13 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def test_kill9_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("checkpoint_every,fraction", [(1, 1.0), (2, 0.5)])
+def test_kill9_then_resume_equals_uninterrupted(tmp_path, checkpoint_every, fraction):
+    # (2, 0.5): clients skip rounds, so a resume from round 2 needs each client's state
+    # at or before round 2 while newer files of the killed process lie next to it.
     over = tiny(tmp_path / "killed", **{"federation.rounds": 4, "client.local_steps": 30,
-                                        "run.checkpoint_every": 1})
+                                        "run.checkpoint_every": checkpoint_every,
+                                        "federation.fraction_train": fraction, "federation.min_clients": 2})
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -112,8 +118,13 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    run_id = ckpt["run_id"]
+    assert all(rid == run_id for _, rid, *_ in ClientStateStore(killed / "client_state").files())
     resumed = run_cli("run", "--resume", str(killed), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the resumed run is the same run: it read and wrote its own client state only
+    assert json.loads((killed / "summary.json").read_text())["run_id"] == run_id
+    assert {rid for _, rid, *_ in ClientStateStore(killed / "client_state").files()} == {run_id}
     run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "straight")}), quiet=True)
     got, want = rows(killed), rows(tmp_path / "straight")
     assert [r["round"] for r in got] == ["1", "2", "3", "4"]  # no duplicate or missing round

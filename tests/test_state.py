@@ -124,7 +124,7 @@ def _poison(out: Path) -> list[Path]:
 
 
 def test_a_second_run_in_the_same_directory_reads_nothing_of_the_first(tmp_path, caplog):
-    over = tiny(tmp_path / "same", **{"federation.rounds": 2, "client.threshold": 0.0})
+    over = tiny(tmp_path / "same", **{"federation.rounds": 2, "client.threshold": 0.01})
     first = run_experiment(resolve(overrides=over), quiet=True)
     old = _poison(tmp_path / "same")
     assert old, "the first run left client state"
@@ -141,7 +141,7 @@ def test_a_second_run_in_the_same_directory_reads_nothing_of_the_first(tmp_path,
 
 def test_second_cli_run_refuses_without_overwrite_and_starts_clean_with_it(tmp_path):
     out = tmp_path / "o"
-    over = tiny(out, **{"client.threshold": 0.0})
+    over = tiny(out, **{"client.threshold": 0.01})
     assert run_cli("run", "--quiet", *as_set_flags(over)).returncode == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert_bad_input(run_cli("run", "--quiet", *as_set_flags(over)), "--overwrite")
