@@ -19,9 +19,10 @@ from safetensors.torch import save_file
 from client.runtime import ClientRuntime
 from fedssl import runlog
 from fedssl.algorithms.fixmatch import FixMatch
-from fedssl.config import resolve
+from fedssl.config import ConfigError, resolve
 from fedssl.metrics import pseudo_label_accuracy
 from fedssl.models import build_model
+from fedssl.sampling import sample_clients
 from fedssl.simulation import run_experiment
 from fedssl.state import ClientStateStore, _crc
 from fedssl.training import ClientData, train_client
@@ -117,18 +118,28 @@ def _poison(out: Path) -> list[Path]:
     for pid, rid, rnd, p in ClientStateStore(out / "client_state").files():
         from safetensors.torch import load_file
 
-        t = {k: (torch.full_like(v, 1e3) if v.is_floating_point() else v) for k, v in load_file(p).items()}
+        g = torch.Generator().manual_seed(pid)  # random, not constant: a constant teacher can
+        t = {k: (torch.randn(v.shape, generator=g) * 3 if v.is_floating_point() else v)  # agree with a collapsed model
+             for k, v in load_file(p).items()}
         save_file(t, p, metadata={"run-id": rid, "round": str(rnd), "partition-id": str(pid), "crc32": _crc(t)})
         poisoned.append(p)
     return poisoned
 
 
 def test_a_second_run_in_the_same_directory_reads_nothing_of_the_first(tmp_path, caplog):
-    over = tiny(tmp_path / "same", **{"federation.rounds": 2, "client.threshold": 0.01})
-    first = run_experiment(resolve(overrides=over), quiet=True)
-    old = _poison(tmp_path / "same")
-    assert old, "the first run left client state"
+    sampled = {"data.num_clients": 8, "federation.fraction_train": 0.5, "federation.min_clients": 2,
+               "federation.rounds": 3, "client.threshold": 0.01, "run.checkpoint_every": 0}
+    first = run_experiment(resolve(overrides=tiny(tmp_path / "same", **sampled, **{"run.seed": 2})), quiet=True)
+    old = {(pid, r) for pid, _, r, _ in ClientStateStore(tmp_path / "same" / "client_state").files()}
+    _poison(tmp_path / "same")
+    # The test can fail: some client the second run first trains in round r has a file of
+    # the first run from before r, which a store keyed by directory would load.
+    first_in_b: dict[int, int] = {}
+    for rnd in (3, 2, 1):
+        first_in_b.update({pid: rnd for pid in sample_clients(8, 0.5, 2, 0, rnd)})
+    assert any(pid in first_in_b and r < first_in_b[pid] for pid, r in old), old
     # as `flwr run` or a SuperNode's persistent state-dir would: same out_dir, no CLI guard
+    over = tiny(tmp_path / "same", **sampled)
     with caplog.at_level(logging.WARNING, logger="fedssl"):
         second = run_experiment(resolve(overrides=over), quiet=True)
     run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "clean")}), quiet=True)
@@ -170,10 +181,7 @@ def _resumable(out: Path) -> None:
     runlog.write_config(out, resolve(overrides=tiny(out)).to_toml(), "abc")
 
 
-@pytest.mark.parametrize("damage", ["version", "truncated", "garbage", "bitflip", "pickle"])
-def test_bad_checkpoint_is_a_one_line_error_on_resume(tmp_path, damage):
-    out = tmp_path / "c"
-    _resumable(out)
+def _damage(out: Path, damage: str) -> None:
     runlog.save_checkpoint(out, {"round": 1, "arrays": {"w": np.ones(4, np.float32)}, "run_id": "abc"})
     p = out / runlog.CHECKPOINT
     raw = p.read_bytes()
@@ -189,10 +197,24 @@ def test_bad_checkpoint_is_a_one_line_error_on_resume(tmp_path, damage):
     else:  # an old torch.save checkpoint is not unpickled
         p.unlink()
         (out / "checkpoint.pt").write_bytes(b"\x80\x04K\x01.")
-    proc = run_cli("run", "--resume", str(out), "--quiet")
-    assert_bad_input(proc, "checkpoint")
+
+
+@pytest.mark.parametrize("damage", ["version", "truncated", "garbage", "bitflip", "pickle"])
+def test_bad_checkpoint_is_detected(tmp_path, damage):
+    _damage(tmp_path, damage)
+    with pytest.raises(ConfigError) as e:
+        runlog.load_checkpoint(tmp_path)
+    assert "checkpoint" in str(e.value) and "\n" not in str(e.value)
     if damage == "version":
-        assert "version '99'" in proc.stderr
+        assert "version '99' is not supported" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["version", "bitflip"])
+def test_bad_checkpoint_is_a_one_line_error_on_resume(tmp_path, damage):
+    out = tmp_path / "c"
+    _resumable(out)
+    _damage(out, damage)
+    assert_bad_input(run_cli("run", "--resume", str(out), "--quiet"), "checkpoint")
 
 
 def test_checkpoint_round_trips_arrays_and_json(tmp_path):
@@ -257,7 +279,7 @@ def test_stock_evaluation_uses_held_out_labels_and_never_nan(tmp_path):
     full = rt.shard(0)
     train, held = rt.split_holdout(0)
     assert len(held.y_l) >= 1 and len(train.y_l) + len(held.y_l) == len(full.y_l)
-    rows_of = lambda d: {bytes(x.numpy()) for x in d.x_l}  # noqa: E731
+    rows_of = lambda d: {bytes(x.numpy()) for x in d.x_l}
     assert not rows_of(train) & rows_of(held)  # evaluation never scores training labels
     m = rt.evaluate_local(0)
     assert m["num-examples"] == len(held.y_l) and all(math.isfinite(v) for v in m.values())
@@ -282,7 +304,7 @@ class _SparseFixMatch(FixMatch):
 def test_metrics_are_averaged_over_the_steps_that_emitted_them():
     cfg = resolve(overrides={"client.local_steps": 5, "client.batch_size": 4, "client.uratio": 1})
     g = torch.Generator().manual_seed(0)
-    img = lambda: torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=g)  # noqa: E731
+    img = lambda: torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=g)
     data = ClientData(img(), torch.arange(8) % 10, img(), torch.arange(8) % 10, flip=False)
     alg = _SparseFixMatch(cfg.client, 10, 10)
     res = train_client(build_model("cnn", 10), alg, data, cfg, server_round=1, partition_id=0, state=None)
@@ -297,3 +319,21 @@ def test_pl_acc_ignores_samples_without_a_true_label():
     assert pseudo_label_accuracy(pl, y, mask) == pytest.approx(0.5)  # 1 of the 2 labeled, not 1 of 4
     assert pseudo_label_accuracy(pl, torch.full((4,), -1), mask) is None  # nothing to score: no metric
     assert pseudo_label_accuracy(pl, y, torch.tensor([0.0, 1.0, 0.0, 1.0])) is None
+
+
+@pytest.mark.parametrize("checkpoint_every,per_client", [(0, 1), (3, 2)])
+def test_real_run_leaves_at_most_one_or_two_state_files_per_client(tmp_path, checkpoint_every, per_client):
+    # 20 FixMatch clients, half sampled per round; the bound is per client and does not
+    # grow with rounds (the 200-round case is test_state_on_disk_is_bounded_whatever_the_rounds).
+    out = tmp_path / "b"
+    summary = run_experiment(resolve(overrides=tiny(out, **{
+        "data.num_clients": 20, "federation.fraction_train": 0.5, "federation.rounds": 10,
+        "client.local_steps": 1, "run.checkpoint_every": checkpoint_every, "run.eval_every": 10})),
+        quiet=True)
+    files = ClientStateStore(out / "client_state").files()
+    per = {}
+    for pid, rid, *_ in files:
+        assert rid == summary["run_id"]
+        per[pid] = per.get(pid, 0) + 1
+    assert len(per) > 10 and max(per.values()) <= per_client and len(files) <= 20 * per_client
+    assert not list((out / "client_state").glob(".state.*"))  # no temp file left
