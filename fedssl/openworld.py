@@ -70,27 +70,47 @@ def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     return x[idx].clone()
 
 
+SINKHORN_VARIANTS = ("reference", "log")
+INIT_VARIANTS = ("random", "kmeans++")
+
+
 @torch.no_grad()
 def balanced_kmeans(x: torch.Tensor | np.ndarray, k: int, iters: int = 5, seed: int = 0,
-                    epsilon: float = 0.05, sinkhorn_iters: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+                    epsilon: float = 0.05, sinkhorn_iters: int = 10, sinkhorn: str = "log",
+                    init: str = "kmeans++") -> tuple[torch.Tensor, torch.Tensor]:
     """Spherical k-means with Sinkhorn-balanced assignments.
 
-    ``x`` [N, D] is L2-normalised; centroids start from k-means++ (seeded by
-    ``seed``); each iteration assigns every point to the argmax of its balanced soft
-    assignment (:func:`sinkhorn_knopp` on cosine similarities) and moves each
-    centroid to the normalised mean of its points (an empty cluster is re-seeded on
-    a random point). Returns (centroids [k, D], unit norm; assignments [N]).
+    ``x`` [N, D] is L2-normalised; centroids start from ``init`` (seeded by
+    ``seed``): ``"kmeans++"``, or ``"random"`` distinct points as the reference's
+    local clustering does; each iteration assigns every point to the argmax of its
+    balanced soft assignment on cosine similarities and moves each centroid to the
+    normalised mean of its points (an empty cluster is re-seeded on a random point).
+    ``sinkhorn`` picks the balancing: ``"log"`` is :func:`sinkhorn_knopp` (no
+    softmax first), ``"reference"`` is
+    :func:`fedssl.global_clustering.sinkhorn_reference` (softmax first, as in
+    cugzj/FedoSSL) with at most ``sinkhorn_iters`` iterations.
+    Returns (centroids [k, D], unit norm; assignments [N]).
     """
+    from fedssl.global_clustering import sinkhorn_reference  # it imports nothing from here
+
     x = F.normalize(_as_tensor(x), dim=1)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty [N, D] matrix, got {tuple(x.shape)}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if sinkhorn not in SINKHORN_VARIANTS or init not in INIT_VARIANTS:
+        raise ValueError(f"unknown sinkhorn {sinkhorn!r} or init {init!r}")
     gen = torch.Generator().manual_seed(int(seed) & ((1 << 63) - 1))
-    centroids = _kmeans_pp(x, k, gen)
+    if init == "random" and x.shape[0] >= k:
+        centroids = x[torch.randperm(x.shape[0], generator=gen)[:k]].clone()
+    else:
+        centroids = _kmeans_pp(x, k, gen)
     assign = torch.zeros(x.shape[0], dtype=torch.long)
     for _ in range(iters):
-        assign = sinkhorn_knopp(x @ centroids.T, sinkhorn_iters, epsilon).argmax(dim=1)
+        scores = x @ centroids.T
+        q = (sinkhorn_reference(scores, epsilon, max_iters=sinkhorn_iters) if sinkhorn == "reference"
+             else sinkhorn_knopp(scores, sinkhorn_iters, epsilon))
+        assign = q.argmax(dim=1)
         for j in range(k):
             members = x[assign == j]
             if len(members):
@@ -101,10 +121,13 @@ def balanced_kmeans(x: torch.Tensor | np.ndarray, k: int, iters: int = 5, seed: 
 
 
 def global_clustering(local_centroids: torch.Tensor | np.ndarray, k: int, seed: int = 0,
-                      iters: int = 20) -> np.ndarray:
-    """The server's K global centroids [k, D] (float32, unit norm), fitted by
-    :func:`balanced_kmeans` to the stack of every client's local centroids [M, D]."""
-    centroids, _ = balanced_kmeans(local_centroids, k, iters=iters, seed=seed)
+                      iters: int = 20, epsilon: float = 0.05, sinkhorn: str = "log") -> np.ndarray:
+    """The server's K global centroids [k, D] (float32, unit norm), fitted afresh by
+    :func:`balanced_kmeans` to the stack of every client's local centroids [M, D]
+    (``server.fedossl_clustering = "kmeans"``; the reference's persistent, SGD-refined
+    centroids are :func:`fedssl.global_clustering.refine_centroids`)."""
+    centroids, _ = balanced_kmeans(local_centroids, k, iters=iters, seed=seed, epsilon=epsilon,
+                                   sinkhorn=sinkhorn)
     return centroids.numpy().astype(np.float32)
 
 

@@ -57,3 +57,52 @@ def test_fedossl_algorithm_with_another_strategy_warns_once_and_runs(tmp_path):
     out = proc.stdout + proc.stderr
     assert out.count("client.algorithm=fedossl is meant for server.strategy=fedossl") == 1, out[-3000:]
     assert (tmp_path / "r" / "summary.json").exists()
+
+
+def test_fedossl_kill9_then_resume_equals_uninterrupted(tmp_path):
+    """The persistent global centroids live in the strategy's checkpoint: a run killed
+    after round 2 and resumed ends with the same metrics and the same centroids as one
+    that never stopped (reference-style server clustering, the default)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, as_set_flags, run_cli
+    from fedssl import runlog
+    from test_reliability import _descendants, no_time, rows
+
+    over = tiny(tmp_path / "killed", **{
+        "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
+        "data.num_clients": 3, "federation.rounds": 4, "client.local_steps": 20,
+        "client.algorithm": "fedossl", "server.strategy": "fedossl", "client.pretrain_rounds": 0,
+        "server.fedossl_sgd_steps": 50, "run.checkpoint_every": 1})
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            ckpt = runlog.load_checkpoint(killed) if (killed / "checkpoint.pt").exists() else None
+            if ckpt and ckpt["round"] >= 2:
+                break
+            assert proc.poll() is None, "run ended before it could be killed"
+            time.sleep(0.2)
+        assert not (killed / "summary.json").exists(), "too late: the run already finished"
+        for pid in _descendants(proc.pid) | {proc.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    resumed = run_cli("run", "--resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "straight")}), quiet=True)
+    assert no_time(rows(killed)) == no_time(rows(tmp_path / "straight"))
+    np.testing.assert_array_equal(load_checkpoint(killed)["strategy"]["global_centroids"],
+                                  load_checkpoint(tmp_path / "straight")["strategy"]["global_centroids"])

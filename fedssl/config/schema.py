@@ -32,6 +32,10 @@ PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
 MODELS = ("cnn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 PSEUDO_LABEL_SLOTS = ("all", "unseen")
+PSEUDO_LABEL_GUARDS = ("none", "agree")
+SINKHORN_VARIANTS = ("reference", "log")
+FEDOSSL_CLUSTERING = ("sgd", "kmeans")
+FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
 
@@ -99,8 +103,10 @@ class ClientConfig:
     teacher_sync: float = key(0.5, "teacher <- s^gap * teacher + (1 - s^gap) * global", ge=0, le=1)
     rampup_rounds: int = key(5, "Mean Teacher consistency ramp-up, in rounds", ge=0)
     proximal_mu: float = key(0.0, "FedProx proximal term (set by the fedprox strategy)", ge=0)
-    warmup_rounds: int = key(2, "FedoSSL: cluster loss from this round on", ge=0)
-    pseudo_label_round: int = key(4, "FedoSSL: centroid pseudo-labels from this round on", ge=0)
+    warmup_rounds: int = key(0, "FedoSSL: cluster loss from this round on; 0 = server.fedossl_cluster_start",
+                             ge=0)
+    pseudo_label_round: int = key(0, "FedoSSL: centroid pseudo-labels from this round on; "
+                                  "0 = server.fedossl_pseudo_label_start", ge=0)
     pseudo_label_slots: str = key("all", "FedoSSL: pseudo-label all centroids (reference) or unseen only",
                                   choices=PSEUDO_LABEL_SLOTS)
     suppress_beta: float = key(0.2, "FedoSSL: suppression margin beta", ge=0)
@@ -109,6 +115,13 @@ class ClientConfig:
     local_centroids: int = key(20, "FedoSSL: local k-means centroids per client", ge=1)
     memory_size: int = key(1024, "FedoSSL: feature memory per client", ge=1)
     pretrain_rounds: int = key(1, "ORCA / FedoSSL: plain labeled CE rounds first", ge=0)
+    # FedoSSL, issue 16 (docs/openworld.md): defaults follow cugzj/FedoSSL
+    sinkhorn: str = key("reference", "FedoSSL Sinkhorn: reference (softmax first) or log (former)",
+                        choices=SINKHORN_VARIANTS)
+    sinkhorn_epsilon: float = key(0.04, "FedoSSL Sinkhorn epsilon (reference 1/25; former 0.05)", gt=0)
+    pseudo_label_guard: str = key("none", "FedoSSL: none (reference) or agree: pseudo-label only "
+                                  "where the classifier already predicts that class",
+                                  choices=PSEUDO_LABEL_GUARDS)
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,17 @@ class ServerConfig:
     tau: float = key(1e-3, "fedadam / fedyogi: adaptivity epsilon", gt=0)
     max_update_norm: float = key(0.0, "reject updates with a larger L2 norm; 0 = no bound", ge=0)
     divergence_factor: float = key(10.0, "stop when loss > factor x best loss", gt=1)
+    # FedoSSL server, issue 16 (docs/openworld.md): defaults follow cugzj/FedoSSL
+    fedossl_clustering: str = key("sgd", "fedossl: sgd = persistent centroids refined by SGD (reference); "
+                                  "kmeans = balanced k-means re-fitted each round (former)",
+                                  choices=FEDOSSL_CLUSTERING)
+    fedossl_sgd_steps: int = key(500, "fedossl: SGD steps on the global centroids per round", ge=0)
+    fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
+                                 choices=FEDOSSL_WEIGHTING)
+    fedossl_cluster_start: float = key(0.125, "fedossl: cluster loss once this fraction of rounds is done "
+                                       "(reference 5/40)", ge=0, le=1)
+    fedossl_pseudo_label_start: float = key(0.175, "fedossl: centroid pseudo-labels once this fraction "
+                                            "is done (reference 7/40)", ge=0, le=1)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""Summarise open-world robustness bench directories (examples/openworld_robustness*.toml).
+
+For every split (seen classes, clients, globally unseen) and method: mean +- std over
+seeds of the final seen / unseen / globally-unseen / all accuracy; the per-class
+accuracy of each globally unseen class, seed by seed; and the *collapses*: a
+(split, seed) whose FedoSSL final model leaves a globally unseen class below 5 %
+while FedAvg + ORCA learns it above 50 %. Then the grand mean over splits and seeds.
+
+    python benchmarks/openworld_robustness.py runs/ow_small [more bench dirs ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
+
+
+def method_of(cfg: dict) -> str:
+    s, c = cfg["server"], cfg["client"]
+    name = f"{s['strategy']}+{c['algorithm']}"
+    if c["algorithm"] == "fedossl":
+        name += "" if c.get("pseudo_label_guard", "none") == "none" else f"+{c['pseudo_label_guard']}"
+        if s.get("fedossl_clustering", "sgd") != "sgd":
+            name += f"+{s['fedossl_clustering']}"
+    return name
+
+
+def load(dirs: list[Path]) -> list[dict]:
+    runs = []
+    for d in dirs:
+        for path in sorted(d.glob("runs/*/summary.json")):
+            s = json.loads(path.read_text())
+            if s.get("status") not in ("ok", "diverged"):
+                continue
+            cfg = s["config"]
+            split = (cfg["data"]["seen_classes"], cfg["data"]["num_clients"], cfg["data"]["globally_unseen"])
+            runs.append({"split": split, "seed": cfg["run"]["seed"], "method": method_of(cfg),
+                         "gu": s.get("global_unseen_classes") or [],
+                         "pc": {int(k): v for k, v in (s.get("per_class_accuracy") or {}).items()},
+                         **{m: s["final"].get(m) for m in METRICS}})
+    return runs
+
+
+def fmt(vals: list[float]) -> str:
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "      -      "
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{100 * statistics.fmean(vals):5.1f} +-{100 * sd:4.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dirs", nargs="+", type=Path)
+    runs = load(ap.parse_args().dirs)
+    methods = sorted({r["method"] for r in runs})
+    by = defaultdict(list)
+    for r in runs:
+        by[(r["split"], r["method"])].append(r)
+    print("split (seen, clients, globally unseen) | method | n | " + " | ".join(METRICS))
+    for split in sorted({r["split"] for r in runs}):
+        for m in methods:
+            rs = by.get((split, m), [])
+            if rs:
+                print(f"{split} | {m:24} | {len(rs)} | " + " | ".join(fmt([r[k] for r in rs]) for k in METRICS))
+    print("\nper-class accuracy of globally unseen classes (%), seed by seed")
+    for split in sorted({r["split"] for r in runs}):
+        for m in methods:
+            for r in sorted(by.get((split, m), []), key=lambda r: r["seed"]):
+                cells = " ".join(f"c{k}={100 * r['pc'].get(k, float('nan')):5.1f}" for k in r["gu"])
+                print(f"{split} | {m:24} | seed {r['seed']} | {cells}")
+    print("\ncollapses: globally unseen class < 5 % under the method while FedAvg+ORCA has > 50 %")
+    orca = {(r["split"], r["seed"]): r for r in runs if r["method"] == "fedavg+orca"}
+    for m in [m for m in methods if "fedossl" in m]:
+        cases = [(r["split"], r["seed"], k, r["pc"][k], orca[(r["split"], r["seed"])]["pc"][k])
+                 for r in runs if r["method"] == m and (r["split"], r["seed"]) in orca
+                 for k in r["gu"] if r["pc"].get(k, 1) < 0.05 and orca[(r["split"], r["seed"])]["pc"].get(k, 0) > 0.5]
+        print(f"{m:24}: {len(cases)} " + "; ".join(f"{s} seed {sd} class {k}: {100 * a:.1f} vs ORCA {100 * b:.1f}"
+                                                   for s, sd, k, a, b in cases))
+    print("\ngrand mean over splits and seeds (only (split, seed) pairs every method finished)")
+    done = set.intersection(*[{(r["split"], r["seed"]) for r in runs if r["method"] == m} for m in methods])
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m and (r["split"], r["seed"]) in done]
+        print(f"{m:24} | n={len(rs)} | " + " | ".join(f"{k} {fmt([r[k] for r in rs])}" for k in METRICS))
+
+
+if __name__ == "__main__":
+    main()

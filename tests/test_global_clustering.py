@@ -1,0 +1,207 @@
+"""FedoSSL's reference-style server clustering (fedssl/global_clustering.py) against
+hand computations, and the strategy's clustering state across rounds and resumes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import MetricRecord, RecordDict
+
+from fedssl.config import resolve
+from fedssl.global_clustering import init_centroids, refine_centroids, sinkhorn_reference
+from fedssl.openworld import balanced_kmeans
+from strategies.base import to_arrayrecord
+
+K, S, D = 4, 2, 8
+
+
+def sknopp_transcribed(scores: np.ndarray, lamd: float = 25.0, max_iters: int = 100) -> np.ndarray:
+    """The reference's sknopp, written out in its own [K, N] layout with numpy."""
+    n, k = scores.shape
+    e = np.exp(scores * lamd - (scores * lamd).max(axis=1, keepdims=True))
+    probs = (e / e.sum(axis=1, keepdims=True)).T  # [K, N]
+    r, c = np.ones((k, 1)) / k, np.ones((n, 1)) / n
+    err = 1e3
+    for it in range(max_iters):
+        r = (1.0 / k) / (probs @ c)
+        c_new = (1.0 / n) / (r.T @ probs).T
+        if it % 10 == 0:
+            err = np.nansum(np.abs(c / c_new - 1))
+        c = c_new
+        if err < 1e-2:
+            break
+    probs = probs * c.squeeze()
+    probs = probs.T * r.squeeze()
+    return probs * n
+
+
+def test_sinkhorn_symmetric_case_by_hand():
+    # softmax rows of [[1, 0], [0, 1]] / eps (eps = 1) are already balanced: r = 1, c = 1/2,
+    # the loop stops at iteration 0 and Q = softmax itself.
+    q = sinkhorn_reference(torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64), epsilon=1.0)
+    a = math.e / (1 + math.e)
+    np.testing.assert_allclose(q.numpy(), [[a, 1 - a], [1 - a, a]], rtol=1e-12)
+
+
+def test_sinkhorn_matches_the_reference_form_and_balances():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(30, 5, generator=g, dtype=torch.float64) * 2 - 1
+    q = sinkhorn_reference(scores)  # eps = 1/25
+    np.testing.assert_allclose(q.numpy(), sknopp_transcribed(scores.numpy()), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(q.sum(dim=1).numpy(), 1.0, rtol=1e-9)  # rows exact
+    np.testing.assert_allclose(q.sum(dim=0).numpy(), 30 / 5, rtol=0.05)  # columns balanced
+    # softmax first differs from the former log-space version (no softmax) in general
+    with pytest.raises(ValueError):
+        sinkhorn_reference(torch.zeros(0, 3))
+
+
+def test_one_sgd_step_of_the_reference_loss_by_hand():
+    """2-D local centroids, 2 global centroids, 1 step: the finite-difference gradient of
+    -mean cos(Q, softmax(Z C^T / T)) (Q fixed), plus weight decay, times lr, then row norm."""
+    z = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    c0 = np.array([[0.9, 0.1], [0.2, 0.7]])
+    t, lr, wd = 0.1, 0.01, 1e-4
+    q = sknopp_transcribed(z @ c0.T)
+
+    def loss(c: np.ndarray) -> float:
+        logits = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ c.T / t
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        cos = (q * p).sum(1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(p, axis=1))
+        return -cos.mean()
+
+    h, grad = 1e-6, np.zeros_like(c0)
+    for i in np.ndindex(c0.shape):
+        e = np.zeros_like(c0)
+        e[i] = h
+        grad[i] = (loss(c0 + e) - loss(c0 - e)) / (2 * h)
+    assert np.abs(grad).max() > 1e-3  # the step is not a no-op
+    want = c0 - lr * (grad + wd * c0)  # first momentum step: buffer = gradient
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = refine_centroids(c0, z, steps=1, lr=lr, weight_decay=wd, temperature=t)
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+
+
+def test_refinement_separates_clean_clusters_and_is_deterministic():
+    g = torch.Generator().manual_seed(1)
+    true = torch.nn.functional.normalize(torch.randn(K, D, generator=g, dtype=torch.float64), dim=1)
+    labels = np.tile(np.arange(K), 10)
+    z = torch.nn.functional.normalize(true[labels] + 0.05 * torch.randn(len(labels), D, generator=g,
+                                                                         dtype=torch.float64), dim=1).numpy()
+    c = init_centroids(K, D, seed=3)
+    for _ in range(2):
+        c = refine_centroids(c, z, steps=300)
+    slot = (z @ c.T).argmax(1)
+    assert all(len(set(slot[labels == k])) == 1 for k in range(K))  # each class in one slot
+    assert len(set(slot)) == K  # and no two classes share one
+    np.testing.assert_array_equal(refine_centroids(c, z, steps=5), refine_centroids(c, z, steps=5))
+
+
+def test_local_clustering_reference_variant_is_balanced_and_seeded():
+    x = torch.nn.functional.normalize(torch.randn(64, D, generator=torch.Generator().manual_seed(2)), dim=1)
+    c1, a1 = balanced_kmeans(x, 4, seed=5, epsilon=0.04, sinkhorn="reference", init="random")
+    c2, a2 = balanced_kmeans(x, 4, seed=5, epsilon=0.04, sinkhorn="reference", init="random")
+    assert torch.equal(c1, c2) and torch.equal(a1, a2)
+    assert torch.bincount(a1, minlength=4).min() >= 8  # balanced: no cluster swallows the data
+
+
+# -- the strategy --------------------------------------------------------------------
+KS, SS, DS = 10, 6, 16  # the synthetic data set has 10 classes
+def _strategy(**over):
+    from strategies.fedossl import FedoSSL
+    cfg = resolve(overrides={"data.dataset": "synthetic", "data.partition": "openworld",
+                             "data.seen_classes": SS, "data.globally_unseen": 1,
+                             "client.algorithm": "fedossl", "server.strategy": "fedossl",
+                             "server.fedossl_sgd_steps": 50, "federation.rounds": 40, **over})
+    return FedoSSL(cfg)
+
+
+def _payloads(seed: int) -> list[tuple[int, dict[str, np.ndarray]]]:
+    g = np.random.default_rng(seed)
+    true = np.linalg.qr(np.random.default_rng(0).normal(size=(DS, KS)))[0].T
+    out = []
+    for pid in range(3):
+        cls = np.repeat(np.arange(KS), 2)
+        local = true[cls] + 0.05 * g.normal(size=(len(cls), DS))
+        local /= np.linalg.norm(local, axis=1, keepdims=True)
+        out.append((pid, {"local_centroids": local.astype(np.float32),
+                          "class_means": true[:SS].astype(np.float32),
+                          "class_counts": np.full(SS, 10.0, np.float32)}))
+    return out
+
+
+def test_strategy_keeps_and_resumes_persistent_centroids_exactly():
+    strat = _strategy()
+    strat.absorb_payloads(1, _payloads(1))
+    first = strat.global_centroids.copy()
+    state = strat.state_dict()
+    assert isinstance(state["global_centroids"], np.ndarray)
+    strat.absorb_payloads(2, _payloads(2))
+    fresh = _strategy()
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(fresh.global_centroids, first)
+    fresh.absorb_payloads(2, _payloads(2))
+    np.testing.assert_array_equal(fresh.global_centroids, strat.global_centroids)  # resumed exactly
+    # persistent: round 2 refines round 1's calibrated centroids, it does not restart
+    np.testing.assert_array_equal(
+        strat.global_centroids,
+        _refined_from(first, _payloads(2), strat))
+
+
+def _refined_from(start, payloads, strat):
+    from fedssl.openworld import calibrate
+    stack = np.concatenate([p["local_centroids"] for _, p in payloads]).astype(np.float64)
+    c = refine_centroids(start, stack, steps=50, epsilon=0.04)
+    return calibrate(c, payloads[0][1]["class_means"], SS).astype(np.float64)
+
+
+def test_strategy_round_gates_are_the_reference_fractions():
+    strat = _strategy()
+    strat.absorb_payloads(1, _payloads(1))
+    stages = [int(strat.train_payload(r)["fedossl_stage"][0]) for r in range(1, 41)]
+    # reference (40 rounds, 0-based g): cluster loss when g > 4, pseudo-labels when g > 6
+    assert stages == [0] * 5 + [1] * 2 + [2] * 33
+    short = _strategy(**{"federation.rounds": 20})
+    short.absorb_payloads(1, _payloads(1))
+    assert [int(short.train_payload(r)["fedossl_stage"][0]) for r in (3, 4, 5)] == [0, 1, 2]
+
+
+def test_uniform_weighting_averages_clients_equally():
+    def update(value: float, n: int) -> RecordDict:
+        return RecordDict({"arrays": to_arrayrecord({"w": np.full(3, value, np.float32)}),
+                           "metrics": MetricRecord({"num-examples": n})})
+
+    g = {"w": np.zeros(3, np.float32)}
+    updates = [(0, update(0.0, 1)), (1, update(3.0, 2))]
+    uniform = _strategy().aggregate(1, updates, g)
+    weighted = _strategy(**{"server.fedossl_weighting": "examples"}).aggregate(1, updates, g)
+    np.testing.assert_allclose(uniform["w"].numpy(), 1.5)
+    np.testing.assert_allclose(weighted["w"].numpy(), 2.0)
+
+
+@pytest.mark.parametrize("key, value", [("server.fedossl_clustering", "spectral"),
+                                        ("server.fedossl_weighting", "median"),
+                                        ("server.fedossl_cluster_start", 1.5),
+                                        ("server.fedossl_sgd_steps", -1),
+                                        ("client.sinkhorn", "exact"), ("client.sinkhorn_epsilon", 0.0),
+                                        ("client.pseudo_label_guard", "vote")])
+def test_bad_fedossl_keys_are_config_errors(key, value):
+    from fedssl.config import ConfigError
+    with pytest.raises(ConfigError, match=key.split(".")[1]):
+        resolve(overrides={key: value})
+
+
+@pytest.mark.parametrize("name, cells", [("openworld_robustness.toml", 360),
+                                         ("openworld_robustness_small.toml", 24)])
+def test_robustness_grids_are_valid(tmp_path, name, cells):
+    from fedssl import bench
+    from tests.conftest import ROOT
+    g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
+    assert len(g.cells) == cells
+    methods = {(c.cfg.server.strategy, c.cfg.client.algorithm, c.cfg.client.pseudo_label_guard) for c in g.cells}
+    assert methods == {("fedavg", "supervised", "none"), ("fedavg", "orca", "none"),
+                       ("fedossl", "fedossl", "none"), ("fedossl", "fedossl", "agree")}
+    assert all(c.cfg.data.labeled_ratio == 0.5 and c.cfg.data.partition == "openworld" for c in g.cells)
