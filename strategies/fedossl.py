@@ -1,43 +1,82 @@
 """FedoSSL's server (Zhang et al., ICML 2023): FedAvg of the weights, plus global
 clustering and calibration of the clients' feature centroids.
 
-After each round's aggregation, :meth:`FedoSSL.absorb_payloads` stacks the accepted
-clients' ``local_centroids``, fits K = num_classes global centroids to them with
-Sinkhorn-balanced k-means, and calibrates them with the clients' labeled class
-means (weighted by ``class_counts``) so that slot c holds seen class c. The
-calibrated ``global_centroids`` [K, D] go to every client with the next round's
-weights. Payloads that are missing keys or malformed are skipped with a warning; a
-round without any usable payload keeps the previous centroids.
+A plain Flower strategy (``flwr.serverapp.strategy.FedAvg`` subclass): usable from any
+ServerApp with ``strategy.start(...)``, and by fedssl's loop inside its wrapper.
+``configure_train`` sends the calibrated ``global_centroids`` [K, D] (once there are
+any) in a ``payload`` ArrayRecord and asks the clients for theirs
+(``config["fedssl.payload"] = True``). ``aggregate_train`` takes the payloads out of
+the replies, lets FedAvg average the weights, then :meth:`FedoSSL.absorb_payloads`
+stacks the clients' ``local_centroids``, fits K = num_classes global centroids with
+Sinkhorn-balanced k-means, and calibrates them with the clients' labeled class means
+(weighted by ``class_counts``) so that slot c holds seen class c. Payloads that are
+missing keys or malformed are skipped with a warning; a round without any usable
+payload keeps the previous centroids.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.serverapp.strategy import FedAvg as _FedAvg
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
-from fedssl.config import Config
 from fedssl.openworld import calibrate, global_clustering
-from fedssl.training import derive_seed
-from strategies import register
-from strategies.base import FedSSLStrategy
+from fedssl.protocol import PAYLOAD, WANT_PAYLOAD_KEY
+from fedssl.seeding import derive_seed
 
 log = logging.getLogger("fedssl")
 
 PAYLOAD_KEYS = ("local_centroids", "class_means", "class_counts")
 
 
-@register("fedossl")
-class FedoSSL(FedSSLStrategy, _FedAvg):
-    wants_payload = True
-    state_attrs = ("global_centroids",)
+class FedoSSL(FedAvg):
+    """FedAvg + FedoSSL's global centroids. ``num_seen`` defaults to ``num_classes``."""
 
-    def __init__(self, cfg: Config, **flower_kwargs: Any) -> None:
-        super().__init__(cfg, **flower_kwargs)
+    wants_payload = True
+
+    def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
+                 **fedavg_kwargs: Any) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.num_classes = num_classes
+        self.num_seen = num_classes if num_seen is None else num_seen
+        self.seed = seed
         self.global_centroids: np.ndarray | None = None  # [K, D] float32, calibrated
+
+    @classmethod
+    def from_config(cls, cfg: Any, **fedavg_kwargs: Any) -> FedoSSL:
+        """From a :class:`fedssl.config.Config`."""
+        return cls(cfg.num_classes, cfg.num_seen, cfg.run.seed, **fedavg_kwargs)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[WANT_PAYLOAD_KEY] = True
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        payload = self.train_payload(server_round)
+        if payload and messages:  # FedAvg's messages share one RecordDict
+            messages[0].content[PAYLOAD] = ArrayRecord({k: Array(v) for k, v in payload.items()})
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        payloads = []
+        for msg in replies:
+            if msg.has_error() or PAYLOAD not in msg.content:
+                continue
+            rec = msg.content[PAYLOAD]
+            payloads.append((msg.metadata.src_node_id, {k: rec[k].numpy() for k in rec}))
+            # FedAvg averages every ArrayRecord of a reply: keep only the weights
+            msg.content = RecordDict({k: v for k, v in msg.content.items() if k != PAYLOAD})
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.absorb_payloads(server_round, payloads)
+        return arrays, metrics
 
     def train_payload(self, server_round: int) -> dict[str, np.ndarray]:
         if self.global_centroids is None:
@@ -51,18 +90,25 @@ class FedoSSL(FedSSLStrategy, _FedAvg):
                         "unchanged" if self.global_centroids is not None else "still absent")
             return
         stack = np.concatenate([p["local_centroids"] for _, p in valid])
-        centroids = global_clustering(stack, self.cfg.num_classes,
-                                      seed=derive_seed(self.cfg.run.seed, server_round, "centroids"))
+        centroids = global_clustering(stack, self.num_classes,
+                                      seed=derive_seed(self.seed, server_round, "centroids"))
         counts = np.sum([p["class_counts"] for _, p in valid], axis=0)
         sums = np.sum([p["class_means"] * p["class_counts"][:, None] for _, p in valid], axis=0)
         class_means = sums / np.maximum(counts, 1e-12)[:, None]
-        self.global_centroids = calibrate(centroids, class_means, self.cfg.num_seen, valid=counts > 0)
+        self.global_centroids = calibrate(centroids, class_means, self.num_seen, valid=counts > 0)
+
+    # checkpointing outside fedssl's loop (fedssl's wrapper saves every data attribute)
+    def state_dict(self) -> dict[str, Any]:
+        return {"global_centroids": self.global_centroids}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_centroids = state.get("global_centroids")
 
     def _valid_payloads(self, server_round: int, payloads: list[tuple[int, dict[str, np.ndarray]]],
                         ) -> list[tuple[int, dict[str, np.ndarray]]]:
         """The payloads whose arrays have the expected keys, shapes and values; the
         feature dimension is the one most payloads agree on."""
-        s = self.cfg.num_seen
+        s = self.num_seen
         shaped = []
         for pid, p in sorted(payloads, key=lambda x: x[0]):
             reason = _check_shapes(p, s)
