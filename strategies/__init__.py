@@ -90,12 +90,25 @@ def parse_params(text: str) -> dict[str, Any]:
     return params
 
 
+def accepted_params(cls: type) -> set[str]:
+    """Keyword arguments ``cls(...)`` takes; a ``**kwargs`` passed on to the base class
+    (a user's subclass of FedAvg, say) adds the base class's."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.name != "self"
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 def inner_strategy(cfg: Config) -> Strategy:
     """The Flower strategy ``cfg`` names, constructed; ConfigError on a bad parameter."""
     cls = strategy_class(cfg.server.strategy)
-    sig = inspect.signature(cls.__init__)
-    accepted = {n for n, p in sig.parameters.items() if n != "self"
-                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    accepted = accepted_params(cls)
     params = parse_params(getattr(cfg.server, "params", ""))
     for name in params:
         if name in SAMPLING_KEYS:

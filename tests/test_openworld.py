@@ -290,7 +290,7 @@ def test_fedossl_pseudo_labels_follow_the_head_for_unseen_slots():
 # -- the strategy ------------------------------------------------------------------------
 def _strategy():
     from strategies.fedossl import FedoSSL
-    return FedoSSL(_cfg("fedossl", **{"server.strategy": "fedossl"}))
+    return FedoSSL.from_config(_cfg("fedossl", **{"server.strategy": "fedossl"}))
 
 
 def _payload(true: torch.Tensor, seed: int, classes=range(K)) -> dict[str, np.ndarray]:
