@@ -18,9 +18,9 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client.runtime import ClientRuntime, config_from_context
+from fedssl import protocol as P
 from fedssl.config import Config
 from fedssl.faults import apply_fault
-from fedssl import protocol as P
 from fedssl.protocol import PAYLOAD, PIDS_KEY, packed_key
 
 log = logging.getLogger("fedssl")
