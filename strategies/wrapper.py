@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedssl import protocol as P
+from fedssl.config import ConfigError
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients, sample_nodes
 from strategies.validation import check_update
 
@@ -330,7 +331,7 @@ def wait_for_nodes(grid: Grid, min_count: int, timeout: float) -> list[int]:
                 log.warning("only %d of federation.min_clients=%d nodes connected after %.0f s; "
                             "going on with them", len(ids), min_count, timeout)
             if not ids:
-                raise RuntimeError("no client node connected")
+                raise ConfigError("no client node connected (no SuperNode joined the SuperLink)")
             return ids
         time.sleep(0.5)
 

@@ -106,6 +106,7 @@ def test_user_strategy_by_import_path_from_a_file_outside_the_package(tmp_path):
                                                     "server.params": f"log = '{log}'"}))
     proc = run_cli("run", "--quiet", *flags, env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert log.exists(), proc.stderr[-3000:] + (tmp_path / "run" / "metrics.csv").read_text()
     assert log.read_text().split("\n")[:2] == ["1 4", "2 4"]  # its aggregate_train, 4 clients a round
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["config"]["server"]["strategy"] == "userpkg.strat:Recording"
