@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,12 @@ from fedssl.deploy import free_ports, run_config_string
 from tests.conftest import ROOT, tiny
 
 BIN = Path(sys.executable).parent
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
@@ -36,8 +43,10 @@ def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
         stdout=log, stderr=subprocess.STDOUT, env={**env, "FLWR_HOME": str(link_home)}, cwd=tmp_path,
         start_new_session=True)
     try:
-        time.sleep(3)
-        assert link.poll() is None, (tmp_path / "superlink.log").read_text()[-3000:]
+        deadline = time.time() + 180  # the SuperLink is ready when its Control API accepts
+        while not _accepts(control) and time.time() < deadline and link.poll() is None:
+            time.sleep(0.5)
+        assert link.poll() is None and _accepts(control), (tmp_path / "superlink.log").read_text()[-3000:]
         proc = subprocess.run(
             [str(BIN / "flwr"), "run", ".", "sim", "--run-config", run_config_string(cfg),
              "--federation-config", "num_supernodes=4 client_resources_num_cpus=1", "--stream"],
