@@ -30,7 +30,7 @@ def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
     cfg = resolve(overrides=tiny(tmp_path / "run", **{"client.algorithm": "supervised"}))
     home, link_home = tmp_path / "flwr-home", tmp_path / "link-home"
     home.mkdir()
-    control, fleet, http = free_ports(3)
+    control = free_ports(1)[0]  # Flower 1.42 serves Control, Fleet and Runtime APIs on one HTTP port
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "127.0.0.1:{control}"\ninsecure = true\n')
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -38,8 +38,7 @@ def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
     log = open(tmp_path / "superlink.log", "w")
     link = subprocess.Popen(
         [str(BIN / "flower-superlink"), "--simulation", "--insecure", "--disable-runtime-dependency-installation",
-         "--control-api-address", f"127.0.0.1:{control}", "--fleet-api-address", f"127.0.0.1:{fleet}",
-         "--host", "127.0.0.1", "--port", str(http), "--database", ":flwr-in-memory:"],
+         "--host", "127.0.0.1", "--port", str(control), "--database", ":flwr-in-memory:"],
         stdout=log, stderr=subprocess.STDOUT, env={**env, "FLWR_HOME": str(link_home)}, cwd=tmp_path,
         start_new_session=True)
     try:
