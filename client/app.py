@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.runtime import ClientRuntime, config_from_context
+from fedssl import protocol as P
 from fedssl.config import Config
 from fedssl.faults import apply_fault
+from fedssl.protocol import PAYLOAD, PIDS_KEY, packed_key
 from fedssl.state import RUN_ID_KEY
-from strategies.base import PAYLOAD, PIDS_KEY, packed_key, to_arrayrecord
 
 log = logging.getLogger("fedssl")
 
@@ -30,10 +31,10 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
     cfg = cfg or config_from_context(context)
     rt = ClientRuntime.get(cfg, context)
     config = msg.content["config"] if "config" in msg.content else {}
-    server_round = int(config.get("server-round", 1))
-    proximal_mu = float(config.get("proximal-mu", cfg.client.proximal_mu))
-    want_payload = bool(config.get("fedssl.payload", False))
-    keep_round = int(config.get("fedssl.keep-round", 0))
+    server_round = int(config.get(P.SERVER_ROUND, 1))
+    proximal_mu = float(config.get(P.PROXIMAL_MU, cfg.client.proximal_mu))
+    want_payload = bool(config.get(P.WANT_PAYLOAD_KEY, False))
+    keep_round = int(config.get(P.KEEP_ROUND_KEY, 0))
     # fedssl's server names its run; a stock server does not: Flower's run id keys the state
     stock = RUN_ID_KEY not in config
     run_id = str(config[RUN_ID_KEY]) if not stock else str(context.run_id)
@@ -59,7 +60,7 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
             failed.append(pid)
     if packed:
         ok = [p for p in pids if p not in failed]
-        reply["metrics"] = MetricRecord({PIDS_KEY: ok, "fedssl.failed": failed, "num-examples": 0})
+        reply["metrics"] = MetricRecord({PIDS_KEY: ok, P.FAILED_KEY: failed, P.NUM_EXAMPLES: 0})
     return Message(reply, reply_to=msg)
 
 
@@ -78,9 +79,12 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
     arrays = ArrayRecord(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
     t4 = time.perf_counter()
     metrics: dict[str, Any] = {
-        "num-examples": int(result.num_examples),
-        "partition-id": pid,
-        **{k: float(v) for k, v in result.metrics.items()},
+        P.NUM_EXAMPLES: int(result.num_examples),
+        P.PARTITION_KEY: pid,
+        P.CLASS_PRESENT_KEY: _class_present(rt, pid),
+        # the same keys every round and client: Flower's strategies refuse replies
+        # whose MetricRecords differ in keys
+        **P.fill_train_metrics(cfg.client.algorithm, {k: float(v) for k, v in result.metrics.items()}),
         "t_state_s": (t2 - t1) + (t4 - t3),
         "t_data_s": result.timings["data_s"],
         "t_train_s": result.timings["train_s"],
@@ -88,9 +92,24 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
     }
     records = {"arrays": arrays, "metrics": MetricRecord(metrics)}
     if want_payload and result.payload:
-        records[PAYLOAD] = to_arrayrecord(result.payload)
+        records[PAYLOAD] = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in result.payload.items()})
     for name, rec in records.items():
         reply[packed_key(name, pid) if packed else name] = rec
+
+
+_CLASSES: dict[tuple[int, int], list[int]] = {}
+
+
+def _class_present(rt: ClientRuntime, pid: int) -> list[int]:
+    """Per class, 1 if partition ``pid``'s shard (labeled or not) holds it: the
+    server's open-world evaluation splits unseen classes by how many shards hold them.
+    Ground truth of the experiment, like the partition itself; no sample leaves."""
+    key = (id(rt), pid)
+    if key not in _CLASSES:
+        d = rt.shard(pid)
+        counts = torch.bincount(torch.cat([d.y_l, d.y_u]).long(), minlength=rt.cfg.num_classes)
+        _CLASSES[key] = [int(c > 0) for c in counts[:rt.cfg.num_classes]]
+    return _CLASSES[key]
 
 
 def _evaluate(msg: Message, context: Context, cfg: Config | None) -> Message:

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from flwr.app import Context
 
-from fedssl.config import Config, ConfigError, from_flat
+from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
 from fedssl.metrics import evaluate
 from fedssl.models import build_model
+from fedssl.protocol import config_from_run_config
 from fedssl.state import ClientStateStore
 from fedssl.training import (ClientData, TrainResult, build_algorithm, client_data, derive_seed, model_kwargs,
                              train_client)
@@ -25,9 +26,7 @@ HOLDOUT_FRACTION = 0.2
 
 def config_from_context(context: Context) -> Config:
     """Config from the run config (``flwr run --run-config``), known keys only."""
-    defaults = Config().to_flat()
-    flat = {k: v for k, v in context.run_config.items() if k in defaults}
-    return from_flat({**defaults, **flat}, source="run config")
+    return config_from_run_config(context.run_config)
 
 
 class ClientRuntime:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedssl.config import Config, fault_clients
-from fedssl.training import derive_seed
+from fedssl.seeding import derive_seed
 
 
 class InjectedCrash(RuntimeError):

@@ -55,7 +55,8 @@ class Registry(Mapping[str, Any]):
 
 # Strategy names are declared here so the core can validate a config without
 # importing Flower; `strategies/` holds one file per name and checks the list.
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedossl")
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedossl", "fedadagrad",
+                  "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg")
 
 # Algorithm names, with whether each needs unseen classes (open world), declared here
 # so a config validates without importing torch. Each name is one file in

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from fedssl.training import derive_seed
+from fedssl.seeding import derive_seed
 
 
 def sample_clients(num_clients: int, fraction: float, min_clients: int, seed: int,
@@ -48,3 +48,16 @@ def auto_clients_per_node(num_clients: int, parallelism: int, model_bytes: int =
     per_message = math.ceil(num_clients / max(1, 2 * parallelism))
     cap = max(1, REPLY_BYTES // model_bytes) if model_bytes > 0 else 16
     return max(1, min(cap, per_message))
+
+
+def sample_nodes(node_ids: list[int], fraction: float, min_clients: int, seed: int,
+                 server_round: int) -> list[int]:
+    """Deployment sampling: sorted node ids trained in ``server_round``, drawn from
+    ``run.seed`` and the round (node ids are assigned by the SuperLink, so the draw is
+    reproducible for a given set of connected nodes only)."""
+    ids = sorted(int(i) for i in node_ids)
+    k = min(len(ids), max(min_clients, int(round(len(ids) * fraction))))
+    if k >= len(ids):
+        return ids
+    rng = np.random.default_rng(derive_seed(seed, "sample-nodes", server_round))
+    return sorted(int(ids[i]) for i in rng.choice(len(ids), size=k, replace=False))

@@ -1,93 +1,24 @@
-"""Run one experiment as a Flower simulation on the Ray backend, in-process."""
+"""``run_experiment``: one experiment as an in-process Flower simulation.
+
+This is fedssl's one documented edge module: the core does not import its adapters
+(``server/``, ``client/``, ``strategies/``) or Flower's runtime, except here, lazily,
+so that ``fedssl run`` and the benchmarks keep one entry point
+(``.importlinter`` lists this exception).
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import os
-import warnings
-from pathlib import Path
 from typing import Any
 
-from fedssl.config import Config
-from fedssl.data import load_dataset, make_partition
-from fedssl.models import build_model, state_nbytes
-from fedssl.sampling import auto_clients_per_node
-from fedssl.training import model_kwargs
+from fedssl.config import Config, ConfigError
 
 
-def local_parallelism(cfg: Config) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, int(cpus / cfg.federation.num_cpus))
-
-
-def num_supernodes(cfg: Config, model_bytes: int = 0) -> int:
-    n = cfg.data.num_clients
-    cpn = cfg.federation.clients_per_node or auto_clients_per_node(n, local_parallelism(cfg), model_bytes)
-    return max(1, math.ceil(n / cpn))
-
-
-def backend_config(cfg: Config) -> dict[str, Any]:
-    f = cfg.federation
-    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True}
-    if f.ray_address:
-        init_args["address"] = f.ray_address
-    else:
-        init_args["include_dashboard"] = False  # no dashboard processes for a local cluster
-        init_args["num_cpus"] = max(1, int(os.environ.get("FEDSSL_RAY_CPUS", 0)) or
-                                    (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-        init_args["num_gpus"] = int(_gpu_count()) if f.num_gpus > 0 else 0
-    return {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus},
-            "init_args": init_args}
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
+class RunError(ConfigError):
+    """A run that ended without its results (one line; the CLI exits 2)."""
 
 
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or resume it) and return its summary.json."""
-    # Bad data (or a bad checkpoint to resume from) fails here, before Ray or Flower start.
-    if resume:
-        from fedssl.runlog import load_checkpoint
+    from server.simulation import run_experiment as run
 
-        load_checkpoint(Path(cfg.run.out_dir))
-    splits = load_dataset(cfg.data, cfg.run.seed)
-    make_partition(splits.train_y, cfg.data, splits.num_classes, cfg.run.seed)
-    model_bytes = state_nbytes(build_model(cfg.model.name, **model_kwargs(cfg, splits)))
-
-    import ray
-    from flwr.simulation import run_simulation
-
-    from client.app import make_client_app
-    from server.app import make_server_app
-
-    logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
-    flwr_log.setLevel(logging.ERROR)  # silence run_simulation's deprecation notice
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            run_simulation(
-                server_app=make_server_app(cfg, resume=resume, quiet=quiet),
-                client_app=make_client_app(cfg),
-                num_supernodes=num_supernodes(cfg, model_bytes),
-                backend_config=backend_config(cfg),
-            )
-    finally:
-        flwr_log.setLevel(level)
-        if ray.is_initialized():
-            ray.shutdown()
-    summary_path = Path(cfg.run.out_dir) / "summary.json"
-    if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
-    return json.loads(summary_path.read_text())
+    return run(cfg, resume=resume, quiet=quiet)

@@ -16,7 +16,6 @@ Batch-norm buffers are copied from the student, not averaged.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,12 +28,7 @@ from torch import nn
 from fedssl.algorithms import ALGORITHMS, Algorithm, Batch, RoundContext
 from fedssl.config import Config
 from fedssl.data.augment import VIEWS, normalize
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any parts, stable across processes and platforms."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+from fedssl.seeding import derive_seed  # noqa: F401 - re-exported for callers
 
 
 @dataclass

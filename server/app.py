@@ -8,9 +8,9 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from client.runtime import config_from_context
 from fedssl.config import Config
-from server.loop import ServerRunner
+from fedssl.protocol import config_from_run_config
+from server.loop import ServerRunner, ServerUpdate
 
 _log = logging.getLogger("fedssl")
 if not _log.handlers:  # under `flwr run` nobody else configures fedssl's logger
@@ -20,15 +20,17 @@ if not _log.handlers:  # under `flwr run` nobody else configures fedssl's logger
     _log.setLevel(logging.INFO)
 
 
-def make_server_app(cfg: Config | None = None, resume: bool = False, quiet: bool = False) -> ServerApp:
+def make_server_app(cfg: Config | None = None, resume: bool = False, quiet: bool = False,
+                    server_update: ServerUpdate | None = None) -> ServerApp:
     """A ServerApp bound to ``cfg`` (``fedssl run``) or reading the run config
-    (``flwr run``) when ``cfg`` is None."""
+    (``flwr run``) when ``cfg`` is None; ``server_update`` is an optional server step
+    after each aggregation."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_cfg = cfg or config_from_context(context)
-        ServerRunner(grid, run_cfg, resume=resume, quiet=quiet).run()
+        run_cfg = cfg or config_from_run_config(context.run_config)
+        ServerRunner(grid, run_cfg, resume=resume, quiet=quiet, server_update=server_update).run()
 
     return app
 

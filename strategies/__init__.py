@@ -1,11 +1,152 @@
-"""Aggregation strategies (Flower Strategy subclasses), one file each, by name."""
+"""Server strategies by name: every strategy Flower ships, fedssl's own, or a user's.
 
-from fedssl.registry import STRATEGY_NAMES, Registry  # noqa: F401 - names checked in tests
+``server.strategy`` is
 
-STRATEGIES = Registry("strategy", __name__)
-register = STRATEGIES.register
+- a lower-case Flower class name (``fedavg``, ``fedprox``, ``fedavgm``, ``fedadam``,
+  ``fedyogi``, ``fedadagrad``, ``fedmedian``, ``fedtrimmedavg``, ``krum``,
+  ``multikrum``, ``bulyan``, ``qfedavg``), built with the settings fedssl maps from
+  its own keys (below);
+- ``fedossl``: :class:`strategies.fedossl.FedoSSL`, a Flower FedAvg with global
+  clustering of the clients' centroids;
+- ``"package.module:ClassName"``: any ``flwr.serverapp.strategy.Strategy`` subclass.
+
+``server.params`` sets constructor arguments by name, e.g. ``"beta = 0.1"`` for
+FedTrimmedAvg or ``"num_malicious_nodes = 1, num_nodes_to_select = 3"`` for MultiKrum
+(comma-separated ``name = value``, values in TOML syntax). Names are checked against
+the class's signature. Sampling is fedssl's (``federation.*``), so the sampling
+arguments cannot be set there. The strategy is then wrapped by
+:class:`strategies.wrapper.FedSSLStrategy` (packing, validation, payloads).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import tomllib
+from typing import Any
+
+from flwr.serverapp import strategy as flwr_strategies
+from flwr.serverapp.strategy import Strategy
+
+from fedssl.config import Config, ConfigError
+from fedssl.registry import STRATEGY_NAMES
+from strategies.fedossl import FedoSSL
+from strategies.wrapper import FedSSLStrategy
+
+# Flower's strategies that aggregate model arrays: the DP wrappers take another
+# strategy as an argument and FedXgb* aggregate XGBoost trees, not arrays.
+FLOWER = {name.lower(): getattr(flwr_strategies, name) for name in flwr_strategies.__all__
+          if name not in ("Result", "Strategy") and not name.startswith(("Differential", "FedXgb"))}
+CLASSES: dict[str, type[Strategy]] = {**FLOWER, "fedossl": FedoSSL}
+
+# What fedssl's own config keys mean for each class (applied when the class takes them).
+SAMPLING = {"fraction_train": 1.0, "fraction_evaluate": 0.0, "min_train_nodes": 1,
+            "min_evaluate_nodes": 0, "min_available_nodes": 1}
+SAMPLING_KEYS = {"fraction_train": "federation.fraction_train", "min_train_nodes": "federation.min_clients",
+                 "min_available_nodes": "federation.min_clients", "fraction_evaluate": "",
+                 "min_evaluate_nodes": ""}
 
 
-def build_strategy(cfg):  # noqa: ANN001, ANN201 - fedssl.config.Config -> FedSSLStrategy
-    """The strategy named by ``server.strategy``, configured from ``cfg``."""
-    return STRATEGIES[cfg.server.strategy](cfg)
+def mapped_kwargs(cfg: Config) -> dict[str, Any]:
+    """Constructor arguments fedssl sets from its keys, by argument name."""
+    s = cfg.server
+    return {"proximal_mu": s.proximal_mu, "server_learning_rate": s.server_lr,
+            "server_momentum": s.server_momentum, "eta": s.eta, "eta_l": cfg.client.lr,
+            "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau,
+            "client_learning_rate": cfg.client.lr, "train_loss_key": "train_loss",
+            "num_classes": cfg.num_classes, "num_seen": cfg.num_seen, "seed": cfg.run.seed,
+            # FedoSSL's server clustering (strategies/fedossl.py)
+            "num_rounds": cfg.federation.rounds, "clustering": s.fedossl_clustering,
+            "sgd_steps": s.fedossl_sgd_steps, "weighting": s.fedossl_weighting,
+            "cluster_start": s.fedossl_cluster_start, "pseudo_label_start": s.fedossl_pseudo_label_start,
+            "cluster_temperature": cfg.client.cluster_temperature,
+            "sinkhorn_epsilon": cfg.client.sinkhorn_epsilon, "sinkhorn": cfg.client.sinkhorn}
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class ``server.strategy`` names; ConfigError (one line) if there is none."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"server.strategy: cannot import {name!r} ({e})") from None
+        if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
+            raise ConfigError(f"server.strategy: {name!r} is not a flwr.serverapp.strategy.Strategy subclass")
+        return cls
+    if name not in CLASSES:
+        raise ConfigError(f"server.strategy: unknown strategy {name!r} (choose from "
+                          f"{', '.join(sorted(CLASSES))}, or give 'module:Class')")
+    return CLASSES[name]
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """``"a = 1, b = 'x'"`` -> {'a': 1, 'b': 'x'}; ConfigError (one line) when malformed."""
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in re.split(r",(?![^\[]*\])", text))):
+        name, eq, value = (x.strip() for x in item.partition("="))
+        if not eq or not name.isidentifier():
+            raise ConfigError(f"server.params: expected 'name = value', got {item!r}")
+        try:
+            params[name] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"server.params: {name}: {value!r} is not a TOML value "
+                              f"(quote strings: {name} = '{value}')") from None
+    return params
+
+
+def accepted_params(cls: type) -> set[str]:
+    """Keyword arguments ``cls(...)`` takes; a ``**kwargs`` passed on to the base class
+    (a user's subclass of FedAvg, say) adds the base class's."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.name != "self"
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def inner_strategy(cfg: Config) -> Strategy:
+    """The Flower strategy ``cfg`` names, constructed; ConfigError on a bad parameter."""
+    cls = strategy_class(cfg.server.strategy)
+    accepted = accepted_params(cls)
+    params = parse_params(getattr(cfg.server, "params", ""))
+    for name in params:
+        if name in SAMPLING_KEYS:
+            hint = f"; set {SAMPLING_KEYS[name]}" if SAMPLING_KEYS[name] else ""
+            raise ConfigError(f"server.params: {name} is fedssl's to set (sampling){hint}")
+        if name not in accepted:
+            raise ConfigError(f"server.params: {cls.__name__} has no parameter {name!r} "
+                              f"(it takes {', '.join(sorted(accepted - set(SAMPLING_KEYS))) or 'none'})")
+    kwargs = {k: v for k, v in {**SAMPLING, **mapped_kwargs(cfg)}.items() if k in accepted}
+    kwargs.update(params)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"server.strategy {cfg.server.strategy!r}: {e}".splitlines()[0]) from None
+
+
+def build_strategy(cfg: Config, model_bytes: int = 0) -> FedSSLStrategy:
+    """``cfg``'s strategy wrapped in fedssl's sampling, packing and validation."""
+    f = cfg.federation
+    return FedSSLStrategy(inner_strategy(cfg), num_clients=cfg.data.num_clients,
+                          fraction_train=f.fraction_train, min_clients=f.min_clients, seed=cfg.run.seed,
+                          max_update_norm=cfg.server.max_update_norm, clients_per_node=f.clients_per_node,
+                          num_cpus=f.num_cpus, round_timeout=f.round_timeout, model_bytes=model_bytes)
+
+
+def _check_names() -> None:
+    """fedssl.registry lists the names for config validation without importing Flower."""
+    missing = sorted(set(CLASSES) - set(STRATEGY_NAMES))
+    if missing:
+        raise RuntimeError(f"fedssl.registry.STRATEGY_NAMES lacks {missing}")
+
+
+_check_names()
+
+__all__ = ["CLASSES", "FLOWER", "build_strategy", "inner_strategy", "parse_params", "strategy_class"]

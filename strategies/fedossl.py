@@ -1,26 +1,32 @@
 """FedoSSL's server (Zhang et al., ICML 2023): FedAvg of the weights, plus global
 clustering and calibration of the clients' feature centroids.
 
-After each round's aggregation, :meth:`FedoSSL.absorb_payloads` stacks the accepted
-clients' ``local_centroids`` and updates the K = num_classes global centroids:
+A plain Flower strategy (``flwr.serverapp.strategy.FedAvg`` subclass): usable from any
+ServerApp with ``strategy.start(...)``, and by fedssl's loop inside its wrapper.
+``configure_train`` sends the calibrated ``global_centroids`` [K, D] (once there are
+any) in a ``payload`` ArrayRecord and asks the clients for theirs
+(``config["fedssl.payload"] = True``). ``aggregate_train`` takes the payloads out of
+the replies, lets FedAvg average the weights, then :meth:`FedoSSL.absorb_payloads`
+stacks the clients' ``local_centroids``, fits K = num_classes global centroids with
+Sinkhorn-balanced k-means, and calibrates them with the clients' labeled class means
+(weighted by ``class_counts``) so that slot c holds seen class c. Payloads that are
+missing keys or malformed are skipped with a warning; a round without any usable
+payload keeps the previous centroids.
 
-- ``server.fedossl_clustering = "sgd"`` (default, the reference's): the centroids
-  persist across rounds and are refined by ``server.fedossl_sgd_steps`` SGD steps of
-  the reference's loss (:func:`fedssl.global_clustering.refine_centroids`);
+Global clustering (:meth:`FedoSSL.cluster`):
+
+- ``clustering = "sgd"`` (default, the reference's): the centroids persist across
+  rounds and are refined by ``sgd_steps`` SGD steps of the reference's loss
+  (:func:`fedssl.global_clustering.refine_centroids`);
 - ``"kmeans"``: they are re-fitted from scratch each round by Sinkhorn-balanced
   k-means (the former default; see docs/openworld.md for where it measures better).
 
-Either way they are then calibrated with the clients' labeled class means
-(weighted by ``class_counts``) so that slot c holds seen class c; the calibrated
-centroids are the state kept (and checkpointed) for the next round and go to every
-client with the next round's weights, together with ``fedossl_stage`` (0: ORCA
-only, 1: + cluster loss, 2: + centroid pseudo-labels), the reference's round gates
-as fractions of the run (``server.fedossl_cluster_start`` = 5/40 and
-``server.fedossl_pseudo_label_start`` = 7/40: its loss terms start in the 6th and
-8th of 40 rounds). ``server.fedossl_weighting = "uniform"`` averages the clients'
-weights uniformly, as the reference does; ``"examples"`` weights by example count.
-Payloads that are missing keys or malformed are skipped with a warning; a round
-without any usable payload keeps the previous centroids.
+The calibrated centroids are the state kept (and checkpointed) for the next round and
+go to every client with ``fedossl_stage`` (0: ORCA only, 1: + cluster loss, 2: +
+centroid pseudo-labels), the reference's round gates as fractions of the run
+(``cluster_start`` = 5/40 and ``pseudo_label_start`` = 7/40: its loss terms start in
+the 6th and 8th of 40 rounds). ``weighting = "uniform"`` averages the clients' weights
+uniformly, as the reference does; ``"examples"`` weights by example count.
 
 Deviation from the reference: calibration is greedy over all (seen class, centroid)
 pairs, most similar first; the reference takes the seen classes in order, each its
@@ -31,33 +37,86 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg as _FedAvg
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 
-from fedssl.config import Config
 from fedssl.global_clustering import init_centroids, refine_centroids
 from fedssl.openworld import calibrate, global_clustering
-from fedssl.training import derive_seed
-from strategies import register
-from strategies.base import FedSSLStrategy
+from fedssl.protocol import PAYLOAD, WANT_PAYLOAD_KEY
+from fedssl.seeding import derive_seed
 
 log = logging.getLogger("fedssl")
 
 PAYLOAD_KEYS = ("local_centroids", "class_means", "class_counts")
 
 
-@register("fedossl")
-class FedoSSL(FedSSLStrategy, _FedAvg):
-    wants_payload = True
-    state_attrs = ("global_centroids",)
+class FedoSSL(FedAvg):
+    """FedAvg + FedoSSL's global centroids. ``num_seen`` defaults to ``num_classes``."""
 
-    def __init__(self, cfg: Config, **flower_kwargs: Any) -> None:
-        super().__init__(cfg, **flower_kwargs)
+    wants_payload = True
+
+    def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
+                 num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500,
+                 weighting: str = "uniform", cluster_start: float = 0.125,
+                 pseudo_label_start: float = 0.175, cluster_temperature: float = 0.1,
+                 sinkhorn_epsilon: float = 0.04, sinkhorn: str = "reference",
+                 **fedavg_kwargs: Any) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.num_classes = num_classes
+        self.num_seen = num_classes if num_seen is None else num_seen
+        self.seed, self.num_rounds = seed, num_rounds
+        self.clustering, self.sgd_steps, self.weighting = clustering, sgd_steps, weighting
+        self.cluster_start, self.pseudo_label_start = cluster_start, pseudo_label_start
+        self.cluster_temperature = cluster_temperature
+        self.sinkhorn_epsilon, self.sinkhorn = sinkhorn_epsilon, sinkhorn
         # [K, D] float64, calibrated; with "sgd" also the persistent centroids refined next round
         self.global_centroids: np.ndarray | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, **fedavg_kwargs: Any) -> FedoSSL:
+        """From a :class:`fedssl.config.Config`."""
+        s = cfg.server
+        return cls(cfg.num_classes, cfg.num_seen, cfg.run.seed, num_rounds=cfg.federation.rounds,
+                   clustering=s.fedossl_clustering, sgd_steps=s.fedossl_sgd_steps,
+                   weighting=s.fedossl_weighting, cluster_start=s.fedossl_cluster_start,
+                   pseudo_label_start=s.fedossl_pseudo_label_start,
+                   cluster_temperature=cfg.client.cluster_temperature,
+                   sinkhorn_epsilon=cfg.client.sinkhorn_epsilon, sinkhorn=cfg.client.sinkhorn,
+                   **fedavg_kwargs)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[WANT_PAYLOAD_KEY] = True
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        payload = self.train_payload(server_round)
+        if payload and messages:  # FedAvg's messages share one RecordDict
+            messages[0].content[PAYLOAD] = ArrayRecord({k: Array(v) for k, v in payload.items()})
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message],
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        payloads = []
+        for msg in replies:
+            if msg.has_error() or PAYLOAD not in msg.content:
+                continue
+            rec = msg.content[PAYLOAD]
+            payloads.append((msg.metadata.src_node_id, {k: rec[k].numpy() for k in rec}))
+            # FedAvg averages every ArrayRecord of a reply: keep only the weights
+            msg.content = RecordDict({k: v for k, v in msg.content.items() if k != PAYLOAD})
+        if self.weighting == "uniform":  # the reference: 1 / #clients each
+            for msg in replies:
+                if not msg.has_error() and "metrics" in msg.content:
+                    msg.content["metrics"][self.weighted_by_key] = 1
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None:
+            self.absorb_payloads(server_round, payloads)
+        return arrays, metrics
 
     def train_payload(self, server_round: int) -> dict[str, np.ndarray]:
         if self.global_centroids is None:
@@ -68,16 +127,8 @@ class FedoSSL(FedSSLStrategy, _FedAvg):
     def stage(self, server_round: int) -> int:
         """0: ORCA only; 1: + cluster loss; 2: + pseudo-labels. A term starts in the
         first round that begins with at least its fraction of the run done."""
-        s, done = self.cfg.server, (server_round - 1) + 1e-9
-        rounds = self.cfg.federation.rounds
-        return 2 if done >= s.fedossl_pseudo_label_start * rounds else int(done >= s.fedossl_cluster_start * rounds)
-
-    def aggregate(self, server_round: int, updates: list[tuple[int, RecordDict]],
-                  global_arrays: dict[str, np.ndarray]) -> Any:
-        if self.cfg.server.fedossl_weighting == "uniform":  # the reference: 1 / #clients each
-            updates = [(pid, RecordDict({"arrays": c["arrays"], "metrics": MetricRecord({"num-examples": 1})}))
-                       for pid, c in updates]
-        return super().aggregate(server_round, updates, global_arrays)
+        done, rounds = (server_round - 1) + 1e-9, self.num_rounds
+        return 2 if done >= self.pseudo_label_start * rounds else int(done >= self.cluster_start * rounds)
 
     def absorb_payloads(self, server_round: int, payloads: list[tuple[int, dict[str, np.ndarray]]]) -> None:
         valid = self._valid_payloads(server_round, payloads)
@@ -90,27 +141,33 @@ class FedoSSL(FedSSLStrategy, _FedAvg):
         counts = np.sum([p["class_counts"] for _, p in valid], axis=0)
         sums = np.sum([p["class_means"] * p["class_counts"][:, None] for _, p in valid], axis=0)
         class_means = sums / np.maximum(counts, 1e-12)[:, None]
-        self.global_centroids = calibrate(centroids, class_means, self.cfg.num_seen,
+        self.global_centroids = calibrate(centroids, class_means, self.num_seen,
                                           valid=counts > 0).astype(np.float64)
 
     def cluster(self, server_round: int, stack: np.ndarray) -> np.ndarray:
         """This round's uncalibrated global centroids [K, D] from the local ones [M, D]."""
-        s, k = self.cfg.server, self.cfg.num_classes
-        if s.fedossl_clustering == "kmeans":
-            return global_clustering(stack, k, seed=derive_seed(self.cfg.run.seed, server_round, "centroids"),
-                                     epsilon=self.cfg.client.sinkhorn_epsilon, sinkhorn=self.cfg.client.sinkhorn)
+        k = self.num_classes
+        if self.clustering == "kmeans":
+            return global_clustering(stack, k, seed=derive_seed(self.seed, server_round, "centroids"),
+                                     epsilon=self.sinkhorn_epsilon, sinkhorn=self.sinkhorn)
         start = self.global_centroids
         if start is None or start.shape != (k, stack.shape[1]):
-            start = init_centroids(k, stack.shape[1], derive_seed(self.cfg.run.seed, 0, "centroids"))
-        return refine_centroids(start, stack, steps=s.fedossl_sgd_steps,
-                                temperature=self.cfg.client.cluster_temperature,
-                                epsilon=self.cfg.client.sinkhorn_epsilon)
+            start = init_centroids(k, stack.shape[1], derive_seed(self.seed, 0, "centroids"))
+        return refine_centroids(start, stack, steps=self.sgd_steps,
+                                temperature=self.cluster_temperature, epsilon=self.sinkhorn_epsilon)
+
+    # checkpointing outside fedssl's loop (fedssl's wrapper saves every data attribute)
+    def state_dict(self) -> dict[str, Any]:
+        return {"global_centroids": self.global_centroids}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_centroids = state.get("global_centroids")
 
     def _valid_payloads(self, server_round: int, payloads: list[tuple[int, dict[str, np.ndarray]]],
                         ) -> list[tuple[int, dict[str, np.ndarray]]]:
         """The payloads whose arrays have the expected keys, shapes and values; the
         feature dimension is the one most payloads agree on."""
-        s = self.cfg.num_seen
+        s = self.num_seen
         shaped = []
         for pid, p in sorted(payloads, key=lambda x: x[0]):
             reason = _check_shapes(p, s)

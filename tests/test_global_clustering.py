@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import MetricRecord, RecordDict
 
 from fedssl.config import resolve
 from fedssl.global_clustering import init_centroids, refine_centroids, sinkhorn_reference
 from fedssl.openworld import balanced_kmeans
-from strategies.base import to_arrayrecord
+from tests.test_strategies import _server_identity, aggregate  # noqa: F401 (fixture)
+from tests.test_strategies import update as reply
 
 K, S, D = 4, 2, 8
 
@@ -116,7 +116,7 @@ def _strategy(**over):
                              "data.seen_classes": SS, "data.globally_unseen": 1,
                              "client.algorithm": "fedossl", "server.strategy": "fedossl",
                              "server.fedossl_sgd_steps": 50, "federation.rounds": 40, **over})
-    return FedoSSL(cfg)
+    return FedoSSL.from_config(cfg)
 
 
 def _payloads(seed: int) -> list[tuple[int, dict[str, np.ndarray]]]:
@@ -170,16 +170,15 @@ def test_strategy_round_gates_are_the_reference_fractions():
 
 
 def test_uniform_weighting_averages_clients_equally():
-    def update(value: float, n: int) -> RecordDict:
-        return RecordDict({"arrays": to_arrayrecord({"w": np.full(3, value, np.float32)}),
-                           "metrics": MetricRecord({"num-examples": n})})
-
     g = {"w": np.zeros(3, np.float32)}
-    updates = [(0, update(0.0, 1)), (1, update(3.0, 2))]
-    uniform = _strategy().aggregate(1, updates, g)
-    weighted = _strategy(**{"server.fedossl_weighting": "examples"}).aggregate(1, updates, g)
-    np.testing.assert_allclose(uniform["w"].numpy(), 1.5)
-    np.testing.assert_allclose(weighted["w"].numpy(), 2.0)
+
+    def run(**over):
+        replies = [reply(0, {"w": np.full(3, 0.0, np.float32)}, 1),
+                   reply(1, {"w": np.full(3, 3.0, np.float32)}, 2)]
+        return aggregate(_strategy(**over), 1, g, replies)
+
+    np.testing.assert_allclose(run()["w"], 1.5)
+    np.testing.assert_allclose(run(**{"server.fedossl_weighting": "examples"})["w"], 2.0)
 
 
 @pytest.mark.parametrize("key, value", [("server.fedossl_clustering", "spectral"),

@@ -290,8 +290,8 @@ def test_fedossl_pseudo_labels_follow_the_head_for_unseen_slots():
 # -- the strategy ------------------------------------------------------------------------
 def _strategy(**over):
     from strategies.fedossl import FedoSSL
-    return FedoSSL(_cfg("fedossl", **{"server.strategy": "fedossl", "server.fedossl_clustering": "kmeans",
-                                      **over}))
+    return FedoSSL.from_config(_cfg("fedossl", **{"server.strategy": "fedossl",
+                                                  "server.fedossl_clustering": "kmeans", **over}))
 
 
 def _payload(true: torch.Tensor, seed: int, classes=range(K)) -> dict[str, np.ndarray]:

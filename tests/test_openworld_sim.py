@@ -35,7 +35,7 @@ def test_fedossl_payload_round_trip(tmp_path):
             assert 0.0 <= float(r[col]) <= 1.0
 
     # the server kept calibrated centroids from the clients' payloads (checkpointed)
-    centroids = load_checkpoint(tmp_path)["strategy"]["global_centroids"]
+    centroids = load_checkpoint(tmp_path)["strategy"]["inner"]["global_centroids"]
     assert centroids.shape == (10, 128) and np.isfinite(centroids).all()
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
 

@@ -26,10 +26,10 @@ from fedssl.sampling import sample_clients
 from fedssl.simulation import run_experiment
 from fedssl.state import ClientStateStore, _crc
 from fedssl.training import ClientData, train_client
-from strategies import build_strategy
-from strategies.base import to_arrayrecord
 from strategies.validation import check_update, in_global_order
 from tests.conftest import as_set_flags, assert_bad_input, run_cli, tiny
+from tests.test_strategies import _server_identity, aggregate, build, to_arrayrecord  # noqa: F401 (fixture)
+from tests.test_strategies import update as reply
 
 TIME_COLS = ("wall_s", "round_s", "t_")
 
@@ -239,26 +239,21 @@ def _update(arrays: dict[str, np.ndarray], n: int) -> RecordDict:
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox"])
 def test_reversed_key_order_aggregates_like_the_normal_order(strategy):
-    cfg = resolve(overrides={"server.strategy": strategy, "server.server_momentum": 0.9})
     glob = {k: v.numpy() for k, v in build_model("cnn", 10).state_dict().items()}
     rng = np.random.default_rng(0)
     ups = [{k: (v + rng.normal(0, 0.1, v.shape)).astype(v.dtype) for k, v in glob.items()} for _ in range(3)]
     results = []
     for reverse in (False, True):
-        s = build_strategy(cfg)
-        out = None
+        s = build(strategy, server_momentum=0.9)
+        out = glob
         for rnd in (1, 2):  # two rounds: server momentum pairs this round with the last
-            arrays = to_arrayrecord(glob if out is None else {k: out[k].numpy() for k in out})
-            s.remember_global(arrays)
-            g = {k: arrays[k].numpy() for k in arrays}
-            contents = []
+            replies = []
             for i, u in enumerate(ups):
                 d = dict(reversed(list(u.items()))) if reverse and i == 0 else u
-                c = _update(d, 10 + i)
-                assert check_update(c, g, None) is None
-                contents.append((i, c))
-            out = s.aggregate(rnd, contents, g)
-        results.append({k: out[k].numpy() for k in out})
+                assert check_update(_update(d, 10 + i), out, None) is None
+                replies.append(reply(i, d, 10 + i))
+            out = aggregate(s, rnd, out, replies)
+        results.append(out)
     assert list(results[1]) == list(glob)
     for k in glob:
         np.testing.assert_array_equal(results[0][k], results[1][k], err_msg=k)

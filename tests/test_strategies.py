@@ -6,27 +6,52 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 import strategies
-from strategies.base import to_arrayrecord
 from fedssl.algorithms import ALGORITHMS
-from fedssl.config import resolve
+from fedssl.config import ConfigError, resolve
 from fedssl.training import ClientData, train_client
+from strategies.wrapper import reply_metadata
 
 GLOBAL = {"w": np.array([[1.0, -2.0], [0.5, 0.0]], dtype=np.float32),
           "b": np.array([0.25, -1.0, 3.0], dtype=np.float32)}
 
 
+@pytest.fixture(autouse=True)
+def _server_identity():
+    """Messages read the ServerApp's run identity; give them one outside a run."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+class Grid:
+    """Three connected nodes (what configure_train asks of a grid)."""
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12, 13]
+
+
+def to_arrayrecord(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+
+
 def build(name: str, **server: object):
     cfg = resolve(overrides={"server.strategy": name, **{f"server.{k}": v for k, v in server.items()}})
-    return strategies.build_strategy(cfg)
+    s = strategies.build_strategy(cfg)
+    s.deployment = False
+    return s
 
 
-def update(pid: int, arrays: dict[str, np.ndarray], n: int) -> tuple[int, RecordDict]:
-    return pid, RecordDict({"arrays": to_arrayrecord({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}),
-                            "metrics": MetricRecord({"num-examples": n})})
+def update(pid: int, arrays: dict[str, np.ndarray], n: int) -> Message:
+    """A client's unpacked reply (what any stock Flower server would get)."""
+    # floats as float32 (the model's dtype); integer buffers keep theirs
+    content = RecordDict({"arrays": to_arrayrecord({k: np.asarray(v) if np.issubdtype(np.asarray(v).dtype, np.integer)
+                                                    else np.asarray(v, dtype=np.float32) for k, v in arrays.items()}),
+                          "metrics": MetricRecord({"num-examples": n, "partition-id": pid})})
+    return Message(content=content, metadata=reply_metadata(11 + pid, 1))
 
 
 def client_models(seed: int, k: int = 3) -> list[dict[str, np.ndarray]]:
@@ -35,12 +60,17 @@ def client_models(seed: int, k: int = 3) -> list[dict[str, np.ndarray]]:
             for _ in range(k)]
 
 
+def aggregate(strategy, rnd: int, global_arrays: dict[str, np.ndarray], replies: list[Message]):
+    """One round through the Strategy verbs; the aggregated arrays as numpy."""
+    strategy.configure_train(rnd, to_arrayrecord(global_arrays), ConfigRecord(), Grid())
+    out, _ = strategy.aggregate_train(rnd, replies)
+    return None if out is None else {k: out[k].numpy() for k in out}
+
+
 def run_round(strategy, rnd: int, global_arrays: dict[str, np.ndarray],
               clients: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str, np.ndarray]:
-    strategy.remember_global(to_arrayrecord(global_arrays))
-    updates = [update(pid, arrays, n) for pid, (arrays, n) in enumerate(zip(clients, counts))]
-    out = strategy.aggregate(rnd, updates, global_arrays)
-    return {k: out[k].numpy() for k in global_arrays}
+    replies = [update(pid, arrays, n) for pid, (arrays, n) in enumerate(zip(clients, counts))]
+    return aggregate(strategy, rnd, global_arrays, replies)
 
 
 def weighted_mean(clients, counts) -> dict[str, np.ndarray]:
@@ -71,14 +101,13 @@ def test_fedavg_weights_by_num_examples(name):
 def test_aggregate_keeps_integer_buffers_integer():
     glob = {**GLOBAL, "bn.num_batches_tracked": np.array(4, dtype=np.int64)}
     strategy = build("fedavg")
-    strategy.remember_global(to_arrayrecord(glob))
     ups = [update(p, {**c, "bn.num_batches_tracked": np.array(6)}, n)
            for p, (c, n) in enumerate(zip(client_models(seed=2), COUNTS))]
-    out = strategy.aggregate(1, ups, glob)
-    assert out["bn.num_batches_tracked"].numpy().dtype == np.int64
-    assert out["bn.num_batches_tracked"].numpy().shape == (), "0-d buffers stay 0-d"
-    assert int(out["bn.num_batches_tracked"].numpy()) == 6
-    assert out["w"].numpy().dtype == np.float32
+    out = aggregate(strategy, 1, glob, ups)
+    assert out["bn.num_batches_tracked"].dtype == np.int64
+    assert out["bn.num_batches_tracked"].shape == (), "0-d buffers stay 0-d"
+    assert int(out["bn.num_batches_tracked"]) == 6
+    assert out["w"].dtype == np.float32
 
 
 @pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi"])
@@ -91,10 +120,8 @@ def test_result_does_not_depend_on_update_order(name):
         glob = GLOBAL
         for rnd, seed in ((1, 3), (2, 4)):  # two rounds: server state included
             clients = client_models(seed)
-            strategy.remember_global(to_arrayrecord(glob))
             ups = [update(p, clients[p], COUNTS[p]) for p in perm]
-            out = strategy.aggregate(rnd, ups, glob)
-            glob = {k: out[k].numpy() for k in GLOBAL}
+            glob = aggregate(strategy, rnd, glob, ups)
         results.append(glob)
     for other in results[1:]:
         for k in GLOBAL:
@@ -158,8 +185,14 @@ def test_fedyogi_step_matches_formula():
 
 # -- FedProx on the client ----------------------------------------------------------
 def test_fedprox_sends_mu_to_clients():
-    assert build("fedprox", proximal_mu=0.3).client_config(1) == {"proximal-mu": 0.3}
-    assert build("fedavg").client_config(1) == {}
+    """Flower's FedProx puts proximal-mu in its config; the wrapper forwards it."""
+    def config(name, **kw):
+        msgs = build(name, **kw).configure_train(1, to_arrayrecord(GLOBAL), ConfigRecord(), Grid())
+        return [dict(m.content["config"]) for m in msgs]
+    prox = config("fedprox", proximal_mu=0.3)
+    assert len(prox) == 3 and all(c["proximal-mu"] == 0.3 for c in prox)
+    assert sorted(p for c in prox for p in c["fedssl.pids"]) == list(range(20))  # every client once
+    assert all("proximal-mu" not in c for c in config("fedavg"))
 
 
 def test_fedprox_client_step_adds_proximal_gradient():
@@ -216,16 +249,109 @@ def test_decode_matches_numpy_load_on_first_and_cached_reads(a):
 def test_check_update_accepts_good_and_names_bad_updates():
     from strategies.validation import check_update
 
-    _, good = update(0, GLOBAL, 10)
+    good = update(0, GLOBAL, 10).content
     assert check_update(good, GLOBAL, 10) is None
-    _, big = update(0, GLOBAL, 11)
+    big = update(0, GLOBAL, 11).content
     assert "exceeds the partition size" in check_update(big, GLOBAL, 10)
-    _, nan = update(0, {**GLOBAL, "b": np.array([0.0, np.nan, 1.0])}, 10)
+    nan = update(0, {**GLOBAL, "b": np.array([0.0, np.nan, 1.0])}, 10).content
     assert "non-finite" in check_update(nan, GLOBAL, 10)
-    _, shape = update(0, {**GLOBAL, "b": np.zeros(4)}, 10)
+    shape = update(0, {**GLOBAL, "b": np.zeros(4)}, 10).content
     assert "has shape (4,)" in check_update(shape, GLOBAL, 10)
-    _, cut = update(0, GLOBAL, 10)
+    cut = update(0, GLOBAL, 10).content
     cut["arrays"]["w"].data = cut["arrays"]["w"].data[:-3]
     assert "cannot be decoded" in check_update(cut, GLOBAL, 10)
-    _, far = update(0, {k: v + 10 for k, v in GLOBAL.items()}, 10)
+    far = update(0, {k: v + 10 for k, v in GLOBAL.items()}, 10).content
     assert "exceeds server.max_update_norm" in check_update(far, GLOBAL, 10, max_update_norm=1.0)
+
+
+def test_wrapper_rejects_bad_updates_with_a_reason_and_aggregates_the_rest(caplog):
+    """A NaN update and one claiming more examples than its partition first reported
+    are logged with one-line reasons and left out; the others are averaged."""
+    strategy = build("fedavg")
+    clients = client_models(seed=11)
+    run_round(strategy, 1, GLOBAL, clients, COUNTS)  # sizes reported: 10, 30, 60
+    bad_nan = {**clients[0], "b": np.array([0.0, np.nan, 1.0], np.float32)}
+    with caplog.at_level("WARNING", logger="fedssl"):
+        got = aggregate(strategy, 2, GLOBAL, [update(0, bad_nan, 10), update(1, clients[1], 31),
+                                              update(2, clients[2], 60)])
+    assert_arrays_close(got, clients[2])
+    assert strategy.last_round["rejected_updates"] == 2 and strategy.last_round["clients"] == 1
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "client 0: update rejected: array 'b' holds non-finite values" in text
+    assert "client 1: update rejected: num-examples 31 exceeds the partition size 30" in text
+
+
+def test_wrapper_checkpoint_restores_flower_state_exactly():
+    """FedAdam's moments live in Flower's class; the wrapper's state_dict carries them."""
+    a, b = build("fedadam", **ADAM), build("fedadam", **ADAM)
+    g1 = run_round(a, 1, GLOBAL, client_models(seed=12), COUNTS)
+    b.load_state_dict(a.state_dict())
+    c2 = client_models(seed=13)
+    got, want = run_round(b, 2, g1, c2, COUNTS), run_round(a, 2, g1, c2, COUNTS)
+    assert b.inner.m_t is not None and set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    fresh = build("fedadam", **ADAM)  # without the state, round 2 differs
+    fresh_out = run_round(fresh, 2, g1, c2, COUNTS)
+    assert any(not np.array_equal(fresh_out[k], want[k]) for k in want)
+
+
+# -- every Flower strategy by name ----------------------------------------------------
+def test_every_flower_strategy_is_registered_by_name():
+    from flwr.serverapp import strategy as fs
+
+    shipped = {n.lower() for n in fs.__all__ if n not in ("Result", "Strategy")
+               and not n.startswith(("Differential", "FedXgb"))}
+    assert shipped <= set(strategies.CLASSES)
+    for name in strategies.CLASSES:
+        inner = build(name).inner
+        assert isinstance(inner, strategies.CLASSES[name])
+
+
+def test_fedmedian_takes_the_coordinate_wise_median():
+    clients = client_models(seed=14)
+    got = run_round(build("fedmedian"), 1, GLOBAL, clients, COUNTS)
+    assert_arrays_close(got, {k: np.median([c[k] for c in clients], axis=0) for k in GLOBAL})
+
+
+def test_krum_picks_the_update_closest_to_its_neighbours():
+    """With one far outlier, Krum (f=1) returns one of the two close updates, never the
+    outlier and never an average."""
+    base = client_models(seed=15, k=1)[0]
+    close = [{k: v + 0.01 * i for k, v in base.items()} for i in (1, 2, 3)]
+    far = {k: v + 50.0 for k, v in base.items()}
+    got = run_round(build("krum", params="num_malicious_nodes = 1"), 1, GLOBAL, [*close, far],
+                    [10, 10, 10, 10])
+    assert any(all(np.array_equal(got[k], c[k]) for k in GLOBAL) for c in close)
+
+
+def test_params_set_constructor_arguments_and_are_checked_against_the_signature():
+    assert build("fedtrimmedavg", params="beta = 0.3").inner.beta == 0.3
+    mk = build("multikrum", params="num_malicious_nodes = 1, num_nodes_to_select = 2").inner
+    assert (mk.num_malicious_nodes, mk.num_nodes_to_select) == (1, 2)
+    for params, needle in [("betta = 0.3", "FedTrimmedAvg has no parameter 'betta'"),
+                           ("fraction_train = 0.5", "set federation.fraction_train"),
+                           ("beta = 0.7", "`beta` must be in the range"),
+                           ("beta", "expected 'name = value'"),
+                           ("beta = abc", "is not a TOML value")]:
+        with pytest.raises(ConfigError, match=".*") as e:
+            build("fedtrimmedavg", params=params)
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_strategy_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "userstrat.py").write_text(
+        "from flwr.serverapp.strategy import FedAvg\n"
+        "class Half(FedAvg):\n"
+        "    def __init__(self, shrink: float = 1.0, **kw):\n"
+        "        super().__init__(**kw)\n"
+        "        self.shrink = shrink\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    s = build("userstrat:Half", params="shrink = 0.5")
+    assert type(s.inner).__name__ == "Half" and s.inner.shrink == 0.5 and s.inner.min_train_nodes == 1
+    for name, needle in [("userstrat:Nope", "cannot import 'userstrat:Nope'"),
+                         ("nosuchmod:X", "cannot import 'nosuchmod:X'"),
+                         ("json:JSONDecoder", "is not a flwr.serverapp.strategy.Strategy subclass")]:
+        with pytest.raises(ConfigError) as e:
+            build(name)
+        assert needle in str(e.value), str(e.value)

@@ -43,6 +43,13 @@ def _no_spaces(value: str) -> str:
     return value.replace(" ", "")
 
 
+def _strategy_name(value: str) -> str | None:
+    """A registered name, or an import path checked when the server builds it."""
+    if value in STRATEGY_NAMES or ":" in value:
+        return None
+    return f"unknown strategy {value!r} (choose from {', '.join(STRATEGY_NAMES)}, or give 'module:Class')"
+
+
 def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         gt: float | None = None, ge: float | None = None, lt: float | None = None,
         le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
@@ -126,7 +133,9 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    strategy: str = key("fedavg", "aggregation strategy", choices=lambda: STRATEGY_NAMES)
+    strategy: str = key("fedavg", "aggregation strategy: a Flower strategy's lower-case name, fedossl, "
+                        "or 'module:Class'", check=_strategy_name)
+    params: str = key("", "the strategy class's constructor arguments: 'name = value, ...' (TOML values)")
     proximal_mu: float = key(0.01, "fedprox: proximal term sent to clients", ge=0)
     server_lr: float = key(1.0, "fedavgm: server learning rate", gt=0)
     server_momentum: float = key(0.9, "fedavgm: server momentum", ge=0, lt=1)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedssl.models.heads import NormedLinear
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -33,8 +35,6 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, cosine_head: bool = False) -> None:
         super().__init__()
-        from fedssl.models import NormedLinear
-
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         layers, in_planes = [], 64
