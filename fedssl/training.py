@@ -94,8 +94,9 @@ def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm) -> int:
     return max(1, c.local_epochs * per_epoch)
 
 
-def _views(x: torch.Tensor, names: tuple[str, ...], flip: bool, device: torch.device) -> list[torch.Tensor]:
-    return [normalize(VIEWS[v](x, flip)).to(device, non_blocking=True) for v in names]
+def _views(x: torch.Tensor, names: tuple[str, ...], flip: bool) -> list[torch.Tensor]:
+    """Augmented views of a uint8 batch, normalised once each, on ``x``'s device."""
+    return [normalize(VIEWS[v](x, flip)) for v in names]
 
 
 @torch.no_grad()
@@ -176,19 +177,22 @@ def train_client(
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     lab = _Sampler(len(data.y_l), gen)
     unl = _Sampler(len(data.y_u), gen)
-    sums: dict[str, float] = {}
+    # The shard goes to the device once per round, as uint8 (a quarter of float32's
+    # bytes); batches are sampled and augmented there. Index draws stay on the CPU RNG.
+    x_l, y_l, x_u, y_u = (t.to(device, non_blocking=True) for t in (data.x_l, data.y_l, data.x_u, data.y_u))
+    use_unlabeled = algorithm.uses_unlabeled and len(data.y_u) > 0
+    sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
     counts: dict[str, int] = {}  # steps that emitted each metric (pl_acc only when the mask is non-empty)
     t_data = t_train = 0.0
     for step in range(steps):
         ctx.step = step
         t1 = time.perf_counter()
-        il = lab.take(c.batch_size)
-        batch = Batch(x_l=_views(data.x_l[il], algorithm.labeled_views, data.flip, device),
-                      y_l=data.y_l[il].to(device), x_u=[])
-        if algorithm.uses_unlabeled and len(data.y_u):
-            iu = unl.take(c.batch_size * c.uratio)
-            batch.x_u = _views(data.x_u[iu], algorithm.unlabeled_views, data.flip, device)
-            batch.y_u = data.y_u[iu].to(device)
+        il = lab.take(c.batch_size).to(device, non_blocking=True)
+        batch = Batch(x_l=_views(x_l[il], algorithm.labeled_views, data.flip), y_l=y_l[il], x_u=[])
+        if use_unlabeled:
+            iu = unl.take(c.batch_size * c.uratio).to(device, non_blocking=True)
+            batch.x_u = _views(x_u[iu], algorithm.unlabeled_views, data.flip)
+            batch.y_u = y_u[iu]
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
@@ -203,16 +207,16 @@ def train_client(
             ema_update(ctx.teacher, model, c.ema_decay)
         t_data += t2 - t1
         t_train += time.perf_counter() - t2
-        metrics["loss"] = loss.item()
+        metrics["loss"] = loss.detach()
         for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + (v.item() if isinstance(v, torch.Tensor) else float(v))
+            sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
             counts[k] = counts.get(k, 0) + 1
     out_payload = algorithm.end_round(model, ctx, data)
 
     new_state = {f"algo.{k}": v for k, v in ctx.state.items()}
     if ctx.teacher is not None:
         new_state.update({f"teacher.{k}": v for k, v in ctx.teacher.state_dict().items()})
-    metrics = {f"train_{k}": v / counts[k] for k, v in sums.items()}
+    metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
     num_examples = len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0)
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
     return TrainResult(new_state, metrics, out_payload, max(num_examples, 1), timings)

@@ -1,26 +1,163 @@
-"""Weak and strong augmentation on uint8 image batches [B, C, H, W].
+"""Weak and strong augmentation on uint8 image batches [B, C, H, W], vectorised over the batch.
 
 weak   = random translation (pad + crop) + horizontal flip
-strong = weak + torchvision RandAugment (2 ops) + Cutout (half the side)
-Randomness comes from torch's global RNG, which the trainer seeds per (run seed,
-round, client), so augmentations are reproducible and independent of packing.
+strong = weak + RandAugment (2 ops, magnitude 10 of 31 bins) + Cutout (half the side)
+
+RandAugment here draws from exactly the distribution of torchvision's
+``v2.RandAugment(num_ops=2, magnitude=10)`` (nearest interpolation, fill 0), image by
+image: each of the 2 ops is uniform over the same 14 ops, and a signed op's magnitude
+is negated with probability 1/2. Instead of calling it once per image, the batch is
+grouped by (op, sign) and each group goes through the same
+``torchvision.transforms.v2.functional`` call on a sub-batch; every op acts per image
+(per-image statistics for contrast, autocontrast, equalize), so the result for one
+image is the one torchvision gives for the same op and magnitude.
+
+Randomness comes from torch's global CPU RNG, which the trainer seeds per (run seed,
+round, client), so augmentations are reproducible, independent of packing, and the
+same on any device: the random draws stay on the CPU, the pixels stay where ``x`` is.
 """
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import torch
-import torch.nn.functional as F
+
+NUM_OPS = 2
+MAGNITUDE_BIN, NUM_BINS = 10, 31
+# torchvision's RandAugment op pool, in its order (the order fixes which id is which op).
+RANDAUGMENT_OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+                   "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
+# Ops whose magnitude is negated with probability 1/2 (the others are unsigned or ignore it).
+SIGNED = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate",
+                    "Brightness", "Color", "Contrast", "Sharpness"})
+CUTOUT_FILL = 127
+_IS_SIGNED = torch.tensor([op in SIGNED for op in RANDAUGMENT_OPS])
+GEOMETRIC = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"})
+_IS_GEOMETRIC = torch.tensor([op in GEOMETRIC for op in RANDAUGMENT_OPS])
+_IS_COLOUR = torch.tensor([op not in GEOMETRIC and op != "Identity" for op in RANDAUGMENT_OPS])
 
 
 @cache
-def _randaugment():  # noqa: ANN202
+def randaugment_magnitude(op: str, height: int, width: int) -> float:
+    """The unsigned magnitude of ``op`` at bin 10 of 31, as torchvision computes it."""
+    top = {"ShearX": 0.3, "ShearY": 0.3, "TranslateX": 150.0 / 331.0 * width,
+           "TranslateY": 150.0 / 331.0 * height, "Rotate": 30.0, "Brightness": 0.9, "Color": 0.9,
+           "Contrast": 0.9, "Sharpness": 0.9}
+    if op in top:
+        return float(torch.linspace(0.0, top[op], NUM_BINS)[MAGNITUDE_BIN])
+    if op == "Posterize":  # bits: 8 down to 4
+        return float((8 - (torch.arange(NUM_BINS) / ((NUM_BINS - 1) / 4))).round().int()[MAGNITUDE_BIN])
+    if op == "Solarize":  # threshold as a fraction of 255
+        return float(torch.linspace(1.0, 0.0, NUM_BINS)[MAGNITUDE_BIN])
+    return 0.0
+
+
+@cache
+def _functional():  # noqa: ANN202
     # Imported on first use: torchvision pulls in torch._dynamo (about 1 s), which a
     # worker whose algorithm never augments strongly should not pay at cold start.
-    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
 
-    return v2.RandAugment(num_ops=2, magnitude=10)
+    return TF, InterpolationMode.NEAREST
+
+
+def apply_op(x: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+    """One RandAugment op with a fixed signed magnitude on a uint8 batch [N, C, H, W],
+    the same call torchvision's RandAugment makes for one image (its tensor kernels are
+    called directly: the dispatcher costs more than the op on a few small images)."""
+    TF, nearest = _functional()
+    if op == "Identity":
+        return x
+    if op in ("ShearX", "ShearY"):
+        deg = math.degrees(math.atan(magnitude))
+        return TF.affine_image(x, angle=0.0, translate=[0, 0], scale=1.0, interpolation=nearest, fill=None,
+                               shear=[deg, 0.0] if op == "ShearX" else [0.0, deg], center=[0, 0])
+    if op in ("TranslateX", "TranslateY"):
+        shift = [int(magnitude), 0] if op == "TranslateX" else [0, int(magnitude)]
+        return TF.affine_image(x, angle=0.0, translate=shift, scale=1.0, interpolation=nearest,
+                               shear=[0.0, 0.0], fill=None)
+    if op == "Rotate":
+        return TF.rotate_image(x, angle=magnitude, interpolation=nearest, fill=None)
+    adjust = {"Brightness": TF.adjust_brightness_image, "Color": TF.adjust_saturation_image,
+              "Contrast": TF.adjust_contrast_image, "Sharpness": TF.adjust_sharpness_image}
+    if op in adjust:
+        return adjust[op](x, 1.0 + magnitude)
+    if op == "Posterize":
+        return TF.posterize_image(x, bits=int(magnitude))
+    if op == "Solarize":
+        return TF.solarize_image(x, threshold=255.0 * magnitude)
+    if op == "AutoContrast":
+        return TF.autocontrast_image(x)
+    if op == "Equalize":
+        return TF.equalize_image(x)
+    raise ValueError(f"unknown RandAugment op {op!r}")
+
+
+def sample_randaugment(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and op slot: op ids [NUM_OPS, b] (uniform) and negate flags [NUM_OPS, b]
+    (probability 1/2, ``rand <= 0.5`` as torchvision; only used by signed ops)."""
+    return torch.randint(len(RANDAUGMENT_OPS), (NUM_OPS, b)), torch.rand(NUM_OPS, b) <= 0.5
+
+
+@cache
+def _geometric_maps(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """For every (op, sign) variant id ``2 * op + negate``: the flat source pixel of each
+    output pixel [2 * len(RANDAUGMENT_OPS), h * w], ``h * w`` where the op fills with 0.
+    Read off torchvision itself: its nearest-neighbour affine applied to an image holding
+    each pixel's own index returns exactly the index it samples; identity elsewhere."""
+    probe = torch.arange(1, h * w + 1, dtype=torch.float32).reshape(1, 1, h, w)
+    maps = []
+    for op in RANDAUGMENT_OPS:
+        for negate in (False, True):
+            if op in GEOMETRIC:
+                mag = randaugment_magnitude(op, h, w)
+                src = apply_op(probe, op, -mag if negate else mag).reshape(-1).long() - 1
+                maps.append(src.masked_fill_(src < 0, h * w))
+            else:
+                maps.append(torch.arange(h * w))
+    return torch.stack(maps).to(device)
+
+
+def randaugment(x: torch.Tensor, ops: torch.Tensor | None = None,
+                negate: torch.Tensor | None = None) -> torch.Tensor:
+    """RandAugment with per-image randomness. Per op slot, every geometric op of the
+    batch is one gather through its variant's pixel map; each colour op is applied once
+    to the sub-batch that drew it (grouped by op and sign). ``ops``/``negate`` [NUM_OPS, B]
+    default to fresh draws from :func:`sample_randaugment`."""
+    b, c, h, w = x.shape
+    if b == 0:
+        return x
+    if ops is None or negate is None:
+        ops, negate = sample_randaugment(b)
+    for slot in range(ops.shape[0]):
+        variant = ops[slot] * 2 + (negate[slot] & _IS_SIGNED[ops[slot]])
+        if _IS_GEOMETRIC[ops[slot]].any():
+            src = _geometric_maps(h, w, x.device)[variant.to(x.device, non_blocking=True)]
+            padded = torch.cat([x.reshape(b, c, h * w), x.new_zeros(b, c, 1)], dim=2)
+            x = padded.gather(2, src[:, None].expand(b, c, h * w)).reshape(b, c, h, w)
+        x = _colour_ops(x, variant)
+    return x
+
+
+def _colour_ops(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+    """Apply each sample's colour op (variant id = 2 * op + negate), one call per variant."""
+    key = torch.where(_IS_COLOUR[variant // 2], variant + 1, 0)  # 0: nothing to do
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=2 * len(RANDAUGMENT_OPS) + 1).tolist()
+    if counts[0] == len(key):
+        return x
+    order_dev = order.to(x.device, non_blocking=True)
+    parts = []
+    for k, chunk in enumerate(x.index_select(0, order_dev).split(counts)):
+        if k > 0 and len(chunk):
+            op = RANDAUGMENT_OPS[(k - 1) // 2]
+            mag = randaugment_magnitude(op, x.shape[2], x.shape[3])
+            chunk = apply_op(chunk, op, -mag if (k - 1) % 2 else mag)
+        parts.append(chunk)
+    return torch.empty_like(x).index_copy_(0, order_dev, torch.cat(parts))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -29,26 +166,38 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def weak(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
-    b, _, h, w = x.shape
+    """Random translation by up to ``pad`` pixels and a random horizontal flip, as one
+    gather: the padded-and-cropped pixel index is computed, not the padded image."""
+    b, c, h, w = x.shape
     if b == 0:
         return x
     # 1/8 of the side with reflection for colour images (CIFAR convention); 2 px of
     # black for grayscale ones, whose background is black (reflection adds strokes).
-    gray = x.shape[1] == 1
+    gray = c == 1
     pad = 2 if gray else max(1, h // 8)
-    padded = F.pad(x.float(), (pad, pad, pad, pad), mode="constant" if gray else "reflect").to(x.dtype)
     oy = torch.randint(0, 2 * pad + 1, (b,))
     ox = torch.randint(0, 2 * pad + 1, (b,))
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-    out = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    rows = oy[:, None] + torch.arange(h) - pad  # source row per output row, may be outside
+    cols = ox[:, None] + torch.arange(w) - pad
     if flip:
         flips = torch.rand(b) < 0.5
-        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+        cols = torch.where(flips[:, None], cols.flip(-1), cols)
+    if gray:
+        inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    else:  # reflect without repeating the edge: -1 -> 1, h -> h - 2
+        rows = (h - 1) - ((h - 1) - rows.abs()).abs()
+        cols = (w - 1) - ((w - 1) - cols.abs()).abs()
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, h * w).to(x.device, non_blocking=True)
+    out = x.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w)).reshape(b, c, h, w)
+    if gray:
+        out = out.masked_fill_(~inside[:, None].to(x.device, non_blocking=True), 0)
     return out
 
 
 def cutout(x: torch.Tensor) -> torch.Tensor:
+    """Fill a square of side h/2 (+1), centred uniformly over the image and clipped at
+    its border, with grey (127)."""
     b, _, h, w = x.shape
     size = h // 2
     cy = torch.randint(0, h, (b,))
@@ -56,15 +205,13 @@ def cutout(x: torch.Tensor) -> torch.Tensor:
     ys = torch.arange(h)[None, :, None]
     xs = torch.arange(w)[None, None, :]
     hole = ((ys - cy[:, None, None]).abs() <= size // 2) & ((xs - cx[:, None, None]).abs() <= size // 2)
-    return x.masked_fill(hole[:, None], 127)
+    return x.masked_fill(hole[:, None].to(x.device, non_blocking=True), CUTOUT_FILL)
 
 
 def strong(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
     if x.shape[0] == 0:
         return x
-    x = weak(x, flip)
-    x = torch.stack([_randaugment()(img) for img in x])
-    return cutout(x)
+    return cutout(randaugment(weak(x, flip)))
 
 
 VIEWS = {"weak": weak, "strong": strong, "none": lambda x, flip=True: x}
