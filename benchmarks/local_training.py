@@ -97,7 +97,8 @@ def main() -> None:
     ap.add_argument("--clock", choices=("thread", "wall"), default="thread", help="CPU only; CUDA uses wall")
     a = ap.parse_args()
     if a.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("error: --device cuda asked for but CUDA is not available on this machine")
+        print("error: --device cuda asked for but CUDA is not available on this machine", file=sys.stderr)
+        sys.exit(2)
     global CLOCK
     if a.clock == "thread" and not a.device.startswith("cuda"):
         # train_client times itself with time.perf_counter; point its module at the thread clock.
