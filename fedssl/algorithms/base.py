@@ -69,7 +69,9 @@ class Algorithm:
         """Hook before the first step (e.g. ORCA's margin, FedoSSL's centroids)."""
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return (scalar loss, float metrics for logging)."""
+        """Return (scalar loss, metrics for logging). A metric may be a float or a
+        detached 0-dim tensor: the trainer sums tensors on the device and reads them
+        once per round, so returning tensors avoids a device sync per step."""
         raise NotImplementedError
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict[str, np.ndarray]:

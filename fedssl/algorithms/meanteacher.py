@@ -42,7 +42,7 @@ class MeanTeacher(Algorithm):
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.item(), "loss_u": 0.0}
+            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0}
         u_student, u_teacher = batch.x_u
         teacher_probs = self.pseudo_probs(model, u_teacher, ctx)
 
@@ -51,5 +51,5 @@ class MeanTeacher(Algorithm):
         student_probs = torch.softmax(logits[n_l:], dim=1)
         loss_u = F.mse_loss(student_probs, teacher_probs)  # mean over samples and classes
         weight = self.consistency_weight(ctx)
-        metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "rampup": weight}
+        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "rampup": weight}
         return loss_x + weight * loss_u, metrics

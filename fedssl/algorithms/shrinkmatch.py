@@ -98,7 +98,7 @@ class ShrinkMatch(Algorithm):
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.item(), "loss_u": 0.0, "mask": 0.0}
+            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "mask": 0.0}
         u_weak, u_strong = batch.x_u
         q = self.pseudo_probs(model, u_weak, ctx)
         shrunk = shrink_class_space(q, self.cfg.threshold)
@@ -117,9 +117,9 @@ class ShrinkMatch(Algorithm):
         ratio = self.certain_ratio(mask, ctx)  # principle 2
 
         uncertain = 1 - mask
-        metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(),
-                   "loss_shrink": loss_shrink.item(), "mask": float(mask.mean()),
-                   "shrink_mask": float((uncertain * shrunk.valid.float()).mean()),
+        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+                   "loss_shrink": loss_shrink.detach(), "mask": mask.mean(),
+                   "shrink_mask": (uncertain * shrunk.valid.float()).mean(),
                    "certain_ratio": ratio}
         if uncertain.sum() > 0:
             metrics["removed"] = float((shrunk.removed.float() * uncertain).sum() / uncertain.sum())

@@ -16,4 +16,4 @@ class Supervised(Algorithm):
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
         loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-        return loss_x, {"loss_x": loss_x.item()}
+        return loss_x, {"loss_x": loss_x.detach()}

@@ -37,7 +37,7 @@ class UDA(Algorithm):
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.item(), "loss_u": 0.0, "mask": 0.0}
+            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "mask": 0.0}
         u_weak, u_strong = batch.x_u
         q = self.pseudo_probs(model, u_weak, ctx)
         max_probs = q.max(dim=1).values
@@ -49,7 +49,7 @@ class UDA(Algorithm):
         log_student = F.log_softmax(logits[n_l:], dim=1)
         kl = F.kl_div(log_student, pseudo_label, reduction="none").sum(dim=1)
         loss_u = (kl * mask).mean()
-        metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask": float(mask.mean())}
+        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
         pl_acc = pseudo_label_accuracy(pseudo_label.argmax(dim=1), batch.y_u, mask)  # hidden labels (-1) excluded
         if pl_acc is not None:
             metrics["pl_acc"] = pl_acc
