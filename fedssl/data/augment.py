@@ -36,7 +36,11 @@ CUTOUT_FILL = 127
 _IS_SIGNED = torch.tensor([op in SIGNED for op in RANDAUGMENT_OPS])
 GEOMETRIC = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"})
 _IS_GEOMETRIC = torch.tensor([op in GEOMETRIC for op in RANDAUGMENT_OPS])
-_IS_COLOUR = torch.tensor([op not in GEOMETRIC and op != "Identity" for op in RANDAUGMENT_OPS])
+POINTWISE = frozenset({"Brightness", "Posterize", "Solarize"})  # a function of the pixel value only
+_IS_POINTWISE = torch.tensor([op in POINTWISE for op in RANDAUGMENT_OPS])
+# The rest read image statistics or neighbours: applied per (op, sign) sub-batch.
+_IS_PER_IMAGE = torch.tensor([op not in GEOMETRIC | POINTWISE | {"Identity"} for op in RANDAUGMENT_OPS])
+_IS_COLOR = torch.tensor([op == "Color" for op in RANDAUGMENT_OPS])
 
 
 @cache
@@ -121,11 +125,27 @@ def _geometric_maps(h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.stack(maps).to(device)
 
 
+@cache
+def _pointwise_luts(device: torch.device) -> torch.Tensor:
+    """For every variant id: the uint8 lookup table [2 * len(RANDAUGMENT_OPS), 256] of a
+    pointwise op, read off torchvision's op applied to the 256 levels; identity elsewhere."""
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    luts = []
+    for op in RANDAUGMENT_OPS:
+        for negate in (False, True):
+            mag = randaugment_magnitude(op, 16, 16)
+            mag = -mag if negate and op in SIGNED else mag  # unsigned ops: both ids alike
+            luts.append(apply_op(levels, op, mag).reshape(-1) if op in POINTWISE
+                        else levels.reshape(-1))
+    return torch.stack(luts).to(device)
+
+
 def randaugment(x: torch.Tensor, ops: torch.Tensor | None = None,
                 negate: torch.Tensor | None = None) -> torch.Tensor:
     """RandAugment with per-image randomness. Per op slot, every geometric op of the
-    batch is one gather through its variant's pixel map; each colour op is applied once
-    to the sub-batch that drew it (grouped by op and sign). ``ops``/``negate`` [NUM_OPS, B]
+    batch is one gather through its variant's pixel map, every pointwise op one gather
+    through its lookup table; each other op is applied once to the sub-batch that drew
+    it (grouped by op and sign). ``ops``/``negate`` [NUM_OPS, B]
     default to fresh draws from :func:`sample_randaugment`."""
     b, c, h, w = x.shape
     if b == 0:
@@ -135,16 +155,21 @@ def randaugment(x: torch.Tensor, ops: torch.Tensor | None = None,
     for slot in range(ops.shape[0]):
         variant = ops[slot] * 2 + (negate[slot] & _IS_SIGNED[ops[slot]])
         if _IS_GEOMETRIC[ops[slot]].any():
-            src = _geometric_maps(h, w, x.device)[variant.to(x.device, non_blocking=True)]
-            padded = torch.cat([x.reshape(b, c, h * w), x.new_zeros(b, c, 1)], dim=2)
-            x = padded.gather(2, src[:, None].expand(b, c, h * w)).reshape(b, c, h, w)
-        x = _colour_ops(x, variant)
+            x = _gather_pixels(x, _geometric_maps(h, w, x.device)[variant.to(x.device, non_blocking=True)])
+        if _IS_POINTWISE[ops[slot]].any():
+            lut = _pointwise_luts(x.device)[variant.to(x.device, non_blocking=True)]
+            x = lut.gather(1, x.reshape(b, c * h * w).long()).reshape(b, c, h, w)
+        x = _per_image_ops(x, variant)
     return x
 
 
-def _colour_ops(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
-    """Apply each sample's colour op (variant id = 2 * op + negate), one call per variant."""
-    key = torch.where(_IS_COLOUR[variant // 2], variant + 1, 0)  # 0: nothing to do
+def _per_image_ops(x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+    """Apply each sample's op that reads image statistics or neighbours (contrast,
+    sharpness, autocontrast, equalize, colour), one call per variant (2 * op + negate)."""
+    todo = _IS_PER_IMAGE[variant // 2]
+    if x.shape[1] == 1:  # saturation leaves a grayscale image as it is
+        todo &= ~_IS_COLOR[variant // 2]
+    key = torch.where(todo, variant + 1, 0)  # 0: nothing to do
     order = torch.argsort(key, stable=True)
     counts = torch.bincount(key, minlength=2 * len(RANDAUGMENT_OPS) + 1).tolist()
     if counts[0] == len(key):
@@ -165,34 +190,53 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
-def weak(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
-    """Random translation by up to ``pad`` pixels and a random horizontal flip, as one
-    gather: the padded-and-cropped pixel index is computed, not the padded image."""
-    b, c, h, w = x.shape
-    if b == 0:
-        return x
+def _crop_pad(c: int, h: int) -> int:
     # 1/8 of the side with reflection for colour images (CIFAR convention); 2 px of
     # black for grayscale ones, whose background is black (reflection adds strokes).
-    gray = c == 1
-    pad = 2 if gray else max(1, h // 8)
-    oy = torch.randint(0, 2 * pad + 1, (b,))
-    ox = torch.randint(0, 2 * pad + 1, (b,))
+    return 2 if c == 1 else max(1, h // 8)
+
+
+@cache
+def _crop_flip_maps(c: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+    """For every weak variant ``(oy * (2 pad + 1) + ox) * 2 + flip``: the flat source pixel
+    of each output pixel [variants, h * w] of pad-then-crop at offset (oy, ox), then
+    flip; ``h * w`` marks the zero padding of grayscale images."""
+    pad = _crop_pad(c, h)
+    n = 2 * pad + 1
+    oy, ox, flip = (t.reshape(-1) for t in torch.meshgrid(
+        torch.arange(n), torch.arange(n), torch.arange(2), indexing="ij"))
     rows = oy[:, None] + torch.arange(h) - pad  # source row per output row, may be outside
     cols = ox[:, None] + torch.arange(w) - pad
-    if flip:
-        flips = torch.rand(b) < 0.5
-        cols = torch.where(flips[:, None], cols.flip(-1), cols)
-    if gray:
+    cols = torch.where(flip[:, None] == 1, cols.flip(-1), cols)
+    if c == 1:
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        src = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).masked_fill(~inside, h * w)
     else:  # reflect without repeating the edge: -1 -> 1, h -> h - 2
         rows = (h - 1) - ((h - 1) - rows.abs()).abs()
         cols = (w - 1) - ((w - 1) - cols.abs()).abs()
-    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, h * w).to(x.device, non_blocking=True)
-    out = x.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w)).reshape(b, c, h, w)
-    if gray:
-        out = out.masked_fill_(~inside[:, None].to(x.device, non_blocking=True), 0)
-    return out
+        src = rows[:, :, None] * w + cols[:, None, :]
+    return src.reshape(len(oy), h * w).to(device)
+
+
+def _gather_pixels(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """out[i, :, p] = x[i, :, src[i, p]], with index h * w reading 0."""
+    b, c, h, w = x.shape
+    padded = torch.cat([x.reshape(b, c, h * w), x.new_zeros(b, c, 1)], dim=2)
+    return padded.gather(2, src[:, None].expand(b, c, h * w)).reshape(b, c, h, w)
+
+
+def weak(x: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (pad, then crop at a uniform offset)
+    and a horizontal flip with probability 1/2, as one gather through a cached map."""
+    b, c, h, w = x.shape
+    if b == 0:
+        return x
+    n = 2 * _crop_pad(c, h) + 1
+    oy = torch.randint(0, n, (b,))
+    ox = torch.randint(0, n, (b,))
+    flips = torch.rand(b) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    variant = (oy * n + ox) * 2 + flips
+    return _gather_pixels(x, _crop_flip_maps(c, h, w, x.device)[variant.to(x.device, non_blocking=True)])
 
 
 def cutout(x: torch.Tensor) -> torch.Tensor:
