@@ -6,11 +6,13 @@ strong = weak + RandAugment (2 ops, magnitude 10 of 31 bins) + Cutout (half the 
 RandAugment here draws from exactly the distribution of torchvision's
 ``v2.RandAugment(num_ops=2, magnitude=10)`` (nearest interpolation, fill 0), image by
 image: each of the 2 ops is uniform over the same 14 ops, and a signed op's magnitude
-is negated with probability 1/2. Instead of calling it once per image, the batch is
-grouped by (op, sign) and each group goes through the same
-``torchvision.transforms.v2.functional`` call on a sub-batch; every op acts per image
-(per-image statistics for contrast, autocontrast, equalize), so the result for one
-image is the one torchvision gives for the same op and magnitude.
+is negated with probability 1/2. Instead of calling it once per image, each op slot is
+applied to the whole batch at once: geometric ops as one gather through pixel maps and
+pointwise ops as one gather through lookup tables, both read off torchvision's own
+kernels, and the ops that read image statistics or neighbours (contrast, sharpness,
+autocontrast, equalize, colour) as one torchvision kernel call per (op, sign) sub-batch.
+Each image gets exactly what torchvision gives for the same op and magnitude
+(``tests/test_augment.py``).
 
 Randomness comes from torch's global CPU RNG, which the trainer seeds per (run seed,
 round, client), so augmentations are reproducible, independent of packing, and the
