@@ -67,6 +67,8 @@ ALGORITHM_NAMES: dict[str, bool] = {
     "meanteacher": False,
     "uda": False,
     "shrinkmatch": False,
+    "semifl": False,
+    "fedsto": False,
     "orca": True,
     "fedossl": True,
 }

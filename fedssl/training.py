@@ -83,7 +83,9 @@ class _Sampler:
 
 
 def build_algorithm(cfg: Config) -> Algorithm:
-    return ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
+    algo = ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
+    algo.rounds = cfg.federation.rounds  # for schedules over the run (FedSTO's phases)
+    return algo
 
 
 def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm) -> int:
@@ -194,6 +196,7 @@ def train_client(
             iu = unl.take(c.batch_size * c.uratio)
             batch.x_u = _views(data.x_u[iu], algorithm.unlabeled_views, data.flip, device)
             batch.y_u = data.y_u[iu].to(device)
+            batch.idx_u = iu
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
@@ -218,6 +221,8 @@ def train_client(
         new_state.update({f"teacher.{k}": v for k, v in ctx.teacher.state_dict().items()})
     metrics = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
     num_examples = len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0)
+    if algorithm.equal_weight:  # e.g. SemiFL: every active client counts the same
+        num_examples = 1
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
     return TrainResult(new_state, metrics, out_payload, max(num_examples, 1), timings)
 

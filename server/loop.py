@@ -28,6 +28,7 @@ from fedssl.data.augment import normalize
 from fedssl.metrics import evaluate
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients
+from fedssl.server_training import build_server_trainer  # [labels-at-server]
 from fedssl.state import ClientStateStore
 from fedssl.training import derive_seed, model_kwargs
 from strategies import build_strategy
@@ -53,6 +54,8 @@ class ServerRunner:
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, **model_kwargs(cfg, splits))
         self.model_bytes = state_nbytes(self.model)
+        # [labels-at-server] the server's own labeled set (None when it holds no labels)
+        self.server_trainer = build_server_trainer(cfg, splits.train_x, splits.train_y, self.partition.server)
         self.strategy: FedSSLStrategy = build_strategy(cfg)
         pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
@@ -78,6 +81,13 @@ class ServerRunner:
         p = self.partition
         return evaluate(self.model, self.test_x, self.test_y, self.cfg.num_classes, p.num_seen,
                         p.local_unseen, p.global_unseen)
+
+    def server_step(self, server_round: int, arrays: ArrayRecord, info: dict[str, Any]) -> ArrayRecord:
+        """[labels-at-server] Train the global model on the server's labeled set
+        (``fedssl.server_training``); round 0 is the warm-up before round 1."""
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        info.update(self.server_trainer.step(self.model, server_round))
+        return ArrayRecord(self.model.state_dict())
 
     def _node_ids(self, min_count: int = 1) -> list[int]:
         """Connected node ids, waiting up to round_timeout for ``min_count`` of them."""
@@ -110,8 +120,12 @@ class ServerRunner:
                 best_loss, last_ckpt = ckpt["best_loss"], ckpt["round"]
                 torch.set_rng_state(ckpt["torch_rng"])
                 np.random.set_state(ckpt["numpy_rng"])
+                if self.server_trainer is not None:  # [labels-at-server]
+                    self.server_trainer.load_state_dict(ckpt.get("server_training", {}))
                 self._drop_client_state_after(ckpt["round"])
                 log.info("resuming %s after round %d", out, ckpt["round"])
+        if self.server_trainer is not None and start_round == 1:  # [labels-at-server] warm-up
+            arrays = self.server_step(0, arrays, {})
         if not math.isfinite(best_loss):  # the initial model's loss anchors divergence checks
             best_loss = self.evaluate(0, arrays)["loss"]
         global_np = {k: arrays[k].numpy() for k in arrays}
@@ -126,6 +140,8 @@ class ServerRunner:
             for rnd in range(start_round, rounds + 1):
                 t_round = time.time()
                 arrays, info = self._round(rnd, arrays, global_np, last_ckpt)
+                if self.server_trainer is not None:  # [labels-at-server] post-aggregation step
+                    arrays = self.server_step(rnd, arrays, info)
                 train_s.append(time.time() - t_round)
                 global_np = {k: arrays[k].numpy() for k in arrays}
                 row: dict[str, Any] = {"round": rnd, **info}
@@ -154,6 +170,8 @@ class ServerRunner:
                         "rows": rows, "wall_s": wall_offset + time.time() - t_start,
                         "best_loss": best_loss, "torch_rng": torch.get_rng_state(),
                         "numpy_rng": np.random.get_state(), "client_state": str(self.state_dir),
+                        **({"server_training": self.server_trainer.state_dict()}  # [labels-at-server]
+                           if self.server_trainer is not None else {}),
                     })
                     last_ckpt = rnd
         final = rows[-1] if rows else {}

@@ -62,11 +62,14 @@ class DataConfig:
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
     classes_per_client: int = key(2, "classes per client under partition=pathological", ge=1)
     num_clients: int = key(20, "number of clients (partitions)", ge=1)
-    labeled_ratio: float = key(0.05, "fraction of each client's samples that keep their label", gt=0, le=1)
+    labeled_ratio: float = key(0.05, "fraction of each client's samples that keep their label "
+                               "(0 only with server_labels_per_class > 0)", ge=0, le=1)
     seen_classes: int = key(0, "classes that have labels; 0 = all (closed world)", ge=0)
     globally_unseen: int = key(0, "partition=openworld: unseen classes that live on one client only", ge=0)
     max_train_samples: int = key(0, "class-stratified train subset; 0 = whole train split", ge=0)
     max_test_samples: int = key(0, "test subset; 0 = whole test split", ge=0)
+    server_labels_per_class: int = key(0, "labeled train samples per class held by the server, removed "
+                                       "from the clients' pool; 0 = off", ge=0)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,11 @@ class ClientConfig:
     local_centroids: int = key(20, "FedoSSL: local k-means centroids per client", ge=1)
     memory_size: int = key(1024, "FedoSSL: feature memory per client", ge=1)
     pretrain_rounds: int = key(1, "ORCA / FedoSSL: plain labeled CE rounds first", ge=0)
+    mix_alpha: float = key(0.75, "SemiFL: mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
+    selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
+                                    ge=0, le=1)
+    ortho_lambda: float = key(0.01, "FedSTO: weight of the SRIP orthogonality penalty on the head (phase 2)",
+                              ge=0)
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,10 @@ class ServerConfig:
     tau: float = key(1e-3, "fedadam / fedyogi: adaptivity epsilon", gt=0)
     max_update_norm: float = key(0.0, "reject updates with a larger L2 norm; 0 = no bound", ge=0)
     divergence_factor: float = key(10.0, "stop when loss > factor x best loss", gt=1)
+    train_steps: int = key(50, "labels at server: SGD steps on the server's labels after each aggregation", ge=0)
+    warmup_steps: int = key(500, "labels at server: SGD steps on the server's labels before round 1", ge=0)
+    train_lr: float = key(0.03, "labels at server: server learning rate (follows client.lr_schedule)", gt=0)
+    train_batch_size: int = key(32, "labels at server: server batch size", ge=2)
 
 
 @dataclass(frozen=True)
