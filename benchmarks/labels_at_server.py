@@ -61,6 +61,21 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
     return o
 
 
+def run_with_retries(cfg, run_dir: Path, attempts: int = 3) -> None:
+    """Ray's node start can time out on an overloaded machine; retry from scratch."""
+    import shutil
+
+    for i in range(attempts):
+        try:
+            run_experiment(cfg, quiet=True)
+            return
+        except RuntimeError as e:
+            print(f"{run_dir}: attempt {i + 1} failed ({e}); retrying", flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            time.sleep(5)
+    run_experiment(cfg, quiet=True)
+
+
 def read_curve(run_dir: Path) -> list[float]:
     with open(run_dir / "metrics.csv") as f:
         return [float(r["acc_all"]) for r in csv.DictReader(f)]
@@ -96,7 +111,7 @@ def main() -> None:
                         cfg = resolve(overrides={**overrides(method, part, labels, seed, args),
                                                  "run.out_dir": str(run_dir), **extra})
                         t0 = time.time()
-                        run_experiment(cfg, quiet=True)
+                        run_with_retries(cfg, run_dir)
                         print(f"L{labels} {part} {method}{args.tag} seed {seed}: "
                               f"{read_curve(run_dir)[-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
                     curves.setdefault((labels, part, method + args.tag), []).append(read_curve(run_dir))
