@@ -77,8 +77,14 @@ def run_with_retries(cfg, run_dir: Path, attempts: int = 3) -> None:
 
 
 def read_curve(run_dir: Path) -> list[float]:
+    """Test accuracy at every evaluated round."""
     with open(run_dir / "metrics.csv") as f:
         return [float(r["acc_all"]) for r in csv.DictReader(f)]
+
+
+def eval_rounds(run_dir: Path) -> list[int]:
+    with open(run_dir / "metrics.csv") as f:
+        return [int(r["round"]) for r in csv.DictReader(f)]
 
 
 def main() -> None:
@@ -98,16 +104,20 @@ def main() -> None:
     ap.add_argument("--warmup-steps", type=int, default=500)
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value for every run")
     ap.add_argument("--tag", default="", help="suffix of the run directories (ablations)")
+    ap.add_argument("--report-only", action="store_true", help="tabulate finished runs, start none")
     args = ap.parse_args()
     out = Path(args.out)
     extra = dict(s.split("=", 1) for s in args.set)
     curves: dict[tuple, list[list[float]]] = {}
+    x_rounds: dict[tuple, list[int]] = {}
     for labels in [int(x) for x in args.labels.split(",")]:
         for part in args.partitions.split(","):
             for method in args.methods.split(","):
                 for seed in [int(x) for x in args.seeds.split(",")]:
                     run_dir = out / f"L{labels}_{part}" / f"{method}{args.tag}" / f"seed{seed}"
                     if not (run_dir / "summary.json").exists():
+                        if args.report_only:
+                            continue
                         cfg = resolve(overrides={**overrides(method, part, labels, seed, args),
                                                  "run.out_dir": str(run_dir), **extra})
                         t0 = time.time()
@@ -115,10 +125,11 @@ def main() -> None:
                         print(f"L{labels} {part} {method}{args.tag} seed {seed}: "
                               f"{read_curve(run_dir)[-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
                     curves.setdefault((labels, part, method + args.tag), []).append(read_curve(run_dir))
-    report(out, curves)
+                    x_rounds[(labels, part, method + args.tag)] = eval_rounds(run_dir)
+    report(out, curves, x_rounds)
 
 
-def report(out: Path, curves: dict[tuple, list[list[float]]]) -> None:
+def report(out: Path, curves: dict[tuple, list[list[float]]], x_rounds: dict[tuple, list[int]]) -> None:
     rows = []
     for (labels, part, method), runs in curves.items():
         finals = [c[-1] for c in runs]
@@ -129,7 +140,7 @@ def report(out: Path, curves: dict[tuple, list[list[float]]]) -> None:
                      "final_mean": mean, "final_std": statistics.pstdev(finals),
                      "gain_vs_server_only": mean - statistics.mean(c[-1] for c in base) if base else float("nan"),
                      "gap_to_central": statistics.mean(c[-1] for c in central) - mean if central else float("nan"),
-                     "rounds": len(runs[0])})
+                     "rounds": x_rounds[(labels, part, method)][-1]})
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -156,7 +167,7 @@ def report(out: Path, curves: dict[tuple, list[list[float]]]) -> None:
                 continue
             n = min(len(c) for c in runs)
             mean = [statistics.mean(c[i] for c in runs) for i in range(n)]
-            ax.plot(range(1, n + 1), mean, label=method)
+            ax.plot(x_rounds[(lb, pt, method)][:n], mean, marker="o", label=method)
         ax.set_title(f"Fashion-MNIST, {labels} server labels/class, {part}")
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy (mean over seeds)")
