@@ -11,9 +11,13 @@ holding ``labels`` samples per class and training on them after every aggregatio
   semifl       SemiFL: fixed global pseudo-labels, Fix + Mix loss, equal weights,
                FedAvgM with lr 1 and momentum 0.5 (IID) / 0.1 (non-IID)
   fedsto       FedSTO: backbone-only phase, then full training with SRIP on the head
-  central      one client holding ALL the unlabeled data, FixMatch with
-               10 x local steps per round (the same number of client steps per round
-               as 10 clients), + the same server step: the SSL upper reference
+  central      centralized SSL upper reference: one client holding ALL the data with
+               the same number of labels per class (labels / 6000 of Fashion-MNIST's
+               6000 per class: exactly that many per class), FixMatch's joint loss,
+               10 x local steps per round (as many steps per round as 10 clients), no
+               server labels or server step
+  central_alt  one client holding all the unlabeled data, FixMatch, 10 x local steps,
+               alternating with the server step (the federated pipeline with one client)
 
 The full grid of the issue (labels 10,50 x iid,dir0.3 x 3 seeds x 100 rounds):
 
@@ -36,7 +40,8 @@ from pathlib import Path
 from fedssl.config import resolve
 from fedssl.simulation import run_experiment
 
-METHODS = ("server_only", "fixmatch", "semifl", "fedsto", "central")
+METHODS = ("server_only", "fixmatch", "semifl", "fedsto", "central", "central_alt")
+TRAIN_PER_CLASS = 6000  # Fashion-MNIST
 PARTITIONS = {"iid": {"data.partition": "iid"},
               "dir0.3": {"data.partition": "dirichlet", "data.alpha": 0.3}}
 
@@ -52,9 +57,12 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
         o["client.algorithm"] = "supervised"
     elif method in ("fixmatch", "fedsto", "semifl"):
         o["client.algorithm"] = method
-    elif method == "central":
+    elif method in ("central", "central_alt"):
         o.update({"client.algorithm": "fixmatch", "data.num_clients": 1, "data.partition": "iid",
                   "federation.fraction_train": 1.0, "client.local_steps": args.local_steps * args.per_round})
+        if method == "central":
+            o.update({"data.server_labels_per_class": 0, "data.labeled_ratio": labels / TRAIN_PER_CLASS,
+                      "server.train_steps": 0, "server.warmup_steps": 0})
     if method == "semifl":  # SemiFL's global momentum: 0.5 IID, 0.1 non-IID, server lr 1
         o.update({"server.strategy": "fedavgm", "server.server_lr": 1.0,
                   "server.server_momentum": 0.5 if partition == "iid" else 0.1})
