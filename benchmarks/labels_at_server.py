@@ -34,11 +34,12 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from fedssl.config import resolve
-from fedssl.simulation import run_experiment
 
 METHODS = ("server_only", "fixmatch", "semifl", "fedsto", "central", "central_alt")
 TRAIN_PER_CLASS = 6000  # Fashion-MNIST
@@ -69,19 +70,24 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
     return o
 
 
-def run_with_retries(cfg, run_dir: Path, attempts: int = 3) -> None:
-    """Ray's node start can time out on an overloaded machine; retry from scratch."""
-    import shutil
-
+def run_with_retries(overrides: dict, raw: dict, run_dir: Path, attempts: int = 3) -> None:
+    """One `fedssl run` per experiment, in its own process: Ray's node start can time
+    out on an overloaded machine, and a crashed in-process simulation can leave its
+    ServerApp thread behind; a fresh process per attempt leaves nothing behind."""
+    flags = []
+    for k, v in overrides.items():
+        flags += ["--set", f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"]
+    for k, v in raw.items():  # --set text from our own command line, passed on as typed
+        flags += ["--set", f"{k}={v}"]
     for i in range(attempts):
-        try:
-            run_experiment(cfg, quiet=True)
+        proc = subprocess.run([sys.executable, "-m", "fedssl.cli", "run", "--quiet", "--overwrite",
+                               "--out", str(run_dir), *flags], capture_output=True, text=True)
+        if proc.returncode == 0 and (run_dir / "summary.json").exists():
             return
-        except RuntimeError as e:
-            print(f"{run_dir}: attempt {i + 1} failed ({e}); retrying", flush=True)
-            shutil.rmtree(run_dir, ignore_errors=True)
-            time.sleep(5)
-    run_experiment(cfg, quiet=True)
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"{run_dir}: attempt {i + 1} failed ({tail}); retrying", flush=True)
+        time.sleep(5)
+    raise SystemExit(f"error: {run_dir} failed {attempts} times")
 
 
 def read_curve(run_dir: Path) -> list[float]:
@@ -126,10 +132,11 @@ def main() -> None:
                     if not (run_dir / "summary.json").exists():
                         if args.report_only:
                             continue
-                        cfg = resolve(overrides={**overrides(method, part, labels, seed, args),
-                                                 "run.out_dir": str(run_dir), **extra})
+                        over = overrides(method, part, labels, seed, args)
+                        over = {k: v for k, v in over.items() if k not in extra}
+                        resolve(overrides={**over, **extra})  # bad settings fail here, before any run
                         t0 = time.time()
-                        run_with_retries(cfg, run_dir)
+                        run_with_retries(over, extra, run_dir)
                         print(f"L{labels} {part} {method}{args.tag} seed {seed}: "
                               f"{read_curve(run_dir)[-1]:.4f} ({time.time() - t0:.0f} s)", flush=True)
                     curves.setdefault((labels, part, method + args.tag), []).append(read_curve(run_dir))
