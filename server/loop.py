@@ -293,7 +293,8 @@ class ServerRunner:
                             "dropped from this round", rnd, node, group, f.round_timeout)
         info: dict[str, Any] = {"clients": len(accepted), "rejected_updates": rejected,
                                 "failed_clients": failed, "messages": len(msgs), "t_round_trip_s": t_send}
-        info.update({k: float(np.mean(v)) for k, v in train_metrics.items()})
+        # sorted: a mean independent of the order replies arrive in (bit-exact resume)
+        info.update({k: float(np.mean(sorted(v))) for k, v in train_metrics.items()})
         info.update({k: v / max(1, len(accepted)) for k, v in timing.items()})
         new_arrays = self.strategy.aggregate(rnd, accepted, global_np) if accepted else None
         if new_arrays is None:
