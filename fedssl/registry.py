@@ -68,6 +68,8 @@ ALGORITHM_NAMES: dict[str, bool] = {
     "meanteacher": False,
     "uda": False,
     "shrinkmatch": False,
+    "semifl": False,
+    "fedsto": False,
     "orca": True,
     "fedossl": True,
 }

@@ -77,7 +77,9 @@ class _Sampler:
 
 
 def build_algorithm(cfg: Config) -> Algorithm:
-    return ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
+    algo = ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
+    algo.rounds = cfg.federation.rounds  # for schedules over the run (FedSTO's phases)
+    return algo
 
 
 def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm) -> int:
@@ -190,9 +192,11 @@ def train_client(
         il = lab.take(c.batch_size).to(device, non_blocking=True)
         batch = Batch(x_l=_views(x_l[il], algorithm.labeled_views, data.flip), y_l=y_l[il], x_u=[])
         if use_unlabeled:
-            iu = unl.take(c.batch_size * c.uratio).to(device, non_blocking=True)
+            iu_cpu = unl.take(c.batch_size * c.uratio)
+            iu = iu_cpu.to(device, non_blocking=True)
             batch.x_u = _views(x_u[iu], algorithm.unlabeled_views, data.flip)
             batch.y_u = y_u[iu]
+            batch.idx_u = iu_cpu  # positions in the shard (SemiFL's per-round pseudo-labels)
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
@@ -218,6 +222,8 @@ def train_client(
         new_state.update({f"teacher.{k}": v for k, v in ctx.teacher.state_dict().items()})
     metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
     num_examples = len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0)
+    if algorithm.equal_weight:  # e.g. SemiFL: every active client counts the same
+        num_examples = 1
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
     return TrainResult(new_state, metrics, out_payload, max(num_examples, 1), timings)
 

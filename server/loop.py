@@ -32,10 +32,12 @@ from fedssl import runlog
 from fedssl.algorithms import ALGORITHMS
 from fedssl.config import Config
 from fedssl.data import load_dataset
+from fedssl.data.partition import server_labeled
 from fedssl.data.augment import normalize
 from fedssl.metrics import evaluate
 from fedssl.models import build_model, state_nbytes
 from fedssl.seeding import derive_seed
+from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
 from strategies import build_strategy
 from strategies.wrapper import FedSSLStrategy, is_simulation_grid
@@ -63,6 +65,8 @@ class ServerRunner:
                                  image_size=test_x.shape[1],
                                  cosine_head=ALGORITHMS[cfg.client.algorithm].open_world)
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
+        # labels at server: the server's own labeled set (None when it holds no labels)
+        self.server_trainer = load_server_trainer(cfg)
         pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
@@ -103,6 +107,8 @@ class ServerRunner:
         runlog.write_config(out, cfg.to_toml(), self.run_id)
         if ckpt is not None:
             arrays = self._resume(ckpt, st)
+        if self.server_trainer is not None and st.start_round == 1:  # warm-up before round 1
+            arrays = self.server_step(0, arrays, {})
         if not math.isfinite(st.best_loss):  # the initial model's loss anchors divergence checks
             st.best_loss = self.evaluate(0, arrays)["loss"]
         t_start = time.time()
@@ -150,11 +156,21 @@ class ServerRunner:
             info.update({f"fed_{k}": v for k, v in (res or {}).items()})
         if new_arrays is None:
             info["status"] = "no_update"
-            log.warning("round %d: no acceptable update; the global model is unchanged", rnd)
-            return arrays, info
-        if self.server_update is not None:
+            log.warning("round %d: no acceptable update; the aggregate is the previous model", rnd)
+            new_arrays = arrays
+        elif self.server_update is not None:
             new_arrays = self.server_update(new_arrays, rnd)
+        if self.server_trainer is not None:  # labels at server: after every aggregation
+            new_arrays = self.server_step(rnd, new_arrays, info)
         return new_arrays, info
+
+    def server_step(self, server_round: int, arrays: ArrayRecord, info: dict[str, Any]) -> ArrayRecord:
+        """Train the global model on the server's labeled set (SemiFL's alternate
+        training, ``fedssl.server_training``); round 0 is the warm-up before round 1."""
+        assert self.server_trainer is not None
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        info.update(self.server_trainer.step(self.model, server_round))
+        return ArrayRecord(self.model.state_dict())
 
     def _diverged(self, rnd: int, row: dict[str, Any], st: _State) -> bool:
         loss = row["loss"]
@@ -179,11 +195,14 @@ class ServerRunner:
             "round": rnd, "arrays": {k: arrays[k].numpy() for k in arrays},
             "strategy": self.strategy.state_dict(), "rows": st.rows, "wall_s": wall_s,
             "best_loss": st.best_loss, "run_id": self.run_id,
+            **({"server_training": self.server_trainer.state_dict()} if self.server_trainer else {}),
         })
         st.last_ckpt = rnd
 
     def _resume(self, ckpt: dict[str, Any], st: _State) -> ArrayRecord:
         self.strategy.load_state_dict(ckpt["strategy"])
+        if self.server_trainer is not None:
+            self.server_trainer.load_state_dict(ckpt.get("server_training", {}))
         st.rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
         st.start_round, st.wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
         st.best_loss, st.last_ckpt = ckpt["best_loss"], ckpt["round"]
@@ -219,6 +238,17 @@ class _State:
         self.start_round, self.wall_offset, self.best_loss = 1, 0.0, math.inf
         self.last_ckpt, self.status = 0, "ok"
         self.train_s: list[float] = []  # per round: sample, send, train, validate, aggregate
+
+
+def load_server_trainer(cfg: Config) -> ServerTrainer | None:
+    """Labels at server: the trainer on the server's own labeled set, drawn from the
+    train split exactly as the clients' partition sets it aside (None when off)."""
+    m = cfg.data.server_labels_per_class
+    if m <= 0:
+        return None
+    splits = load_dataset(cfg.data, cfg.run.seed)
+    idx = server_labeled(np.asarray(splits.train_y).astype(np.int64), m, splits.num_classes, cfg.run.seed, cfg.data.partition)
+    return build_server_trainer(cfg, splits.train_x, splits.train_y, idx)
 
 
 def load_test_split(cfg: Config) -> tuple[np.ndarray, np.ndarray]:

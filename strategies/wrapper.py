@@ -271,7 +271,8 @@ class _Tally:
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"clients": len(self.updates), "rejected_updates": self.rejected,
                                "failed_clients": self.failed, "messages": self.messages}
-        out.update({k: float(np.mean(v)) for k, v in self.train.items()})
+        # sorted: replies arrive in any order, and float sums depend on it (exact resume)
+        out.update({k: float(np.mean(sorted(v))) for k, v in self.train.items()})
         out.update({k: v / max(1, len(self.updates)) for k, v in self.timing.items()})
         return out
 

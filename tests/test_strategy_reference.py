@@ -22,7 +22,7 @@ def overrides(out: Path, name: str) -> dict[str, object]:
     # ordinary clients (no packing quirks), 3 rounds, fixed seed; eta small enough for
     # the adaptive optimisers to stay finite on a tiny CNN
     return tiny(out, **{"server.strategy": name, "federation.rounds": 3, "run.seed": 3,
-                        "client.algorithm": "fixmatch", "server.eta": 0.01,
+                        "client.algorithm": "supervised", "server.eta": 0.01,
                         "server.proximal_mu": 0.1})
 
 

@@ -34,6 +34,7 @@ class Batch:
     y_l: torch.Tensor
     x_u: list[torch.Tensor]
     y_u: torch.Tensor | None = None
+    idx_u: torch.Tensor | None = None  # positions of the unlabeled batch in the client's shard
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Algorithm:
     uses_teacher: bool = False  # the trainer keeps an EMA teacher for this client
     uses_unlabeled: bool = True
     pairs_with: str | None = None  # the server strategy that sends this algorithm's payload
+    equal_weight: bool = False  # aggregate with equal client weights (reports num-examples 1)
     labeled_views: tuple[str, ...] = ("weak",)
     unlabeled_views: tuple[str, ...] = ("weak", "strong")
 

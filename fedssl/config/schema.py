@@ -73,11 +73,14 @@ class DataConfig:
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
     classes_per_client: int = key(2, "classes per client under partition=pathological", ge=1)
     num_clients: int = key(20, "number of clients (partitions)", ge=1)
-    labeled_ratio: float = key(0.05, "fraction of each client's samples that keep their label", gt=0, le=1)
+    labeled_ratio: float = key(0.05, "fraction of each client's samples that keep their label "
+                               "(0 only with server_labels_per_class > 0)", ge=0, le=1)
     seen_classes: int = key(0, "classes that have labels; 0 = all (closed world)", ge=0)
     globally_unseen: int = key(0, "partition=openworld: unseen classes that live on one client only", ge=0)
     max_train_samples: int = key(0, "class-stratified train subset; 0 = whole train split", ge=0)
     max_test_samples: int = key(0, "test subset; 0 = whole test split", ge=0)
+    server_labels_per_class: int = key(0, "labeled train samples per class held by the server, removed "
+                                       "from the clients' pool; 0 = off", ge=0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,11 @@ class ClientConfig:
     pseudo_label_guard: str = key("none", "FedoSSL: none (reference) or agree: pseudo-label only "
                                   "where the classifier already predicts that class",
                                   choices=PSEUDO_LABEL_GUARDS)
+    mix_alpha: float = key(0.75, "SemiFL: mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
+    selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
+                                    ge=0, le=1)
+    ortho_lambda: float = key(0.01, "FedSTO: weight of the SRIP orthogonality penalty on the head (phase 2)",
+                              ge=0)
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,10 @@ class ServerConfig:
                                        "(reference 5/40)", ge=0, le=1)
     fedossl_pseudo_label_start: float = key(0.175, "fedossl: centroid pseudo-labels once this fraction "
                                             "is done (reference 7/40)", ge=0, le=1)
+    train_steps: int = key(50, "labels at server: SGD steps on the server's labels after each aggregation", ge=0)
+    warmup_steps: int = key(500, "labels at server: SGD steps on the server's labels before round 1", ge=0)
+    train_lr: float = key(0.03, "labels at server: server learning rate (follows client.lr_schedule)", gt=0)
+    train_batch_size: int = key(32, "labels at server: server batch size", ge=2)
 
 
 @dataclass(frozen=True)

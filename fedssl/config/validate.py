@@ -100,6 +100,12 @@ def check_class_counts(d: DataConfig, k: int) -> None:
 def _check_classes(cfg: Config) -> None:
     d = cfg.data
     check_class_counts(d, cfg.num_classes)
+    _require(d.labeled_ratio > 0 or d.server_labels_per_class > 0,
+             "data.labeled_ratio must be in (0, 1] (0 only with data.server_labels_per_class > 0), "
+             f"got {d.labeled_ratio}")
+    _require(d.server_labels_per_class == 0 or d.partition != "openworld",
+             "data.server_labels_per_class is not supported with data.partition=openworld "
+             "(the server would need labels of unseen classes); set it to 0")
     _require(d.globally_unseen == 0 or d.partition == "openworld",
              f"data.globally_unseen={d.globally_unseen} only applies with data.partition=openworld "
              f"(got partition={d.partition!r})")

@@ -34,6 +34,13 @@ Two steps:
    holding only unseen-class samples has no labeled sample (allowed; it trains on
    unlabeled data only); every other client has at least one.
 
+Labels at server (``server_labels_per_class`` = m > 0): before step 1, m samples of
+every class are drawn at random (seeded, its own stream) from the train split for the
+server; the partitioner then sees only the remaining pool, so no server sample is on
+any client. With ``labeled_ratio = 0`` every client sample is unlabeled; above 0
+clients also get labels as in step 2 (the mixed case). Not supported with
+``openworld`` (the server would hold labels of classes meant to be unseen).
+
 ``local_unseen`` / ``global_unseen`` are computed from the actual presence of unseen
 classes on clients (>= 2 clients / exactly 1 client), for every scheme.
 """
@@ -43,7 +50,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +59,7 @@ from fedssl.config import ConfigError, DataConfig, check_class_counts
 __all__ = ["Shard", "Partition", "make_partition", "client_shard"]
 
 _PART_TAG = 0xFED55
+_SERVER_TAG = 0x5E4BE4
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,18 +79,63 @@ class Shard:
         return len(self.labeled) + len(self.unlabeled)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Partition:
     shards: tuple[Shard, ...]  # one per client
     num_seen: int  # class ids [0, num_seen) are seen
     local_unseen: tuple[int, ...]  # unseen classes present on >= 2 clients
     global_unseen: tuple[int, ...]  # unseen classes present on exactly 1 client
+    server: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # server's labeled indices
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Partition):
+            return NotImplemented
+        return (self.shards == other.shards and self.num_seen == other.num_seen
+                and self.local_unseen == other.local_unseen
+                and self.global_unseen == other.global_unseen
+                and np.array_equal(self.server, other.server))
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def make_partition(labels: np.ndarray, cfg: DataConfig, num_classes: int,
                    seed: int) -> Partition:
-    """Partition ``labels`` (train split) over ``cfg.num_clients`` clients."""
+    """Partition ``labels`` (train split) over ``cfg.num_clients`` clients, after
+    setting aside the server's labeled samples when ``server_labels_per_class > 0``."""
     labels = np.asarray(labels).astype(np.int64, copy=False)
+    m = getattr(cfg, "server_labels_per_class", 0)
+    if m:
+        server = server_labeled(labels, m, num_classes, seed, cfg.partition)
+        pool = np.setdiff1d(np.arange(len(labels)), server)  # sorted
+        part = _client_partition(labels[pool], cfg, num_classes, seed)
+        shards = tuple(Shard(_ro(pool[sh.labeled]), _ro(pool[sh.unlabeled])) for sh in part.shards)
+        return replace(part, shards=shards, server=_ro(server))
+    return _client_partition(labels, cfg, num_classes, seed)
+
+
+def server_labeled(labels: np.ndarray, per_class: int, num_classes: int, seed: int,
+                   partition: str = "") -> np.ndarray:
+    """Sorted indices of ``per_class`` random samples of every class (the server's set)."""
+    if per_class < 0:
+        raise ConfigError(f"data.server_labels_per_class must be >= 0, got {per_class}")
+    if partition == "openworld":
+        raise ConfigError("data.server_labels_per_class is not supported with "
+                          "data.partition=openworld; set it to 0")
+    counts = np.bincount(labels, minlength=num_classes)
+    smallest = int(counts.min()) if len(counts) else 0
+    if per_class > smallest:
+        raise ConfigError(
+            f"data.server_labels_per_class={per_class} is larger than the smallest class "
+            f"(class {int(counts.argmin())} has {smallest} training "
+            f"samples)")
+    rng = np.random.default_rng([_SERVER_TAG, seed])
+    picked = [rng.choice(np.flatnonzero(labels == k), size=per_class, replace=False)
+              for k in range(num_classes)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _client_partition(labels: np.ndarray, cfg: DataConfig, num_classes: int,
+                      seed: int) -> Partition:
     n, c, k = len(labels), cfg.num_clients, num_classes
     s = cfg.seen_classes or k
     if labels.ndim != 1:
@@ -114,7 +167,10 @@ def make_partition(labels: np.ndarray, cfg: DataConfig, num_classes: int,
             f"({int((sizes == 0).sum())} empty of {c}); lower data.num_clients"
             + (" or data.classes_per_client" if scheme == "pathological" else ""))
 
-    labeled = _label_mask(labels, owner, c, k, s, cfg.labeled_ratio, rng)
+    if cfg.labeled_ratio > 0:
+        labeled = _label_mask(labels, owner, c, k, s, cfg.labeled_ratio, rng)
+    else:  # labels at server only: every client sample is unlabeled
+        labeled = np.zeros(n, dtype=bool)
     lab_by_client = _group(np.flatnonzero(labeled), owner, c)
     unl_by_client = _group(np.flatnonzero(~labeled), owner, c)
     shards = tuple(Shard(_ro(lab), _ro(unl))

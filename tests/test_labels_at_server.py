@@ -1,0 +1,363 @@
+"""Labels at server (issue 11): the server's labeled set, server-side training,
+clients without labels, SemiFL and FedSTO."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from fedssl import runlog
+from fedssl.algorithms import Batch, RoundContext
+from fedssl.algorithms.fedsto import srip
+from fedssl.algorithms.semifl import semifl_loss
+from fedssl.config import ConfigError, DataConfig, resolve
+from fedssl.data import make_partition
+from fedssl.models import build_model
+from fedssl.server_training import ServerTrainer, recompute_bn_stats
+from fedssl.training import ClientData, build_algorithm, train_client
+from tests.conftest import ROOT, as_set_flags, assert_bad_input, run_cli, tiny
+
+K = 10
+
+
+def labels_from_counts(counts, seed=0) -> np.ndarray:
+    y = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+    return np.random.default_rng(seed).permutation(y)
+
+
+# -- partition ----------------------------------------------------------------------
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(counts=st.lists(st.integers(8, 60), min_size=K, max_size=K),
+       per_class=st.integers(1, 8), clients=st.integers(1, 12),
+       scheme=st.sampled_from(["iid", "dirichlet", "pathological"]),
+       ratio=st.sampled_from([0.0, 0.2]), seed=st.integers(0, 2**16))
+def test_server_labels_are_exact_disjoint_and_off_every_client(counts, per_class, clients, scheme,
+                                                               ratio, seed):
+    labels = labels_from_counts(counts, seed)
+    cfg = DataConfig(partition=scheme, num_clients=clients, alpha=0.3, classes_per_client=2,
+                     labeled_ratio=ratio, server_labels_per_class=per_class)
+    part = make_partition(labels, cfg, K, seed)
+    server = part.server
+    assert np.array_equal(np.bincount(labels[server], minlength=K), np.full(K, per_class))
+    assert np.all(np.diff(server) > 0)
+    on_clients = np.concatenate([np.concatenate([s.labeled, s.unlabeled]) for s in part.shards])
+    assert not np.intersect1d(on_clients, server).size, "a server sample is on a client"
+    assert len(np.unique(on_clients)) == len(on_clients), "clients overlap"
+    assert np.array_equal(np.sort(np.concatenate([on_clients, server])), np.arange(len(labels)))
+    if ratio == 0:
+        assert all(len(s.labeled) == 0 for s in part.shards), "clients must hold no labels"
+    else:
+        assert sum(len(s.labeled) for s in part.shards) > 0, "mixed case: clients keep labels"
+    assert make_partition(labels, cfg, K, seed) == part, "reproducible"
+
+
+def test_server_draw_depends_on_the_seed_and_not_on_the_partitioner():
+    labels = labels_from_counts([50] * K)
+    a = make_partition(labels, DataConfig(partition="iid", num_clients=5, labeled_ratio=0.0,
+                                          server_labels_per_class=3), K, 0)
+    b = make_partition(labels, DataConfig(partition="dirichlet", num_clients=5, labeled_ratio=0.0,
+                                          server_labels_per_class=3), K, 0)
+    c = make_partition(labels, DataConfig(partition="iid", num_clients=5, labeled_ratio=0.0,
+                                          server_labels_per_class=3), K, 1)
+    assert np.array_equal(a.server, b.server) and not np.array_equal(a.server, c.server)
+
+
+def test_server_labels_larger_than_smallest_class_is_a_config_error():
+    labels = labels_from_counts([30] * 9 + [4])
+    with pytest.raises(ConfigError, match="server_labels_per_class=5 is larger than the smallest class"):
+        make_partition(labels, DataConfig(labeled_ratio=0.0, server_labels_per_class=5), K, 0)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["data.server_labels_per_class=-1"], "data.server_labels_per_class"),
+    (["data.server_labels_per_class=7000", "data.labeled_ratio=0"], "larger than the smallest class"),
+    (["data.server_labels_per_class=5", "data.partition='openworld'", "data.seen_classes=6"],
+     "openworld"),
+    (["data.labeled_ratio=0"], "data.labeled_ratio"),
+    (["server.train_lr=0"], "server.train_lr"),
+])
+def test_bad_server_label_settings_exit_2_with_one_line(tmp_path, fmnist, flags, needle):
+    proc = run_cli("run", "--out", str(tmp_path / "o"), *sum((["--set", f] for f in flags), []))
+    assert_bad_input(proc, needle)
+    assert not (tmp_path / "o").exists()
+
+
+# -- losses against hand computations -------------------------------------------------
+def np_ce(z, y) -> float:
+    z = np.asarray(z, dtype=np.float64)
+    return float(np.log(np.exp(z - z.max()).sum()) + z.max() - z[y])
+
+
+def test_semifl_loss_terms_by_hand():
+    strong = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0]], dtype=torch.float64)
+    mix = torch.tensor([[1.0, 1.0, 0.0], [0.5, 0.0, 2.0]], dtype=torch.float64)
+    y_hat, y_p, lam = torch.tensor([0, 1]), torch.tensor([2, 0]), 0.3
+    fix, mx = semifl_loss(strong, mix, y_hat, y_p, lam)
+    want_fix = (np_ce([2, 0, 1], 0) + np_ce([0, 3, 0], 1)) / 2
+    want_mix = (lam * (np_ce([1, 1, 0], 0) + np_ce([0.5, 0, 2], 1)) / 2
+                + (1 - lam) * (np_ce([1, 1, 0], 2) + np_ce([0.5, 0, 2], 0)) / 2)
+    assert fix.item() == pytest.approx(want_fix) and mx.item() == pytest.approx(want_mix)
+    empty = semifl_loss(strong[:0], mix[:0], y_hat[:0], y_p[:0], lam)
+    assert empty[0].item() == 0.0 and empty[1].item() == 0.0
+
+
+def test_semifl_client_loss_on_a_constructed_batch(monkeypatch):
+    """Fixed global pseudo-labels, threshold, Beta-mixed weak views with partners from
+    all local samples and their argmax labels; a linear model so the math is explicit."""
+    import fedssl.algorithms.semifl as semifl_mod
+
+    monkeypatch.setattr(semifl_mod, "weak", lambda x, flip=True: x)  # identity weak view
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
+    x_u = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
+    probs = torch.tensor([[0.97, 0.02, 0.01], [0.5, 0.3, 0.2], [0.01, 0.98, 0.01],
+                          [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]], dtype=torch.float64)
+    alg = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.threshold": 0.95,
+                                             "client.lambda_u": 1.0}))
+    alg._x_u, alg._flip, alg._probs = x_u, False, probs
+    strong = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    batch = Batch(x_l=[torch.zeros(0, 1, 2, 2, dtype=torch.float64)], y_l=torch.zeros(0, dtype=torch.long),
+                  x_u=[strong], idx_u=torch.tensor([0, 1, 2]))
+    torch.manual_seed(7)
+    loss, metrics = alg.loss(model, batch, RoundContext(1))
+    torch.manual_seed(7)  # replay the draws: partners for the 2 confident samples, then lambda
+    partner = torch.randint(0, 5, (2,))
+    lam = float(torch.distributions.Beta(0.75, 0.75).sample())
+    norm = lambda x: x.double() / 127.5 - 1.0  # noqa: E731
+    w, b = model[1].weight.detach().numpy(), model[1].bias.detach().numpy()
+    f = lambda x: x.reshape(len(x), -1).numpy() @ w.T + b  # noqa: E731
+    conf = [0, 2]  # samples 0 and 2 pass tau = 0.95; labels 0 and 1
+    zs = f(strong[conf])
+    zm = f(lam * norm(x_u[conf]) + (1 - lam) * norm(x_u[partner]))
+    y_p = probs[partner].argmax(1).numpy()
+    want_fix = (np_ce(zs[0], 0) + np_ce(zs[1], 1)) / 2
+    want_mix = (lam * (np_ce(zm[0], 0) + np_ce(zm[1], 1)) / 2
+                + (1 - lam) * (np_ce(zm[0], y_p[0]) + np_ce(zm[1], y_p[1])) / 2)
+    assert loss.item() == pytest.approx(want_fix + want_mix, rel=1e-6)  # views are float32
+    assert metrics["mask"] == pytest.approx(2 / 3) and metrics["mix_lambda"] == pytest.approx(lam)
+
+
+def test_srip_of_scaled_orthonormal_rows_is_exact():
+    q, _ = torch.linalg.qr(torch.randn(8, 3, dtype=torch.float64))
+    w = math.sqrt(1.5) * q.t()  # rows orthonormal x sqrt(1.5): W W^T - I = 0.5 I
+    assert srip(w).item() == pytest.approx(0.5)
+    assert srip(q.t()).item() == pytest.approx(0.0, abs=1e-9)
+
+
+class Tiny(nn.Module):
+    """features = table[id]; logits = head(features)."""
+
+    def __init__(self, feats, head_w) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.tensor(feats, dtype=torch.float64))
+        self.head = nn.Linear(len(feats[0]), len(head_w), bias=False).double()
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(head_w, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.head(self.table[x[:, 0].long()])
+
+
+def test_fedsto_phases_loss_and_frozen_head():
+    q, _ = torch.linalg.qr(torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    head_w = (math.sqrt(1.2) * q.t()).numpy()  # SRIP = 0.2 exactly
+    feats = [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    teacher = Tiny(feats, head_w)
+    student = Tiny(feats, head_w)
+    cfg = resolve(overrides={"client.algorithm": "fedsto", "federation.rounds": 10,
+                             "client.selective_fraction": 0.5, "client.threshold": 0.5,
+                             "client.ortho_lambda": 0.1})
+    alg = build_algorithm(cfg)
+    ids = lambda *i: torch.tensor(i, dtype=torch.float64)[:, None]  # noqa: E731
+    batch = Batch(x_l=[ids()[:0]], y_l=torch.zeros(0, dtype=torch.long), x_u=[ids(0, 1, 2), ids(3, 2, 1)])
+    z = (np.array(feats) @ head_w.T)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    keep = p[:3].max(1) >= 0.5
+    want_u = sum(np_ce(z[[3, 2, 1][i]], p[i].argmax()) for i in range(3) if keep[i]) / 3
+    for rnd, reg in ((5, 0.0), (6, 0.1 * 0.2)):  # phase 1 ends at ceil(0.5 * 10) = 5
+        ctx = RoundContext(rnd, teacher=teacher)
+        alg.begin_round(student, ctx, None)
+        assert student.head.weight.requires_grad == (rnd > 5)
+        loss, _ = alg.loss(student, batch, ctx)
+        assert loss.item() == pytest.approx(want_u + reg)
+        alg.end_round(student, ctx, None)
+        assert student.head.weight.requires_grad
+    assert alg.server_penalty(student, 3) is None and alg.server_penalty(student, 7).item() == pytest.approx(0.02)
+
+
+# -- clients without labels -----------------------------------------------------------
+def unlabeled_only(n: int = 12) -> ClientData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return ClientData(x[:0], torch.zeros(0, dtype=torch.long), x, torch.randint(0, 10, (n,), generator=g),
+                      flip=False)
+
+
+def test_supervised_on_a_client_without_labels_returns_the_global_model_untouched():
+    cfg = resolve(overrides={"client.algorithm": "supervised", "client.local_epochs": 5})
+    model = build_model("cnn", 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_client(model, build_algorithm(cfg), unlabeled_only(), cfg, server_round=1,
+                       partition_id=0, state=None)
+    assert res.num_examples == 1 and res.metrics == {}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "meanteacher", "uda", "shrinkmatch", "semifl", "fedsto"])
+def test_every_ssl_algorithm_trains_on_unlabeled_data_alone(name):
+    cfg = resolve(overrides={"client.algorithm": name, "client.local_steps": 2, "client.batch_size": 4,
+                             "client.uratio": 2, "client.threshold": 0.05, "federation.rounds": 4})
+    model = build_model("cnn", 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_client(model, build_algorithm(cfg), unlabeled_only(), cfg, server_round=3,
+                       partition_id=0, state=None)
+    assert math.isfinite(res.metrics["train_loss"]) and res.metrics["train_loss"] > 0
+    assert res.metrics.get("train_loss_x", 0.0) == 0.0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- server-side training ---------------------------------------------------------------
+def server_trainer(**over) -> ServerTrainer:
+    cfg = resolve(overrides={"server.train_steps": 4, "server.train_batch_size": 8,
+                             "federation.rounds": 5, **over})
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return ServerTrainer(cfg, x, torch.randint(0, 10, (20,), generator=g))
+
+
+def test_server_training_resumes_exactly_from_its_saved_state(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("cnn", 10)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    straight = server_trainer()
+    for r in (0, 1, 2, 3):
+        straight.step(model, r)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(init)
+    first = server_trainer()
+    for r in (0, 1):
+        first.step(model, r)
+    torch.save({"st": first.state_dict(), "model": model.state_dict()}, tmp_path / "ck.pt")
+    ck = torch.load(tmp_path / "ck.pt", weights_only=False)
+    model2 = build_model("cnn", 10)
+    model2.load_state_dict(ck["model"])
+    second = server_trainer()
+    second.load_state_dict(ck["st"])
+    for r in (2, 3):
+        second.step(model2, r)
+    assert all(torch.equal(want[k], v) for k, v in model2.state_dict().items())
+    assert first.state_dict()["momentum"], "momentum buffers must be part of the state"
+    model2.load_state_dict(ck["model"])
+    fresh = server_trainer()  # the same rounds without the saved momentum differ
+    for r in (2, 3):
+        fresh.step(model2, r)
+    assert any(not torch.equal(want[k], v) for k, v in model2.state_dict().items())
+
+
+def test_static_bn_statistics_are_recomputed_on_server_data():
+    model = build_model("resnet18", 10)
+    x = torch.randn(16, 1, 28, 28) * 3 + 2
+    assert recompute_bn_stats(model, x)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn.running_mean.abs().sum() > 0 and bn.momentum == 0.1
+    assert not recompute_bn_stats(build_model("cnn", 10), x), "cnn has no BN"
+
+
+# -- real Flower simulations ------------------------------------------------------------
+def las(out: Path, **extra) -> dict:
+    return tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
+                        "client.algorithm": "semifl", "client.threshold": 0.3,
+                        "server.strategy": "fedavgm", "server.server_momentum": 0.5,
+                        "server.warmup_steps": 0, "server.train_steps": 10, **extra})
+
+
+def rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_server_step_changes_the_global_model_in_a_flower_simulation(tmp_path):
+    from fedssl.simulation import run_experiment
+
+    on = run_experiment(resolve(overrides=las(tmp_path / "on", **{"run.checkpoint_every": 1})), quiet=True)
+    off = run_experiment(resolve(overrides=las(tmp_path / "off", **{"server.train_steps": 0,
+                                                                    "run.checkpoint_every": 1})), quiet=True)
+    assert on["status"] == off["status"] == "ok" and on["final"]["round"] == 2
+    a = runlog.load_checkpoint(tmp_path / "on")["arrays"]
+    b = runlog.load_checkpoint(tmp_path / "off")["arrays"]
+    assert any(not np.array_equal(a[k], b[k]) for k in a), "server training had no effect"
+    r_on, r_off = rows(tmp_path / "on"), rows(tmp_path / "off")
+    assert all(float(r["server_steps"]) == 10 for r in r_on)
+    assert all(not r.get("server_steps") for r in r_off)
+    assert [r["clients"] for r in r_on] == ["4", "4"]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def test_kill9_then_resume_keeps_server_training_exact(tmp_path):
+    """Server optimizer state and the FedAvgM momentum survive kill -9 + --resume."""
+    from fedssl.simulation import run_experiment
+
+    killed = tmp_path / "killed"
+    over = las(killed, **{"federation.rounds": 4, "client.local_steps": 20, "run.checkpoint_every": 1,
+                          "server.warmup_steps": 5})
+    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            ckpt = runlog.load_checkpoint(killed) if (killed / "checkpoint.pt").exists() else None
+            if ckpt and ckpt["round"] >= 2:
+                break
+            assert proc.poll() is None, "run ended before it could be killed"
+            time.sleep(0.2)
+        assert not (killed / "summary.json").exists(), "too late: the run already finished"
+        for pid in _descendants(proc.pid) | {proc.pid}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert runlog.load_checkpoint(killed)["server_training"]["momentum"]
+    resumed = run_cli("run", "--resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "straight")}), quiet=True)
+    timeless = lambda rs: [{k: v for k, v in r.items()  # noqa: E731
+                            if not k.startswith(("wall_s", "round_s", "t_"))} for r in rs]
+    got, want = rows(killed), rows(tmp_path / "straight")
+    assert [r["round"] for r in got] == ["1", "2", "3", "4"]
+    assert timeless(got) == timeless(want)
