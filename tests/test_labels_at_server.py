@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fedssl import runlog
+from fedssl.deploy.processes import descendants
 from fedssl.algorithms import Batch, RoundContext
 from fedssl.algorithms.fedsto import srip
 from fedssl.algorithms.semifl import semifl_loss
@@ -306,24 +307,6 @@ def test_server_step_changes_the_global_model_in_a_flower_simulation(tmp_path):
     assert [r["clients"] for r in r_on] == ["4", "4"]
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
 def test_kill9_then_resume_keeps_server_training_exact(tmp_path):
     """Server optimizer state and the FedAvgM momentum survive kill -9 + --resume."""
     from fedssl.simulation import run_experiment
@@ -337,13 +320,13 @@ def test_kill9_then_resume_keeps_server_training_exact(tmp_path):
     deadline = time.time() + 600
     try:
         while time.time() < deadline:
-            ckpt = runlog.load_checkpoint(killed) if (killed / "checkpoint.pt").exists() else None
+            ckpt = runlog.load_checkpoint(killed) if (killed / runlog.CHECKPOINT).exists() else None
             if ckpt and ckpt["round"] >= 2:
                 break
             assert proc.poll() is None, "run ended before it could be killed"
             time.sleep(0.2)
         assert not (killed / "summary.json").exists(), "too late: the run already finished"
-        for pid in _descendants(proc.pid) | {proc.pid}:
+        for pid in [*descendants(proc.pid), proc.pid]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
