@@ -1,19 +1,15 @@
 """``fedssl deploy containers``: a whole federation in containers on this machine.
 
-One SuperLink, N SuperNodes (each with its own exported shard, mounted read-only,
-and its own state volume, and its ClientApp in a ``clientapp`` container next to it,
-Flower's ``--isolation process``), and the ServerApp in a ``serverapp`` container.
-The compose file is generated for N nodes (``OUT/containers/compose.yml``; both
-podman-compose and docker compose read it), the experiment is submitted from this
-host with ``flwr run`` against the SuperLink's published port, and the ServerApp
-writes metrics.csv / summary.json / config.toml into ``OUT`` (mounted at
-``/fedssl/runs``). With ``--tls`` the SuperLink serves TLS with certificates from
-``fedssl deploy certs`` (SAN ``superlink``) and only SuperNodes whose keys (``fedssl
-deploy node-keys``) were registered with ``flwr supernode register`` may join.
-
-Networks: ``fleet`` joins the SuperLink, the ServerApp and the SuperNodes; each
-SuperNode shares an internal network ``node-<i>`` with its ClientApp only (their
-Runtime API is plain HTTP).
+One SuperLink, the ServerApp in a ``serverapp`` container, and N SuperNodes, each with
+its exported shard (read-only), a state volume and its ClientApp in a ``clientapp``
+container next to it (Flower's ``--isolation process``). The compose file is generated
+for N (``OUT/containers/compose.yml``, read by podman-compose and docker compose); the
+run is submitted from this host with ``flwr run``; the ServerApp writes metrics.csv /
+summary.json into ``OUT`` (mounted at ``/fedssl/runs``). ``--tls``: certificates as from
+``fedssl deploy certs`` (SAN ``superlink``) and SuperNode authentication with keys as
+from ``fedssl deploy node-keys``. Networks: ``fleet`` joins SuperLink, ServerApp and
+SuperNodes; each SuperNode shares an internal ``node-<i>`` with its ClientApp only
+(their Runtime API is plain HTTP).
 """
 
 from __future__ import annotations

@@ -254,13 +254,16 @@ def _image_id(engine: Engine, image: str) -> str:
 
 
 def build_image(engine: Engine, ctx: Path, dockerfile: Path, image: str, args: dict[str, str],
-                target: str | None, echo: Echo) -> bool:
+                target: str | None, echo: Echo, with_fedssl: bool = True) -> bool:
     """Build ``image`` unless one labelled with the same inputs exists (returns
-    whether it built). Inputs: the Dockerfile, build args (with the parent's image id)
-    and the wheelhouse's requirement files and fedssl wheel."""
+    whether it built). Inputs: the Dockerfile, build args (with the parent's image id),
+    the wheelhouse's wheels and requirement files, and (``with_fedssl``) fedssl's sources."""
     wheels = ctx / "wheels"
     files = sorted(p.name for p in wheels.glob("*.whl")) + [
-        (wheels / "stamp.json").read_text(), (wheels / "torchvision_ops_shim.py").read_text()]
+        p.read_text() for p in sorted(wheels.glob("requirements-*.txt"))]
+    if with_fedssl:
+        files += [json.loads((wheels / "stamp.json").read_text())["source"],
+                  (wheels / "torchvision_ops_shim.py").read_text()]
     parent = _image_id(engine, args["BASE_IMAGE"]) if args["BASE_IMAGE"].startswith("localhost/") else ""
     key = _digest(dockerfile.read_text(), args, parent, target, files)
     if _label(engine, image) == key:
@@ -294,11 +297,11 @@ def build_images(engine: Engine, root: Path, echo: Echo, official: bool = False)
     else:
         base = tag("flwr").replace(VERSION, FLWR)
         build_image(engine, ctx, docker / "flwr-base.Dockerfile", base,
-                    {"BASE_IMAGE": debian_base(engine, ctx, echo)}, None, echo)
+                    {"BASE_IMAGE": debian_base(engine, ctx, echo)}, None, echo, with_fedssl=False)
         bases = dict.fromkeys(ROLES, base)
         pip = {"PIP_ARGS": "--no-index"}
     build_image(engine, ctx, docker / "superlink.Dockerfile", tag("superlink"),
-                {"BASE_IMAGE": bases["superlink"]}, None, echo)
+                {"BASE_IMAGE": bases["superlink"]}, None, echo, with_fedssl=False)
     build_image(engine, ctx, docker / "supernode.Dockerfile", tag("supernode"),
                 {"BASE_IMAGE": bases["supernode"], **pip}, None, echo)
     for role in ("serverapp", "clientapp"):
