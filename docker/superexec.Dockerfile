@@ -31,7 +31,10 @@ RUN python -m pip install --no-cache-dir --no-index --no-deps /tmp/fedssl/fedssl
     && rm -rf /tmp/fedssl \
     && python -c "import flwr, torch, server.app; v = flwr.__version__; assert v == '1.42.0', v" \
     && mkdir -p /fedssl/data /fedssl/state /fedssl/runs && chown -R app:app /fedssl
+# PYTHONDONTWRITEBYTECODE unset: every task is a fresh process that imports the FAB's
+# sources; cached bytecode keeps its start inside Flower's 30 s task-claim window.
 ENV FEDSSL_NO_DOWNLOAD=1 \
+    PYTHONDONTWRITEBYTECODE= \
     FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1 \
     OMP_NUM_THREADS=1

@@ -367,6 +367,7 @@ def cmd_containers(args: Any) -> int:
         print("error: interrupted; the federation's containers were removed", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         fed.down()
         signal.signal(signal.SIGTERM, old)
     if not args.quiet:
