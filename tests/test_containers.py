@@ -132,8 +132,11 @@ def test_containers_on_synthetic_shards_match_simulation(engine, tmp_path):
     logs = dep / "containers" / "logs"
     assert all((logs / f"{s}.log").exists() for s in ("superlink", "serverapp", "supernode-2", "clientapp-2"))
     assert os.stat(dep / "metrics.csv").st_uid == os.getuid()  # handed back to the invoking user
-    names = subprocess.run([engine.exe, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
-    assert "fedssl" not in names.stdout or "-superlink" not in names.stdout  # all removed
+    spec = json.loads((dep / "containers" / "compose.yml").read_text())
+    ours = {s["container_name"] for s in spec["services"].values()}
+    assert len(ours) == 8  # SuperLink, ServerApp, 3 x (SuperNode + ClientApp)
+    names = engine.run("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert not ours & set(names)  # every container removed
 
 
 def test_containers_on_fashion_mnist_shards_match_simulation(engine, tmp_path):
