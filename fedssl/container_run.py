@@ -287,6 +287,9 @@ class ContainerFederation:
             for service in spec["services"]:
                 (self.logs / f"{service}.log").write_text(self.logs_of(service))
             self.compose("down", "-v", "-t", "5", check=False)
+            # podman-compose 1.0 leaves the project's networks behind
+            nets = [f"{self.project}_{net}" for net in spec.get("networks", {})]
+            self.engine.run("network", "rm", *nets, check=False)
             self.up = False
         if os.getuid() == 0:
             for path in (self.out, self.workdir):
