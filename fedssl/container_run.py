@@ -24,10 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedssl.config import Config, ConfigError
-from fedssl.containers import Engine, Echo, tag
-from fedssl.deploy import (ANSI, RUN_ID, DeployError, app_dir, flower_exe, free_port, make_certs,
-                           make_node_key, node_config_string, run_config_string)
+from fedssl.config import Config
+from fedssl.containers import Echo, Engine, tag
+from fedssl.deploy import (
+    DeployError,
+    app_dir,
+    flower_exe,
+    free_port,
+    make_certs,
+    make_node_key,
+    node_config_string,
+    run_config_string,
+)
+from fedssl.deploy.federation import RUN_ID
+from fedssl.deploy.processes import ANSI
 
 APP_UID = 49999  # user `app` in every image
 RUNS = "/fedssl/runs"
@@ -133,15 +143,14 @@ class ContainerFederation:
         self.logs = self.workdir / "logs"
         self.up = False
 
-    def __enter__(self) -> ContainerFederation:
+    def __enter__(self) -> ContainerFederation:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.down()
 
     def _say(self, text: str) -> None:
-        if self.echo:
-            self.echo(text)
+        self.echo and self.echo(text)
 
     def name(self, service: str) -> str:
         return f"{self.project}-{service}"
@@ -149,7 +158,7 @@ class ContainerFederation:
     # -- compose
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [*self.engine.compose, "-p", self.project, "-f", str(self.workdir / "compose.yml"), *args]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.workdir)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.workdir, check=False)
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / "compose.log", "a") as fh:
             fh.write(f"$ {' '.join(cmd)}\n{res.stdout}{res.stderr}\n")
@@ -215,7 +224,7 @@ class ContainerFederation:
         env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0",
                "FLWR_DISABLE_UPDATE_CHECK": "1"}
         return subprocess.run([flower_exe("flwr"), *args], capture_output=True, text=True, timeout=timeout,
-                              env=env, cwd=app_dir())
+                              env=env, cwd=app_dir(), check=False)
 
     def start(self, nodes: list[int] | None = None) -> None:
         """Bring up the SuperLink and the ServerApp, register node keys (``auth``),
@@ -314,92 +323,3 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(p, uid, gid, follow_symlinks=False)
         except OSError:
             pass
-
-
-# ------------------------------------------------------------------------ the command
-def cmd_containers(args: Any) -> int:
-    """``fedssl deploy containers``: build (or reuse) the images, export the shards,
-    bring the federation up, ``flwr run``, and take it down."""
-    import signal
-    import sys
-    import tempfile
-
-    from fedssl.containers import BuildError, build_images, find_engine
-    from fedssl.data.export import export_shards
-    from fedssl.deploy import _resolve
-
-    extra: dict[str, Any] = {}
-    if args.clients is not None:
-        if args.clients < 1:
-            raise ConfigError(f"--clients must be >= 1, got {args.clients}")
-        extra["data.num_clients"] = args.clients
-    cfg = _resolve(args, extra)
-    engine = find_engine(args.engine)  # exit 2 naming the packages to install, before anything else
-    out = Path(args.out or cfg.run.out_dir).resolve()
-    if (out / "metrics.csv").exists() or (out / "summary.json").exists():
-        if not args.overwrite:
-            raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    echo = (lambda s: None) if args.quiet else (lambda s: print(f"[containers] {s}", file=sys.stderr, flush=True))
-    echo(f"engine: {engine.describe()}")
-
-    def _term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, _term)
-    fed = ContainerFederation(engine, cfg, out / "containers", tls=args.tls, auth=args.tls, echo=echo, out=out)
-    try:
-        t0 = time.time()
-        build_images(engine, app_dir(), echo, official=args.official_bases)
-        echo(f"images ready in {time.time() - t0:.0f} s")
-        if args.build_only:
-            return 0
-        with tempfile.TemporaryDirectory() as tmp:
-            echo(f"exporting {cfg.data.num_clients} shards ({cfg.data.dataset}, {cfg.data.partition})")
-            export_shards(cfg, Path(tmp) / "shards")
-            fed.prepare(Path(tmp) / "shards")
-        fed.start()
-        t1 = time.time()
-        echo(f"flwr run {app_dir()} {CONNECTION} --stream  (FLWR_HOME={fed.home}; log: {fed.logs / 'flwr-run.log'})")
-        summary = fed.wait_run(fed.start_run(), timeout=args.timeout)
-        echo(f"run finished in {time.time() - t1:.0f} s")
-    except (DeployError, BuildError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted; the federation's containers were removed", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        fed.down()
-        signal.signal(signal.SIGTERM, old)
-    if not args.quiet:
-        from fedssl.cli import _print_summary
-
-        _print_summary(summary, str(out))
-    return 0
-
-
-def add_parser(dsub: Any) -> None:
-    c = dsub.add_parser("containers", help="SuperLink, N SuperNodes and the ServerApp in containers, then `flwr run`",
-                        description="Build (or reuse) fedssl's images offline, export one shard per SuperNode, "
-                                    "start a SuperLink, N SuperNode + ClientApp container pairs and the "
-                                    "ServerApp with podman-compose or docker compose, run the experiment with "
-                                    "`flwr run`, leave metrics.csv / summary.json in --out, and remove the "
-                                    "containers.")
-    c.add_argument("--clients", type=int, metavar="N", help="number of SuperNodes (sets data.num_clients)")
-    c.add_argument("--engine", choices=["podman", "docker"], help="container engine (default: podman, else docker)")
-    c.add_argument("--tls", action="store_true",
-                   help="TLS (certificates as from `fedssl deploy certs`) + SuperNode authentication")
-    c.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
-    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
-    c.add_argument("--out", help="output directory on this host (default run.out_dir); files of the "
-                                 "deployment go to OUT/containers")
-    c.add_argument("--official-bases", action="store_true",
-                   help="build on Flower's official images from a registry, installing from the package "
-                        "indexes (default: offline, local Debian base + host-built wheelhouse)")
-    c.add_argument("--build-only", action="store_true", help="build the images and stop")
-    c.add_argument("--timeout", type=float, help="give up when the run takes longer (seconds)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    c.add_argument("--quiet", action="store_true", help="errors and the final table only")
-    c.set_defaults(func=cmd_containers)

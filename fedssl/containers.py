@@ -35,9 +35,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fedssl.config import ConfigError
 
@@ -68,7 +68,8 @@ class Engine:
 
     def run(self, *args: str, check: bool = True, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}  # RUN --mount needs BuildKit on docker
-        res = subprocess.run([self.exe, *args], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+        res = subprocess.run([self.exe, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                             check=False, **kw)
         if check and res.returncode != 0:
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
             raise BuildError(f"{self.name} {' '.join(args[:2])} failed: {' | '.join(tail)}")
@@ -80,7 +81,7 @@ class Engine:
 
 def _version(cmd: list[str]) -> str | None:
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if res.returncode != 0:
@@ -168,7 +169,7 @@ def source_hash(root: Path) -> str:
 
 
 def _pip(args: list[str], log: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False)
     with open(log, "a") as fh:
         fh.write(f"$ pip {' '.join(args)}\n{res.stdout}{res.stderr}\n")
     if res.returncode != 0:
@@ -240,7 +241,7 @@ def debian_base(engine: Engine, ctx: Path, echo: Echo) -> str:
         cmd = ["mmdebstrap", "--variant=apt", f"--include={','.join(DEBIAN_PACKAGES)}",
                "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
                "--dpkgopt=path-exclude=/usr/share/locale/*", DEBIAN_SUITE, str(tar), MIRROR]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         (ctx / "mmdebstrap.log").write_text(res.stdout + res.stderr)
         if res.returncode != 0:
             raise BuildError(f"mmdebstrap failed (log: {ctx / 'mmdebstrap.log'})")
