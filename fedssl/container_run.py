@@ -296,9 +296,11 @@ class ContainerFederation:
             for service in spec["services"]:
                 (self.logs / f"{service}.log").write_text(self.logs_of(service))
             self.compose("down", "-v", "-t", "5", check=False)
-            # podman-compose 1.0 leaves the project's networks behind
-            nets = [f"{self.project}_{net}" for net in spec.get("networks", {})]
-            self.engine.run("network", "rm", *nets, check=False)
+            # podman-compose 1.0 stops at a service that never started and keeps networks
+            names = [svc["container_name"] for svc in spec["services"].values()]
+            self.engine.run("rm", "-f", "-t", "0", *names, check=False)
+            self.engine.run("network", "rm", *(f"{self.project}_{n}" for n in spec["networks"]), check=False)
+            self.engine.run("volume", "rm", *(f"{self.project}_{v}" for v in spec["volumes"]), check=False)
             self.up = False
         if os.getuid() == 0:
             for path in (self.out, self.workdir):

@@ -228,5 +228,8 @@ def test_unregistered_node_is_refused_under_tls_and_auth(engine, tmp_path):
         summary = fed.wait_run(fed.start_run(), timeout=RUN_TIMEOUT)
     assert summary["status"] == "ok"
     assert [r["clients"] for r in metrics(fed.out)] == ["2"]
+    # taken down completely, although supernode-2 died and clientapp-2 never started
+    assert fed.project not in engine.run("ps", "-a", "--format", "{{.Names}}").stdout
+    assert fed.project not in engine.run("network", "ls", "--format", "{{.Name}}").stdout
     conn = (fed.home / "config.toml").read_text()
     assert "root-certificates" in conn and "insecure" not in conn
