@@ -47,8 +47,8 @@ CONNECTION = "fedssl-containers"
 
 
 def server_data_mounts(cfg: Config) -> list[str]:
-    """Stopgap until the ServerApp needs no client data (issue 12, item 1): it still
-    loads the training set, so it gets the dataset read-only at the host's path."""
+    """The ServerApp evaluates on the test split, which it reads from the dataset's
+    directory: mounted read-only at the host's path (synthetic data needs none)."""
     if cfg.data.dataset == "synthetic":
         return []
     from fedssl.data.sources import FASHION_SYSTEM_DIR
