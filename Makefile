@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 OUT     ?= runs/default
 
-.PHONY: setup data run test bench-sim bench-openworld clean
+.PHONY: setup data containers run test bench-sim bench-openworld clean
 
 $(BIN)/fedssl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(BIN)/fedssl: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(BIN)/fedssl data
+setup: $(BIN)/fedssl data containers
 
 # Fashion-MNIST from Debian (IDX files under /usr/share/datasets/fashion-mnist), when apt exists.
 data:
@@ -24,6 +24,13 @@ data:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null || true; \
 	fi
+
+# Container engine for tests/test_containers.py and `fedssl deploy containers`: podman +
+# podman-compose + runc + mmdebstrap from apt, with settings for VMs without systemd
+# (docker/setup-engine.sh; idempotent, leaves a running Docker engine alone).
+containers:
+	@if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then ./docker/setup-engine.sh || echo "containers: setup failed; tests/test_containers.py will fail" >&2; \
+	 else echo "containers: not root and no sudo; install podman podman-compose runc mmdebstrap" >&2; fi
 
 run: setup
 	$(BIN)/fedssl run --out $(OUT) --overwrite

@@ -1,26 +1,26 @@
-# fedssl's SuperNode image: the official flwr/supernode image of the pinned version
-# plus fedssl (without torch: the SuperNode only relays messages; the ClientApp runs
-# in a fedssl-superexec container). Its entrypoint validates the node config
-# (partition-id in [0, num-partitions), data-dir holding that partition's shard)
-# with one `error:` line and exit status 2 before it execs flower-supernode.
-# Build from the repository root:
+# fedssl's SuperNode image: Flower's SuperNode plus fedssl *without torch*. The
+# SuperNode only relays messages; under --isolation process its ClientApp runs in a
+# separate clientapp container (superexec.Dockerfile, target clientapp), which holds
+# torch and the node's data. The entrypoint `fedssl node start --` validates the node
+# config (partition-id in [0, num-partitions), data-dir holding that partition's shard)
+# with one `error:` line and exit status 2, then execs flower-supernode.
 #
-#   docker build -f docker/supernode.Dockerfile -t fedssl-supernode:0.1.0 .
-FROM flwr/supernode:1.42.0
-
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY fedssl ./fedssl
-COPY server ./server
-COPY client ./client
-COPY strategies ./strategies
-
-# `fedssl node start` needs numpy and tomli-w only (flwr, rich and cryptography come
-# with the base image); the rest of fedssl's dependencies are not installed here.
-RUN python -m pip install --no-cache-dir --no-deps . \
-    && python -m pip install --no-cache-dir "numpy>=1.26" "tomli-w>=1.0" \
+# Build context: a wheelhouse directory `wheels/` holding fedssl's wheel, the wheels of
+# requirements-supernode.txt and that file (`fedssl deploy containers build` makes it;
+# by hand: see docs/deployment.md). BASE_IMAGE defaults to the official image; offline,
+# pass the local stand-in (flwr-base.Dockerfile) and PIP_ARGS=--no-index.
+ARG BASE_IMAGE=flwr/supernode:1.42.0
+FROM ${BASE_IMAGE}
+ARG PIP_ARGS=""
+USER root
+COPY wheels/requirements-supernode.txt /tmp/requirements-supernode.txt
+RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
+    python -m pip install --no-cache-dir ${PIP_ARGS} --find-links /tmp/wheels -r /tmp/requirements-supernode.txt \
+    && python -m pip install --no-cache-dir --no-index --no-deps --find-links /tmp/wheels fedssl \
     && python -c "import flwr; v = flwr.__version__; assert v == '1.42.0', v" \
+    && ! python -c "import torch" 2>/dev/null \
     && fedssl node --help > /dev/null
-
-ENV FLWR_TELEMETRY_ENABLED=0
+ENV FLWR_TELEMETRY_ENABLED=0 \
+    FLWR_DISABLE_UPDATE_CHECK=1
+USER app
 ENTRYPOINT ["fedssl", "node", "start", "--"]

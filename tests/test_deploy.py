@@ -237,7 +237,7 @@ def test_compose_files_are_valid_for_docker_compose(name):
         assert any(v["source"].endswith(shard) for v in svc[f"clientapp-{i}"]["volumes"])
         assert any(f"partition-id={i} num-partitions=3" in a for a in svc[s]["command"])
     for df in ("superexec.Dockerfile", "supernode.Dockerfile"):
-        assert "FROM flwr/" in (ROOT / "docker" / df).read_text() and ":1.42.0" in (ROOT / "docker" / df).read_text()
+        assert "ARG BASE_IMAGE=flwr/" in (ROOT / "docker" / df).read_text() and ":1.42.0" in (ROOT / "docker" / df).read_text()
     if name == "compose.tls.yml":
         assert "--enable-supernode-auth" in svc["superlink"]["command"]
         assert not any("--insecure" in a for a in svc["superlink"]["command"] + svc["supernode-0"]["command"])

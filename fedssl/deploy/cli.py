@@ -213,7 +213,7 @@ def _add_node_keys(dsub: Any) -> None:
 # `fedssl deploy <name>`: one function per built-in subcommand, then one module per
 # subcommand that lives in its own module (each with `add_deploy_parser(dsub)`).
 DEPLOY_SUBCOMMANDS: list[Callable[[Any], None]] = [_add_local, _add_certs, _add_node_keys]
-DEPLOY_MODULES: tuple[str, ...] = ()
+DEPLOY_MODULES: tuple[str, ...] = ("fedssl.container_cli",)  # `deploy containers`
 
 
 def _add_node(subparsers: Any) -> None:
