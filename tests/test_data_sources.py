@@ -365,3 +365,21 @@ def test_download_failure_becomes_data_error(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="download of Fashion-MNIST failed") as err:
         load_dataset(DataConfig(root=str(tmp_path / "f")))
     assert_one_line_with(err, tmp_path / "f")
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path):
+    """A crafted batch that would call a function when unpickled is refused, not run."""
+    d = write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    with open(d / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(DataError) as err:
+        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+    assert_one_line_with(err, d / "data_batch_1")
+    assert "unreadable pickle" in str(err.value)

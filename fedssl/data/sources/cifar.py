@@ -1,7 +1,8 @@
 """CIFAR-10 / CIFAR-100 from their python batches (``cifar-10-batches-py`` /
 ``cifar-100-python``; downloaded with torchvision when missing). The batches are
-pickles by format: they are read only from the local dataset folder, as torchvision
-reads them."""
+pickles by format: they are read only from the local dataset folder, and through an
+unpickler that builds nothing but plain containers and numpy arrays, so a crafted
+file cannot run code (torchvision uses plain ``pickle.load``)."""
 
 from __future__ import annotations
 
@@ -48,11 +49,22 @@ def _get(d: dict, key: str):
     raise KeyError(key)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Resolves only the globals a numpy array needs: nothing else is importable."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            # torchvision-format batches are trusted local files (as in torchvision)
-            obj = pickle.load(f, encoding="bytes")
+            obj = _ArraysOnly(f, encoding="bytes").load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
