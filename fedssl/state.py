@@ -53,7 +53,8 @@ def _crc(tensors: dict[str, torch.Tensor]) -> str:
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
         crc = zlib.crc32(k.encode(), crc)
-        crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"", crc)
+        # reshape: a 0-d tensor (a scalar state such as ORCA's margin) cannot be viewed as bytes
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"", crc)
     return f"{crc:08x}"
 
 

@@ -56,6 +56,17 @@ def test_state_is_keyed_by_run(tmp_path):
         store.load(3, "../etc")
 
 
+def test_scalar_and_bool_state_round_trips(tmp_path):
+    """0-d tensors (ORCA's margin) and bools are saved, checksummed and read back."""
+    store = ClientStateStore(tmp_path)
+    st = {"algo.margin": torch.tensor(0.25), "algo.seen": torch.tensor([True, False]), **state(4)}
+    store.save(0, "run", 1, st)
+    rnd, got = store.load(0, "run")
+    assert rnd == 1 and set(got) == set(st)
+    for k in st:
+        assert torch.equal(got[k], st[k]) and got[k].shape == st[k].shape, k
+
+
 @pytest.mark.parametrize("checkpoint_every", [0, 1, 7])
 def test_state_on_disk_is_bounded_whatever_the_rounds(tmp_path, checkpoint_every):
     # 200 rounds of 20 clients, each round a different half of them trains (any
