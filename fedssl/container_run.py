@@ -130,7 +130,7 @@ class ContainerFederation:
     tls: bool = False
     auth: bool = False
     echo: Echo | None = None
-    out: Path | None = None
+    out: Path = None  # type: ignore[assignment]  # None: workdir/runs (set in __post_init__)
     startup_timeout: float = 300.0
     project: str = field(default_factory=lambda: f"fedssl{os.getpid()}x{int(time.time()) % 100000}")
 

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from fedssl.config import ClientConfig
 
 
+#: per-step metrics: detached 0-d tensors (summed on the device, read once per
+#: round) or plain floats
+StepMetrics = dict[str, Any]
+
+
 @dataclass
 class Batch:
     """One step's data. Views are float tensors [B, C, H, W], normalised.
@@ -70,7 +75,7 @@ class Algorithm:
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Hook before the first step (e.g. ORCA's margin, FedoSSL's centroids)."""
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         """Return (scalar loss, metrics for logging). A metric may be a float or a
         detached 0-dim tensor: the trainer sums tensors on the device and reads them
         once per round, so returning tensors avoids a device sync per step."""

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Batch, RoundContext
 from fedssl.algorithms.orca import ORCA
 from fedssl.data.augment import normalize
 from fedssl.openworld import balanced_kmeans, match_to_prototypes, suppressed_loss, suppression_weights
@@ -133,7 +133,7 @@ class FedoSSL(ORCA):
             ids[s:] = s + match_to_prototypes(centroids[s:], prototypes).to(ids.device)
         return ids
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         if self.pretraining(ctx):
             return self.pretrain_loss(model, batch)
         v = self.forward_views(model, batch)

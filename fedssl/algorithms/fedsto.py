@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 
 
 @register("fedsto")
@@ -61,11 +61,11 @@ class FedSTO(Algorithm):
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         frozen = self.selective(ctx.server_round)
-        for p in model.head.parameters():
+        for p in model.get_submodule("head").parameters():
             p.requires_grad_(not frozen)  # SGD skips parameters without a gradient
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
-        for p in model.head.parameters():  # the runtime reuses the model for other clients
+        for p in model.get_submodule("head").parameters():  # the runtime reuses the model for other clients
             p.requires_grad_(True)
         return {}
 
@@ -78,7 +78,7 @@ class FedSTO(Algorithm):
         """The same penalty in the server's training step (phase 2 only)."""
         return self.penalty(model, server_round) if server_round > 0 else None
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         reg = self.penalty(model, ctx.server_round)
         if not batch.x_u:
@@ -102,7 +102,7 @@ class FedSTO(Algorithm):
 
 def head_weight(model: nn.Module) -> torch.Tensor:
     """The classifier weight with the smaller dimension as rows."""
-    w = model.head.weight
+    w = model.get_submodule("head").get_parameter("weight")
     return w if w.shape[0] <= w.shape[1] else w.t()
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 from fedssl.metrics import pseudo_label_accuracy
 
 
@@ -22,7 +22,7 @@ class FixMatch(Algorithm):
     uses_teacher = True
     unlabeled_views = ("weak", "strong")
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         if not batch.x_u:  # a client with labels only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
             return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "mask": 0.0}
@@ -35,7 +35,7 @@ class FixMatch(Algorithm):
         logits = model(torch.cat([batch.x_l[0], u_strong]))
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
         loss_u = (F.cross_entropy(logits[n_l:], pseudo_label, reduction="none") * mask).mean()
-        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
+        metrics: StepMetrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
         pl_acc = pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
         if pl_acc is not None:
             metrics["pl_acc"] = pl_acc

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 
 
 @register("meanteacher")
@@ -38,7 +38,7 @@ class MeanTeacher(Algorithm):
         t = min(max(rounds_done / self.cfg.rampup_rounds, 0.0), 1.0)
         return self.cfg.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 from fedssl.data.augment import normalize
 from fedssl.metrics import predict
 from fedssl.openworld import (adaptive_margin, entropy_of_mean, margin_cross_entropy,
@@ -95,11 +95,11 @@ class ORCA(Algorithm):
     def pretraining(self, ctx: RoundContext) -> bool:
         return ctx.server_round <= self.cfg.pretrain_rounds
 
-    def pretrain_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def pretrain_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, StepMetrics]:
         loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
         return loss_x, {"loss_x": float(loss_x.detach())}
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         if self.pretraining(ctx):
             return self.pretrain_loss(model, batch)
         v = self.forward_views(model, batch)

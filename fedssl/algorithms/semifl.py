@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 from fedssl.data.augment import normalize, weak
 
 
@@ -51,6 +51,8 @@ class SemiFL(Algorithm):
     uses_teacher = False
     equal_weight = True
     unlabeled_views = ("strong",)
+    _x_u: torch.Tensor | None = None  # this round's shard and its fixed pseudo-label probabilities
+    _probs: torch.Tensor | None = None
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Fixed pseudo-labels for the whole shard from the received global model."""
@@ -58,28 +60,30 @@ class SemiFL(Algorithm):
         self._probs = global_pseudo_probs(model, data.x_u, data.flip, ctx.device)
         model.train()
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
             return loss_x, {"loss_x": loss_x.item(), "loss_fix": 0.0, "loss_mix": 0.0, "mask": 0.0}
-        probs = self._probs[batch.idx_u]
+        probs_all, x_u = self._probs, self._x_u
+        assert probs_all is not None and x_u is not None and batch.idx_u is not None, "begin_round first"
+        probs = probs_all[batch.idx_u]
         conf, y_hat = probs.max(dim=1)
         mask = conf >= self.cfg.threshold
         if n_l == 0 and not mask.any():  # nothing to learn from in this batch
-            zero = sum(p.sum() for p in model.parameters()) * 0.0
+            zero = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
             return zero, {"loss_x": 0.0, "loss_fix": 0.0, "loss_mix": 0.0, "mask": 0.0}
         # mix partners: all local samples, with replacement, argmax labels
-        partner = torch.randint(0, len(self._probs), (int(mask.sum()),), device=self._probs.device)
+        partner = torch.randint(0, len(probs_all), (int(mask.sum()),), device=probs_all.device)
         lam = float(torch.distributions.Beta(self.cfg.mix_alpha, self.cfg.mix_alpha).sample())
         idx_c = batch.idx_u[mask.cpu()]
-        x_mix = (lam * normalize(weak(self._x_u[idx_c], self._flip))
-                 + (1 - lam) * normalize(weak(self._x_u[partner.cpu()], self._flip))).to(ctx.device)
+        x_mix = (lam * normalize(weak(x_u[idx_c], self._flip))
+                 + (1 - lam) * normalize(weak(x_u[partner.cpu()], self._flip))).to(ctx.device)
         logits = model(torch.cat([batch.x_l[0], batch.x_u[0][mask], x_mix]))
         n_c = int(mask.sum())
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
         loss_fix, loss_mix = semifl_loss(logits[n_l:n_l + n_c], logits[n_l + n_c:], y_hat[mask],
-                                         self._probs[partner].argmax(dim=1), lam)
+                                         probs_all[partner].argmax(dim=1), lam)
         metrics = {"loss_x": loss_x.item(), "loss_fix": loss_fix.item(), "loss_mix": loss_mix.item(),
                    "mask": mask.float().mean().item(), "mix_lambda": lam}
         if batch.y_u is not None and n_c:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 from fedssl.metrics import pseudo_label_accuracy
 
 
@@ -94,7 +94,7 @@ class ShrinkMatch(Algorithm):
         ctx.state["certain_ratio"] = torch.tensor([ratio], dtype=torch.float32)
         return ratio
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)

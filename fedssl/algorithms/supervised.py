@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 
 
 @register("supervised")
@@ -14,6 +14,6 @@ class Supervised(Algorithm):
     uses_unlabeled = False
     unlabeled_views = ()
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
         return loss_x, {"loss_x": loss_x.detach()}

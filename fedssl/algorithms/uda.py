@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
 from fedssl.metrics import pseudo_label_accuracy
 
 
@@ -33,7 +33,7 @@ class UDA(Algorithm):
     uses_teacher = True
     unlabeled_views = ("weak", "strong")
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
             loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
@@ -49,7 +49,7 @@ class UDA(Algorithm):
         log_student = F.log_softmax(logits[n_l:], dim=1)
         kl = F.kl_div(log_student, pseudo_label, reduction="none").sum(dim=1)
         loss_u = (kl * mask).mean()
-        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
+        metrics: StepMetrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
         pl_acc = pseudo_label_accuracy(pseudo_label.argmax(dim=1), batch.y_u, mask)  # hidden labels (-1) excluded
         if pl_acc is not None:
             metrics["pl_acc"] = pl_acc
