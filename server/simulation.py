@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fedssl.config import Config
+from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
@@ -79,6 +79,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     flwr_log.setLevel(logging.ERROR)  # silence run_simulation's deprecation notice
+    crash: Exception | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -88,11 +89,17 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
                 num_supernodes=num_supernodes(cfg, model_bytes),
                 backend_config=backend_config(cfg),
             )
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the ServerApp crashed (run_simulation re-raises it)
+        crash = e
     finally:
         flwr_log.setLevel(level)
         if ray.is_initialized():
             ray.shutdown()
     summary_path = Path(cfg.run.out_dir) / "summary.json"
     if not summary_path.exists():
-        raise RunError(f"the simulation ended without writing {summary_path}; see the log above")
+        why = f" ({type(crash).__name__}: {str(crash).strip().splitlines()[0] if str(crash).strip() else ''})" \
+            if crash else ""
+        raise RunError(f"the simulation ended without writing {summary_path}{why}; see the log above")
     return json.loads(summary_path.read_text())
