@@ -142,90 +142,122 @@ def train_client(
     proximal_mu: float = 0.0,
     device: torch.device | None = None,
 ) -> TrainResult:
-    """Train ``model`` (already holding the global weights) for one round in place.
-
-    ``state`` is what :class:`fedssl.state.ClientStateStore` returned for this
-    client (None the first time). Returns the new state to persist, the metrics,
-    the algorithm's payload and the example count used as the FedAvg weight.
-    """
+    """Train ``model`` (holding the global weights) for one round in place. ``state``: what
+    :class:`fedssl.state.ClientStateStore` returned (None the first time). Returns the new
+    state to persist, the metrics, the payload and the example count (FedAvg weight)."""
     t0 = time.perf_counter()
     device = device or torch.device("cpu")
     c = cfg.client
     seed = derive_seed(cfg.run.seed, server_round, partition_id)
     torch.manual_seed(seed)  # augmentation, dropout
     gen = torch.Generator().manual_seed(seed)
-
-    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    saved = dict(state[1]) if state else {}
-    ctx = RoundContext(server_round=server_round, payload=payload or {}, device=device,
-                       state={k[5:]: v for k, v in saved.items() if k.startswith("algo.")})
-    if algorithm.uses_teacher:
-        teacher = copy.deepcopy(model).eval()
-        teacher_state = {k[8:]: v for k, v in saved.items() if k.startswith("teacher.")}
-        if teacher_state:
-            teacher.load_state_dict(teacher_state)
-            gap = max(1, server_round - state[0])
-            _sync_teacher(teacher, global_state, c.teacher_sync ** gap)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        ctx.teacher = teacher
-
-    steps = num_local_steps(cfg, data, algorithm)
-    ctx.total_steps = steps
+    ctx = _round_context(model, algorithm, state, payload, device, c.teacher_sync, server_round)
+    ctx.total_steps = steps = num_local_steps(cfg, data, algorithm)
     model.train()
     algorithm.begin_round(model, ctx, data)
     opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    lab = _Sampler(len(data.y_l), gen)
-    unl = _Sampler(len(data.y_u), gen)
+    lab, unl = _Sampler(len(data.y_l), gen), _Sampler(len(data.y_u), gen)
     # The shard goes to the device once per round, as uint8 (a quarter of float32's
     # bytes); batches are sampled and augmented there. Index draws stay on the CPU RNG.
     x_l, y_l, x_u, y_u = (t.to(device, non_blocking=True) for t in (data.x_l, data.y_l, data.x_u, data.y_u))
     use_unlabeled = algorithm.uses_unlabeled and len(data.y_u) > 0
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
-    counts: dict[str, int] = {}  # steps that emitted each metric (pl_acc only when the mask is non-empty)
+    counts: dict[str, int] = {}
     t_data = t_train = 0.0
     for step in range(steps):
         ctx.step = step
         t1 = time.perf_counter()
-        il = lab.take(c.batch_size).to(device, non_blocking=True)
-        batch = Batch(x_l=_views(x_l[il], algorithm.labeled_views, data.flip), y_l=y_l[il], x_u=[])
+        batch = Batch(x_l=_views(x_l[il := lab.take(c.batch_size).to(device, non_blocking=True)],
+                                 algorithm.labeled_views, data.flip), y_l=y_l[il], x_u=[])
         if use_unlabeled:
             iu_cpu = unl.take(c.batch_size * c.uratio)
             iu = iu_cpu.to(device, non_blocking=True)
-            batch.x_u = _views(x_u[iu], algorithm.unlabeled_views, data.flip)
-            batch.y_u = y_u[iu]
+            batch.x_u, batch.y_u = _views(x_u[iu], algorithm.unlabeled_views, data.flip), y_u[iu]
             batch.idx_u = iu_cpu  # positions in the shard (SemiFL's per-round pseudo-labels)
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
-        loss, metrics = algorithm.loss(model, batch, ctx)
-        if prox_ref is not None:
-            loss = loss + proximal_mu / 2 * sum(
-                (p - r).pow(2).sum() for p, r in zip(model.parameters(), prox_ref))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if ctx.teacher is not None:
-            ema_update(ctx.teacher, model, c.ema_decay)
+        _accumulate(sums, counts, _sgd_step(model, algorithm, batch, ctx, opt, prox_ref, proximal_mu,
+                                            c.ema_decay))
         t_data += t2 - t1
         t_train += time.perf_counter() - t2
-        metrics["loss"] = loss.detach()
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
-            counts[k] = counts.get(k, 0) + 1
     out_payload = algorithm.end_round(model, ctx, data)
+    metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
+    timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
+    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings)
 
+
+def _new_state(ctx: RoundContext) -> dict[str, torch.Tensor]:
+    """What the client persists: the algorithm's state and its EMA teacher."""
     new_state = {f"algo.{k}": v for k, v in ctx.state.items()}
     if ctx.teacher is not None:
         new_state.update({f"teacher.{k}": v for k, v in ctx.teacher.state_dict().items()})
-    metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
-    num_examples = len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0)
+    return new_state
+
+
+def _weight(algorithm: Algorithm, data: ClientData) -> int:
+    """The client's aggregation weight (num-examples), at least 1."""
     if algorithm.equal_weight:  # e.g. SemiFL: every active client counts the same
-        num_examples = 1
-    timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
-    return TrainResult(new_state, metrics, out_payload, max(num_examples, 1), timings)
+        return 1
+    return max(1, len(data.y_l) + (len(data.y_u) if algorithm.uses_unlabeled else 0))
+
+
+def _sgd_step(model: nn.Module, algorithm: Algorithm, batch: Batch, ctx: RoundContext,
+              opt: torch.optim.Optimizer, prox_ref: list[torch.Tensor] | None, proximal_mu: float,
+              ema_decay: float) -> dict:
+    """One local step: the algorithm's loss (+ FedProx's proximal term), SGD, then the
+    EMA teacher. Returns the step's metrics, the total loss included."""
+    loss, metrics = algorithm.loss(model, batch, ctx)
+    if prox_ref is not None:
+        loss = loss + proximal_mu / 2 * sum((p - r).pow(2).sum() for p, r in zip(model.parameters(), prox_ref))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if ctx.teacher is not None:
+        ema_update(ctx.teacher, model, ema_decay)
+    metrics["loss"] = loss.detach()
+    return metrics
+
+
+def _round_context(model: nn.Module, algorithm: Algorithm, state: tuple[int, dict[str, torch.Tensor]] | None,
+                   payload: dict[str, np.ndarray] | None, device: torch.device, teacher_sync: float,
+                   server_round: int) -> RoundContext:
+    """The round's context: the server payload, the algorithm's saved state and, for
+    teacher-based algorithms, the EMA teacher met with the global model."""
+    saved = state[1] if state else {}
+    ctx = RoundContext(server_round=server_round, payload=payload or {}, device=device,
+                       state={k[5:]: v for k, v in saved.items() if k.startswith("algo.")})
+    if algorithm.uses_teacher:
+        global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ctx.teacher = _round_teacher(model, state, global_state, teacher_sync, server_round)
+    return ctx
+
+
+def _round_teacher(model: nn.Module, state: tuple[int, dict[str, torch.Tensor]] | None,
+                   global_state: dict[str, torch.Tensor], teacher_sync: float,
+                   server_round: int) -> nn.Module:
+    """The client's EMA teacher for this round: its saved teacher moved toward the
+    global model by ``teacher_sync ** gap`` (gap = rounds since it last trained), or
+    the global model itself the first time. Frozen."""
+    teacher = copy.deepcopy(model).eval()
+    saved = state[1] if state else {}
+    teacher_state = {k[8:]: v for k, v in saved.items() if k.startswith("teacher.")}
+    if state and teacher_state:
+        teacher.load_state_dict(teacher_state)
+        _sync_teacher(teacher, global_state, teacher_sync ** max(1, server_round - state[0]))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _accumulate(sums: dict[str, torch.Tensor | float], counts: dict[str, int], metrics: dict) -> None:
+    """Add one step's metrics (tensors stay on the device: no per-step sync); count the
+    steps that emitted each one (pl_acc only when the mask is non-empty)."""
+    for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
+        counts[k] = counts.get(k, 0) + 1
 
 
 def client_data(x: np.ndarray, y: np.ndarray, labeled: np.ndarray, unlabeled: np.ndarray) -> ClientData:

@@ -10,7 +10,7 @@ MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Known offenders, owned elsewhere and due to be split; an entry that no longer
 # exceeds the limit fails the test, so the list only shrinks.
-KNOWN = {"fedssl/training.py::train_client"}
+KNOWN: set[str] = set()
 
 
 def _offenders() -> set[str]:
