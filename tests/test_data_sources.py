@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -168,23 +167,24 @@ def test_read_idx_header_too_short(tmp_path):
 # -------------------------------------------------------------------------- CIFAR
 
 
+def write_cifar_binary(path: Path, labels, rng, coarse: bool = False) -> np.ndarray:
+    """One batch in the dataset's binary layout: [coarse] label byte, then 3072 pixels."""
+    n = len(labels)
+    pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    lab = np.asarray(labels, np.uint8)[:, None]
+    cols = [np.zeros_like(lab), lab] if coarse else [lab]
+    path.write_bytes(np.concatenate(cols + [pixels], axis=1).tobytes())
+    return pixels
+
+
 def write_cifar10(root: Path, per_batch=20, meta=True) -> Path:
-    d = root / "cifar-10-batches-py"
+    d = root / "cifar-10-batches-bin"
     d.mkdir(parents=True)
     rng = np.random.default_rng(1)
-    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
-        batch = {
-            b"batch_label": f"batch {i}".encode(),
-            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
-            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-            b"filenames": [f"{k}.png".encode() for k in range(per_batch)],
-        }
-        with open(d / name, "wb") as f:
-            pickle.dump(batch, f)
+    for name in [f"data_batch_{j}.bin" for j in range(1, 6)] + ["test_batch.bin"]:
+        write_cifar_binary(d / name, rng.integers(0, 10, per_batch), rng)
     if meta:
-        names = [f"c10_{i}".encode() for i in range(10)]
-        with open(d / "batches.meta", "wb") as f:
-            pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch}, f)
+        (d / "batches.meta.txt").write_text("".join(f"c10_{i}\n" for i in range(10)) + "\n")
     return d
 
 
@@ -193,27 +193,23 @@ def test_cifar10(tmp_path):
     ds = load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
     assert ds.train_x.shape == (100, 32, 32, 3) and ds.train_x.dtype == np.uint8
     assert ds.test_x.shape == (20, 32, 32, 3) and ds.test_y.dtype == np.int64
-    with open(d / "data_batch_2", "rb") as f:
-        b2 = pickle.load(f)
-    row, x = b2[b"data"][3], ds.train_x[23]
+    rec = np.fromfile(d / "data_batch_2.bin", np.uint8).reshape(-1, 3073)[3]
+    label, row, x = rec[0], rec[1:], ds.train_x[23]
     assert x[0, 0, 0] == row[0] and x[0, 0, 1] == row[1024] and x[0, 0, 2] == row[2048]
     assert x[2, 5, 1] == row[1024 + 2 * 32 + 5]
-    assert ds.train_y[23] == b2[b"labels"][3]
+    assert ds.train_y[23] == label
     assert ds.class_names[0] == "c10_0" and ds.num_classes == 10
 
 
 def test_cifar100(tmp_path):
-    d = tmp_path / "cifar-100-python"
+    d = tmp_path / "cifar-100-binary"
     d.mkdir()
     rng = np.random.default_rng(2)
-    for name, n in (("train", 40), ("test", 20)):
-        with open(d / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": list(range(99, 99 - n, -1)),
-                         b"coarse_labels": [0] * n}, f)
+    for name, n in (("train.bin", 40), ("test.bin", 20)):
+        write_cifar_binary(d / name, list(range(99, 99 - n, -1)), rng, coarse=True)
     ds = load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)))
     assert ds.train_x.shape == (40, 32, 32, 3) and ds.test_x.shape == (20, 32, 32, 3)
-    assert ds.train_y[0] == 99 and ds.num_classes == 100
+    assert ds.train_y[0] == 99 and ds.train_y[39] == 60 and ds.num_classes == 100
     assert ds.class_names == CIFAR100_CLASSES and len(set(CIFAR100_CLASSES)) == 100
 
 
@@ -233,24 +229,40 @@ def test_cifar_max_samples_stratified(tmp_path):
 def test_cifar_missing(tmp_path):
     with pytest.raises(DataError) as err:
         load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert_one_line_with(err, tmp_path / "cifar-10-batches-bin")
+
+
+def test_cifar_python_version_is_refused_with_a_hint(tmp_path):
+    """The python-version batches are serialised objects: never read, and the error says
+    which download to use instead."""
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04anything")
+    with pytest.raises(DataError, match="get the binary version") as err:
+        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
     assert_one_line_with(err, tmp_path / "cifar-10-batches-py")
 
 
-def test_cifar_corrupt_batch(tmp_path):
+def test_cifar_truncated_batch(tmp_path):
     d = write_cifar10(tmp_path)
-    (d / "data_batch_3").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(DataError) as err:
+    raw = (d / "data_batch_3.bin").read_bytes()
+    (d / "data_batch_3.bin").write_bytes(raw[:-100])
+    with pytest.raises(DataError, match="3073-byte records") as err:
         load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
-    assert_one_line_with(err, d / "data_batch_3")
+    assert_one_line_with(err, d / "data_batch_3.bin")
 
 
-def test_cifar_wrong_shape(tmp_path):
+def test_cifar_bad_label_or_missing_file(tmp_path):
     d = write_cifar10(tmp_path)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
-    with pytest.raises(DataError, match="3072") as err:
+    rec = np.fromfile(d / "test_batch.bin", np.uint8).reshape(-1, 3073)
+    rec[5, 0] = 10
+    rec.tofile(d / "test_batch.bin")
+    with pytest.raises(DataError, match="label 10 out of range for 10 classes") as err:
         load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
-    assert_one_line_with(err, d / "test_batch")
+    assert_one_line_with(err, d / "test_batch.bin")
+    (d / "test_batch.bin").unlink()
+    with pytest.raises(DataError, match="file not found") as err:
+        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert_one_line_with(err, d / "test_batch.bin")
 
 
 # ----------------------------------------------------------------------- CINIC-10
@@ -356,30 +368,15 @@ def test_download_failure_becomes_data_error(tmp_path, monkeypatch):
         raise RuntimeError("simulated network failure\nsecond line")
 
     fake = types.ModuleType("torchvision.datasets")
-    fake.CIFAR10 = fake.CIFAR100 = fake.FashionMNIST = boom
+    fake.FashionMNIST = boom
+    fake_utils = types.ModuleType("torchvision.datasets.utils")
+    fake_utils.download_and_extract_archive = boom
     monkeypatch.setitem(sys.modules, "torchvision.datasets", fake)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets.utils", fake_utils)
     monkeypatch.setattr(sources.download, "network_available", lambda: True)
     with pytest.raises(DataError, match="simulated network failure") as err:
         load_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)))
-    assert_one_line_with(err, tmp_path / "cifar-100-python")
+    assert_one_line_with(err, tmp_path / "cifar-100-binary")
     with pytest.raises(DataError, match="download of Fashion-MNIST failed") as err:
         load_dataset(DataConfig(root=str(tmp_path / "f")))
     assert_one_line_with(err, tmp_path / "f")
-
-
-def test_cifar_pickle_cannot_run_code(tmp_path):
-    """A crafted batch that would call a function when unpickled is refused, not run."""
-    d = write_cifar10(tmp_path)
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (Path.touch, (marker,))
-
-    with open(d / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
-    with pytest.raises(DataError) as err:
-        load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
-    assert not marker.exists()
-    assert_one_line_with(err, d / "data_batch_1")
-    assert "unreadable pickle" in str(err.value)

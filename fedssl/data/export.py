@@ -6,7 +6,7 @@ deployment each SuperNode holds only its own data, so the partition is materiali
 once, offline, as one file per client and copied to the client's machine.
 
 Shard file format (``.npz``, written with :func:`numpy.savez_compressed`, read with
-``allow_pickle=False``)
+numpy's default, which refuses object arrays, so a shard cannot carry code)
 ---------------------------------------------------------------------------------
 ======  =====================  =====================================================
 key     dtype / shape          meaning
@@ -172,7 +172,7 @@ def find_shard(data_dir: str | Path) -> Path:
 
 def _open(path: Path) -> Any:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path)  # numpy's default refuses object arrays: a shard holds no code
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DataError(f"{path}: not a readable .npz shard ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 

@@ -1,7 +1,7 @@
 """Dataset sources: read the train/test splits of each supported dataset as numpy.
 
 Every loader returns uint8 images ``[N, H, W, C]`` and int64 labels ``[N]``. Files
-are parsed here with numpy (IDX, CIFAR pickles, PNG via PIL), so the core never
+are parsed here with numpy (IDX, CIFAR binary records, PNG via PIL), so the core never
 needs Flower, HuggingFace or torchvision at run time; torchvision is imported only
 to *download* a missing CIFAR / Fashion-MNIST copy when a network is reachable.
 

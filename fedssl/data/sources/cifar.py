@@ -1,12 +1,12 @@
-"""CIFAR-10 / CIFAR-100 from their python batches (``cifar-10-batches-py`` /
-``cifar-100-python``; downloaded with torchvision when missing). The batches are
-pickles by format: they are read only from the local dataset folder, and through an
-unpickler that builds nothing but plain containers and numpy arrays, so a crafted
-file cannot run code (torchvision uses plain ``pickle.load``)."""
+"""CIFAR-10 / CIFAR-100 from their binary distributions (``cifar-10-batches-bin`` /
+``cifar-100-binary``, the "binary version" on the dataset's page; downloaded when
+missing). Each record is fixed-size bytes: the label byte(s), then 3072 pixel bytes
+(1024 red, 1024 green, 1024 blue, row-major). The python-version batches
+(``cifar-10-batches-py``) are not read: they are serialised Python objects, and
+loading them can run code, so a data file could compromise every client."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,6 @@ from fedssl.data.sources.base import (
     splits,
 )
 from fedssl.data.sources.download import download
-
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                    "horse", "ship", "truck")
 CIFAR100_CLASSES = tuple("""
@@ -33,92 +32,73 @@ rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel st
 sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip
 turtle wardrobe whale willow_tree wolf woman worm""".split())
 
+# folder, train files, test files, label bytes per record (the last one is the
+# label we learn: CIFAR-100 stores coarse then fine), class-name file, URL
 _CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
-                ["test_batch"], "labels", "batches.meta", "label_names", CIFAR10_CLASSES),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta",
-                 "fine_label_names", CIFAR100_CLASSES),
+    "cifar10": ("cifar-10-batches-bin", [f"data_batch_{i}.bin" for i in range(1, 6)],
+                ["test_batch.bin"], 1, "batches.meta.txt", CIFAR10_CLASSES,
+                "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+    "cifar100": ("cifar-100-binary", ["train.bin"], ["test.bin"], 2, "fine_label_names.txt",
+                 CIFAR100_CLASSES, "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"),
 }
+_PIXELS = 3 * 32 * 32
+_PYTHON_VERSION = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 
 
-def _get(d: dict, key: str):
-    if key.encode() in d:
-        return d[key.encode()]
-    if key in d:
-        return d[key]
-    raise KeyError(key)
-
-
-class _ArraysOnly(pickle.Unpickler):
-    """Resolves only the globals a numpy array needs: nothing else is importable."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str) -> type:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-        return super().find_class(module, name)
-
-
-def _read_pickle(path: Path) -> dict:
+def _read_cifar_batch(path: Path, label_bytes: int, num_classes: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            obj = _ArraysOnly(f, encoding="bytes").load()
+        raw = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise DataError(f"{path}: unreadable pickle ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a dict pickle, got {type(obj).__name__}")
-    return obj
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__})") from None
+    record = label_bytes + _PIXELS
+    if raw.size == 0 or raw.size % record:
+        raise DataError(f"{path}: {raw.size} bytes is not a whole number of "
+                        f"{record}-byte records (truncated or not a CIFAR binary batch)")
+    rows = raw.reshape(-1, record)
+    labels = rows[:, label_bytes - 1].astype(np.int64)
+    if labels.max() >= num_classes:
+        raise DataError(f"{path}: label {int(labels.max())} out of range for "
+                        f"{num_classes} classes")
+    images = rows[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
 
 
-def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    d = _read_pickle(path)
+def _class_names(path: Path, default: tuple[str, ...]) -> tuple[str, ...]:
     try:
-        data, labels = _get(d, "data"), _get(d, label_key)
-    except KeyError as e:
-        raise DataError(f"{path}: missing key {e.args[0]!r}") from None
-    data = np.asarray(data)
-    labels = np.asarray(labels, dtype=np.int64)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DataError(f"{path}: expected uint8 data of shape [N, 3072], got "
-                        f"{data.dtype} {data.shape}")
-    if labels.shape != (len(data),):
-        raise DataError(f"{path}: {labels.size} labels for {len(data)} images")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+        got = tuple(n.strip() for n in path.read_text().splitlines() if n.strip())
+    except (OSError, UnicodeDecodeError):
+        return default
+    return got if len(got) == len(default) else default
 
 
 def load_cifar(dataset: str, root: str = "") -> DatasetSplits:
-    sub, train_files, test_files, label_key, meta, names_key, names = _CIFAR[dataset]
+    sub, train_files, test_files, label_bytes, meta, names, url = _CIFAR[dataset]
     base = Path(root).expanduser() if root else cache_dir(dataset)
     folder = base / sub
     if not folder.is_dir():
         def fetch() -> None:
-            from torchvision.datasets import CIFAR10, CIFAR100
+            from torchvision.datasets.utils import download_and_extract_archive
 
-            (CIFAR10 if dataset == "cifar10" else CIFAR100)(str(base), download=True)
+            download_and_extract_archive(url, str(base))
 
         err = download(dataset, fetch)
         if not folder.is_dir():
+            hint = (f"; {base / _PYTHON_VERSION[dataset]} is the python version, which is "
+                    f"not read: get the binary version"
+                    if (base / _PYTHON_VERSION[dataset]).is_dir() else "")
             raise DataError(f"{dataset}: {folder} not found ({err or 'download left none'})"
-                            f"; set data.root to the folder holding {sub}/")
+                            f"; set data.root to the folder holding {sub}/{hint}")
     parts_of = []
     for files in (train_files, test_files):
-        parts = [_read_cifar_batch(folder / f, label_key) for f in files]
+        parts = [_read_cifar_batch(folder / f, label_bytes, len(names)) for f in files]
         parts_of.append((np.concatenate([p[0] for p in parts]),
-                       np.concatenate([p[1] for p in parts])))
-    if (folder / meta).is_file():
-        try:
-            got = tuple(n.decode() if isinstance(n, bytes) else str(n)
-                        for n in _get(_read_pickle(folder / meta), names_key))
-            if len(got) == len(names):
-                names = got
-        except (KeyError, TypeError, UnicodeDecodeError):
-            pass  # fall back to the built-in names
+                         np.concatenate([p[1] for p in parts])))
+    names = _class_names(folder / meta, names)
     return splits(dataset, parts_of[0][0], parts_of[0][1], parts_of[1][0], parts_of[1][1],
-                   names)
+                  names)
 
 
 @register("cifar10")
