@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
-OUT     ?= runs/default
+OUT     ?= runs/quickstart
 
 .PHONY: setup data containers run test bench-sim bench-openworld clean
 
@@ -33,7 +33,7 @@ containers:
 	 else echo "containers: not root and no sudo; install podman podman-compose runc mmdebstrap" >&2; fi
 
 run: setup
-	$(BIN)/fedssl run --out $(OUT) --overwrite
+	$(BIN)/fedssl bench --grid examples/quickstart.toml --out $(OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15

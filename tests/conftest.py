@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,38 @@ def fmnist() -> Path:
     if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     return FMNIST
+
+
+def kill9_after_checkpoint(overrides: dict[str, object], out: Path, at_round: int = 2) -> dict:
+    """Start ``fedssl run`` with ``overrides`` in its own session, wait for a checkpoint
+    of ``at_round`` or later in ``out``, then SIGKILL the run and every process it
+    started (Ray included), as a crash would. Returns that checkpoint."""
+    import psutil
+
+    from fedssl import runlog
+
+    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(overrides)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline, ckpt = time.time() + 600, None
+    try:
+        while time.time() < deadline:
+            ckpt = runlog.load_checkpoint(out) if (out / runlog.CHECKPOINT).exists() else None
+            if ckpt and ckpt["round"] >= at_round:
+                break
+            assert proc.poll() is None, "run ended before it could be killed"
+            time.sleep(0.2)
+        assert ckpt and ckpt["round"] >= at_round, "no checkpoint within 600 s"
+        assert not (out / "summary.json").exists(), "too late: the run already finished"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        for p in [*tree, psutil.Process(proc.pid)]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return ckpt
+

@@ -524,7 +524,7 @@ def test_one_bench_per_directory(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, cells", [("closed_world_grid.toml", 75), ("closed_world_small.toml", 12),
-                                         ("openworld_grid.toml", 12)])
+                                         ("openworld_grid.toml", 12), ("quickstart.toml", 2)])
 def test_example_grids_are_valid(tmp_path, name, cells):
     g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
     assert len(g.cells) == cells
@@ -540,3 +540,35 @@ def test_example_grids_are_valid(tmp_path, name, cells):
         c = g.cells[0].cfg
         assert (c.data.num_clients, c.data.alpha, c.data.labeled_ratio) == (100, 0.3, 0.01)
         assert {x.cfg.run.seed for x in g.cells} == {0, 1, 2}
+
+
+def test_gain_over_the_supervised_reference_is_paired_by_seed(tmp_path, capsys):
+    """Each SSL configuration is compared with its supervised twin (same other keys),
+    seed by seed; the line is in summary.md, report.html and the terminal."""
+    out = fake_bench(tmp_path, open_world=False)  # cell 3 (fedavg, fixmatch, seed 0) failed
+    assert main(["report", str(out)]) == 0
+    res = pd.read_csv(out / "results.csv").set_index(["server.strategy", "client.algorithm", "run.seed"])
+    md = (out / "summary.md").read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("- fixmatch")]
+    assert len(lines) == 2
+    for strategy, seeds in (("fedavg", [1, 2]), ("fedprox", [0, 1, 2])):
+        diffs = [100 * (res.loc[(strategy, "fixmatch", s), "acc_all"] - res.loc[(strategy, "supervised", s), "acc_all"])
+                 for s in seeds]
+        line = next(ln for ln in lines if f"(server.strategy={strategy})" in ln)
+        mean = sum(diffs) / len(diffs)
+        assert f"fixmatch vs supervised (server.strategy={strategy}): {mean:+.1f} points of acc_all" in line
+        assert f"paired over {len(seeds)} seed(s)" in line
+        assert all(f"seed {s}: {d:+.1f}" in line for s, d in zip(seeds, diffs))
+    assert "Over the supervised reference" in (out / "report.html").read_text()
+
+
+def test_no_gain_line_without_a_supervised_twin(tmp_path):
+    out = fake_bench(tmp_path, open_world=False, fail=False)
+    from fedssl.report.model import load_bench, results_frame
+    from fedssl.report.stats import reference_gains
+
+    b = load_bench(out)
+    keep = [c for c in b.cells if c.params["client.algorithm"] != "supervised"]
+    b.cells[:] = keep
+    assert reference_gains(b, results_frame(b)) == []
+

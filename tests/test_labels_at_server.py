@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +15,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fedssl import runlog
-from fedssl.deploy.processes import descendants
 from fedssl.algorithms import Batch, RoundContext
 from fedssl.algorithms.fedsto import srip
 from fedssl.algorithms.semifl import semifl_loss
@@ -29,7 +23,7 @@ from fedssl.data import make_partition
 from fedssl.models import build_model
 from fedssl.server_training import ServerTrainer, recompute_bn_stats
 from fedssl.training import ClientData, build_algorithm, train_client
-from tests.conftest import ROOT, as_set_flags, assert_bad_input, run_cli, tiny
+from tests.conftest import assert_bad_input, kill9_after_checkpoint, run_cli, tiny
 
 K = 10
 
@@ -314,27 +308,7 @@ def test_kill9_then_resume_keeps_server_training_exact(tmp_path):
     killed = tmp_path / "killed"
     over = las(killed, **{"federation.rounds": 4, "client.local_steps": 20, "run.checkpoint_every": 1,
                           "server.warmup_steps": 5})
-    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            ckpt = runlog.load_checkpoint(killed) if (killed / runlog.CHECKPOINT).exists() else None
-            if ckpt and ckpt["round"] >= 2:
-                break
-            assert proc.poll() is None, "run ended before it could be killed"
-            time.sleep(0.2)
-        assert not (killed / "summary.json").exists(), "too late: the run already finished"
-        for pid in [*descendants(proc.pid), proc.pid]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill9_after_checkpoint(over, killed)
     assert runlog.load_checkpoint(killed)["server_training"]["momentum"]
     resumed = run_cli("run", "--resume", str(killed), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

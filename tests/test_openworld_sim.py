@@ -63,15 +63,9 @@ def test_fedossl_kill9_then_resume_equals_uninterrupted(tmp_path):
     """The persistent global centroids live in the strategy's checkpoint: a run killed
     after round 2 and resumed ends with the same metrics and the same centroids as one
     that never stopped (reference-style server clustering, the default)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    from conftest import ROOT, as_set_flags, run_cli
-    from fedssl import runlog
-    from test_reliability import _descendants, no_time, rows
+    from conftest import kill9_after_checkpoint, run_cli
+    from test_reliability import no_time, rows
 
     over = tiny(tmp_path / "killed", **{
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
@@ -79,27 +73,7 @@ def test_fedossl_kill9_then_resume_equals_uninterrupted(tmp_path):
         "client.algorithm": "fedossl", "server.strategy": "fedossl", "client.pretrain_rounds": 0,
         "server.fedossl_sgd_steps": 50, "run.checkpoint_every": 1})
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            ckpt = runlog.load_checkpoint(killed) if (killed / runlog.CHECKPOINT).exists() else None
-            if ckpt and ckpt["round"] >= 2:
-                break
-            assert proc.poll() is None, "run ended before it could be killed"
-            time.sleep(0.2)
-        assert not (killed / "summary.json").exists(), "too late: the run already finished"
-        for pid in _descendants(proc.pid) | {proc.pid}:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill9_after_checkpoint(over, killed)
     resumed = run_cli("run", "--resume", str(killed), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "straight")}), quiet=True)

@@ -6,10 +6,6 @@ import csv
 import errno
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ from fedssl import runlog
 from fedssl.config import resolve
 from fedssl.simulation import run_experiment
 from fedssl.state import ClientStateStore
-from tests.conftest import ROOT, as_set_flags, assert_bad_input, run_cli, tiny
+from tests.conftest import as_set_flags, assert_bad_input, kill9_after_checkpoint, run_cli, tiny
 
 TIME_COLS = ("wall_s", "round_s", "t_")
 
@@ -69,25 +65,6 @@ def test_crashing_and_wrong_shape_clients_are_excluded(tmp_path, clients_per_nod
         assert r["rejected_updates"] == "1" and r["failed_clients"] == "1" and r["clients"] == "2", r
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
 @pytest.mark.parametrize("checkpoint_every,fraction", [(1, 1.0), (2, 0.5)])
 def test_kill9_then_resume_equals_uninterrupted(tmp_path, checkpoint_every, fraction):
     # (2, 0.5): clients skip rounds, so a resume from round 2 needs each client's state
@@ -96,28 +73,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, checkpoint_every, frac
                                         "run.checkpoint_every": checkpoint_every,
                                         "federation.fraction_train": fraction, "federation.min_clients": 2})
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", "run", "--quiet", *as_set_flags(over)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            ckpt = runlog.load_checkpoint(killed) if (killed / runlog.CHECKPOINT).exists() else None
-            if ckpt and ckpt["round"] >= 2:
-                break
-            assert proc.poll() is None, "run ended before it could be killed"
-            time.sleep(0.2)
-        assert not (killed / "summary.json").exists(), "too late: the run already finished"
-        tree = _descendants(proc.pid) | {proc.pid}
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    ckpt = kill9_after_checkpoint(over, killed)
     run_id = ckpt["run_id"]
     assert all(rid == run_id for _, rid, *_ in ClientStateStore(killed / "client_state").files())
     resumed = run_cli("run", "--resume", str(killed), "--quiet")

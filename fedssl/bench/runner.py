@@ -35,7 +35,7 @@ from fedssl.report.model import (
     results_frame,
 )
 from fedssl.report.render import render_bench, write_results
-from fedssl.report.stats import summary_cells
+from fedssl.report.stats import reference_gains, summary_cells
 
 EXIT_FAILED_CELLS = 1
 EXIT_INTERRUPTED = 130
@@ -285,9 +285,14 @@ class BenchRunner:
         states = {c.id: cell_state(self.grid, c) for c in self.grid.cells}
         n_done = sum(s == "finished" for s in states.values())
         n_failed = sum(s == "failed" for s in states.values())
-        self.console.print(summary_table(load_bench(self.out)))
+        bench = load_bench(self.out)
+        self.console.print(summary_table(bench))
+        for line in reference_gains(bench, results_frame(bench)):
+            self.console.print(f"[bold]{line}[/]", highlight=False, soft_wrap=True)
         self.console.print(f"{n_done}/{len(self.grid.cells)} cells finished; files: {files['results']}, "
-                           f"{files['summary']}, {files['report']}", highlight=False, soft_wrap=True)
+                           f"{files['summary']}, {files['report']}"
+                           + (f"; learning curves: {files['accuracy_vs_round']}"
+                              if "accuracy_vs_round" in files else ""), highlight=False, soft_wrap=True)
         again = f"fedssl bench --grid {self.grid.path} --out {self.out}"
         if interrupted:
             self.console.print(f"[yellow]interrupted: {n_done} of {len(self.grid.cells)} cells are done "

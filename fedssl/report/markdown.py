@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedssl.report.model import SEED_KEY, Bench
-from fedssl.report.stats import status_counts, summary_cells
+from fedssl.report.stats import reference_gains, status_counts, summary_cells
 
 
 def md_escape(text: str) -> str:
@@ -41,4 +41,7 @@ def summary_markdown(bench: Bench, results) -> str:
         cells = [md_escape(v) for v in head[:-1]] + [head[-1]]
         cells += [f"**{text}**" if top else text for text, top in vals]
         lines.append("| " + " | ".join(cells) + " |")
+    gains = reference_gains(bench, results)
+    if gains:
+        lines += ["", "## Over the supervised reference", ""] + [f"- {g}" for g in gains]
     return "\n".join(lines + _failures(bench)) + "\n"

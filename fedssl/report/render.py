@@ -24,7 +24,7 @@ from fedssl.report.model import (
     read_metrics,
     results_frame,
 )
-from fedssl.report.stats import groups_of, status_counts
+from fedssl.report.stats import groups_of, reference_gains, status_counts
 
 
 def write_results(bench: Bench):
@@ -70,6 +70,9 @@ def render_bench(bench_dir: Path) -> dict[str, Path]:
             f"varied keys: {', '.join(bench.keys) or '(none)'}")
     sections = [html.Section("Summary", f"Mean ± std over {SEED_KEY}; accuracies in %; best mean per "
                              "column in bold.", html.summary_table(bench, results))]
+    gains = reference_gains(bench, results)
+    if gains:
+        sections.append(html.Section("Over the supervised reference", " ".join(gains)))
     sections += [html.image_section(h, caption, p) for h, p, caption in figs if p is not None]
     sections.append(html.Section("All cells", table=html.results_table(results)))
     title = f"fedssl benchmark: {Path(bench.grid_file).name or bench_dir.name}"

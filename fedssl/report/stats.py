@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fedssl.report.model import ACC, Bench, Cell
+from fedssl.report.model import ACC, SEED_KEY, Bench, Cell
 
 SUMMARY_COLS = ACC + ["best_acc_all", "loss", "wall_s"]
 LOWER_IS_BETTER = {"loss", "wall_s"}
@@ -141,3 +141,40 @@ def summary_cells(bench: Bench, results) -> tuple[list[str], list[tuple[list[str
             vals.append((fmt_stat(col, mean, std), is_best(col, mean, top[col])))
         rows.append(([*keys, f"{len(g.done)}/{len(g.cells)}"], vals))
     return cols, rows
+
+
+REFERENCE_ALGORITHM = "supervised"
+ALGORITHM_KEY = "client.algorithm"
+
+
+def reference_gains(bench: Bench, results, col: str = "acc_all") -> list[str]:
+    """One line per SSL configuration that has a ``supervised`` twin in the grid (the
+    same values of every other varied key): the paired final-round gain in points,
+    mean over the seeds both finished, and per seed. Paired by seed, because cells of
+    one seed share the partition and the initial model."""
+    import pandas as pd
+
+    if ALGORITHM_KEY not in bench.keys:
+        return []
+    others = [k for k in bench.keys if k not in (ALGORITHM_KEY, SEED_KEY)]
+    done = results[results["cell"].isin({c.id for c in bench.cells if c.finished})]
+    value = pd.to_numeric(done[col], errors="coerce")
+    lines = []
+    for key, part in done.assign(_v=value).groupby(others or (lambda _: 0), sort=False, dropna=False):
+        by_alg = {a: g.set_index(SEED_KEY)["_v"] for a, g in part.groupby(ALGORITHM_KEY, sort=False)}
+        ref = by_alg.get(REFERENCE_ALGORITHM)
+        if ref is None:
+            continue
+        where = "" if not others else " (" + ", ".join(
+            f"{k}={fmt_value(v)}" for k, v in zip(others, key if isinstance(key, tuple) else (key,))) + ")"
+        for alg, vals in by_alg.items():
+            if alg == REFERENCE_ALGORITHM:
+                continue
+            diff = ((vals - ref).dropna() * 100.0).sort_index()
+            if diff.empty:
+                continue
+            seeds = ", ".join(f"seed {s}: {d:+.1f}" for s, d in diff.items())
+            lines.append(f"{alg} vs {REFERENCE_ALGORITHM}{where}: {diff.mean():+.1f} points of "
+                         f"{col} (final round), paired over {len(diff)} seed(s) ({seeds}; a "
+                         f"seed fixes the partition and the initial model)")
+    return lines
