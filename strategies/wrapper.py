@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from fedssl import protocol as P
 from fedssl.config import ConfigError
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients, sample_nodes
+from strategies.aggregation import mean_reply, takes_mean, weighted_mean
 from strategies.validation import check_update, in_global_order
 
 log = logging.getLogger("fedssl")
@@ -94,7 +95,7 @@ class FedSSLStrategy(Strategy):
             self.last_round = info
             return None, MetricRecord(_numeric(info))
         t0 = time.perf_counter()
-        arrays, _ = self.inner.aggregate_train(server_round, self._inner_replies(server_round, updates))
+        arrays, _ = self.inner.aggregate_train(server_round, self._inner_input(server_round, updates))
         info["t_aggregate_s"] = time.perf_counter() - t0
         self.last_round = info
         if arrays is None:
@@ -208,6 +209,19 @@ class FedSSLStrategy(Strategy):
         present = m.get(P.CLASS_PRESENT_KEY)
         if isinstance(present, list):
             self.classes[pid] = tuple(i for i, v in enumerate(present) if v)
+
+    def _inner_input(self, server_round: int, updates: list[tuple[int, RecordDict]]) -> list[Message]:
+        """What the inner strategy aggregates: for a weighted-mean strategy, one reply
+        holding the mean of the updates computed in place (:mod:`strategies.aggregation`,
+        bit for bit Flower's); else one reply per update."""
+        key = getattr(self.inner, "weighted_by_key", P.NUM_EXAMPLES)
+        if not takes_mean(self.inner) or any(key not in c["metrics"] for _, c in updates):
+            return self._inner_replies(server_round, updates)
+        ordered = sorted(updates, key=lambda u: u[0])
+        pairs = [(c["arrays"], c["metrics"][key]) for _, c in ordered]
+        mean = weighted_mean(pairs, list(self._global))
+        content = mean_reply(mean, key, sum(w for _, w in pairs))
+        return [Message(content=content, metadata=reply_metadata(0, server_round))]
 
     def _inner_replies(self, server_round: int, updates: list[tuple[int, RecordDict]]) -> list[Message]:
         """One Flower reply per accepted client, sorted by partition id: the arrays,
