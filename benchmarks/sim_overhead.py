@@ -10,7 +10,10 @@ Workload: N clients (IID shards of real Fashion-MNIST), R rounds, every client t
 `--steps` SGD steps of batch 32 on the CNN each round. "ideal" = (a) / cores.
 Also prints the per-update time breakdown of (c) from its metrics.csv.
 
-    python benchmarks/sim_overhead.py --clients 50,200,500 --rounds 3 --steps 1 [--fixmatch]
+    python benchmarks/sim_overhead.py --clients 50,200,1000,10000 --rounds 3 --steps 1 [--fixmatch]
+
+At N=10000, `federation.fraction_train` 0.02 (`--fraction`) samples 200 clients a round,
+the same ones in every run; stock Flower runs only up to `--stock-max` clients.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import csv
 import json
 import logging
 import os
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +37,10 @@ from fedssl.config import resolve
 from fedssl.data import load_dataset, make_partition
 from fedssl.data.augment import normalize, weak
 from fedssl.models import build_model
+from fedssl.sampling import sample_clients
+
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import tree_memory  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -55,7 +64,12 @@ def local_train(model, x, y, idx, steps, gen):
         opt.step()
 
 
-def plain_loop(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
+def sampled(n: int, fraction: float, rnd: int) -> list[int]:
+    """The clients fedssl samples in round ``rnd`` (run.seed 0): every run trains them."""
+    return sample_clients(n, fraction, 1, 0, rnd)
+
+
+def plain_loop(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[float, list[float]]:
     torch.set_num_threads(1)
     x, y, idxs = shards(n)
     global_model = build_model("cnn", 10)
@@ -66,21 +80,22 @@ def plain_loop(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
     torch.optim.SGD(local.parameters(), lr=0.1)
     t0 = time.perf_counter()
     per_round = []
-    for _ in range(rounds):
+    for rnd in range(1, rounds + 1):
         t_r = time.perf_counter()
         g = global_model.state_dict()
         acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in g.items()}
-        for i in range(n):
+        pids = sampled(n, fraction, rnd)
+        for i in pids:
             local.load_state_dict(g)
             local_train(local, x, y, idxs[i], steps, gen)
             for k, v in local.state_dict().items():
-                acc[k] += v.double() / n
+                acc[k] += v.double() / len(pids)
         global_model.load_state_dict({k: v.float() for k, v in acc.items()})
         per_round.append(time.perf_counter() - t_r)
     return time.perf_counter() - t0, per_round
 
 
-def stock_flower(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
+def stock_flower(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[float, list[float]]:
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
@@ -109,7 +124,8 @@ def stock_flower(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n)
+        k = len(sampled(n, fraction, 1))
+        strategy = FedAvg(fraction_train=fraction, fraction_evaluate=0.0, min_train_nodes=k, min_available_nodes=n)
         starts: list[float] = []
         configure = strategy.configure_train
 
@@ -137,7 +153,7 @@ def stock_flower(n: int, rounds: int, steps: int) -> tuple[float, list[float]]:
     return timing["t"], timing["rounds"]
 
 
-def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int
+def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int, fraction: float = 1.0
                ) -> tuple[float, list[float], dict[str, float]]:
     from fedssl.simulation import run_experiment
 
@@ -146,9 +162,11 @@ def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int
                              if algorithm == "supervised" else 0.05, "client.algorithm": algorithm,
                              "federation.rounds": rounds, "client.local_steps": steps,
                              "federation.clients_per_node": cpn, "run.out_dir": str(out),
+                             "federation.fraction_train": fraction,
                              "run.eval_every": rounds, "run.checkpoint_every": 0,
                              "client.uratio": 1})
-    run_experiment(cfg, quiet=True)
+    with PeakMemory() as mem:
+        run_experiment(cfg, quiet=True)
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     # The clock covers the rounds only (sample, send, train, validate, aggregate): Ray
@@ -158,7 +176,29 @@ def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int
     breakdown = {k: float(last[k]) for k in ("t_deser_s", "t_state_s", "t_data_s", "t_train_s") if last.get(k)}
     breakdown["round_trip_s_per_update"] = float(last["t_round_trip_s"]) / max(1, int(last["clients"]))
     rounds_s = json.loads((out / "summary.json").read_text())["round_train_s"]
+    breakdown["peak_pss_gib"], breakdown["peak_rss_sum_gib"] = mem.pss / 2**30, mem.rss / 2**30
     return sum(rounds_s), rounds_s, breakdown
+
+
+class PeakMemory:
+    """Peak PSS and RSS sums of this process and its descendants (Ray's GCS, raylet and
+    workers), sampled every 0.2 s in a thread (benchmarks/memory.py's measure)."""
+
+    def __enter__(self) -> PeakMemory:
+        self.pss = self.rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            rss, pss = tree_memory(os.getpid())
+            self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def cold_start_floor(n: int) -> dict[str, float]:
@@ -200,52 +240,74 @@ def steady(rounds_s: list[float]) -> float:
     return sum(rest) / len(rest)
 
 
+def fractions(spec: str) -> dict[int, float]:
+    """``"10000=0.02"`` -> {10000: 0.02}: federation.fraction_train per N (1.0 otherwise)."""
+    return {int(n): float(f) for n, _, f in (p.partition("=") for p in spec.split(",") if p)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", default="50,200,500")
+    ap.add_argument("--clients", default="50,200,1000,10000")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--skip-stock", action="store_true")
+    ap.add_argument("--fraction", default="10000=0.02",
+                    help="federation.fraction_train per N, e.g. '10000=0.02' (1.0 for the others)")
+    ap.add_argument("--stock-max", type=int, default=500,
+                    help="run stock Flower only for N <= this (it needs N Flower nodes)")
+    ap.add_argument("--unpacked", action="store_true", help="also time fedssl with clients_per_node=1")
     ap.add_argument("--fixmatch", action="store_true", help="also time fixmatch")
     args = ap.parse_args()
-    print(f"cores={CORES}  rounds={args.rounds}  steps/client/round={args.steps}  batch=32  model=cnn")
+    frac = fractions(args.fraction)
+    print(f"cores={CORES}  rounds={args.rounds}  steps/client/round={args.steps}  batch=32  model=cnn  "
+          f"loadavg at start: {open('/proc/loadavg').read().split()[:3]}")
     print("total = all rounds (round 1 includes each worker's cold start: imports, dataset, model);\n"
-          "steady = mean seconds per round after round 1 (no evaluation in any of them)")
-    header = (f"{'N':>5} {'run':28} {'total s':>8} {'x ideal':>8} {'vs stock':>9} "
-              f"{'steady s':>9} {'x ideal':>8} {'vs stock':>9}")
+          "steady = mean seconds per round after round 1 (no evaluation in any of them);\n"
+          "peak memory = PSS sum / RSS sum of the fedssl run's process tree")
+    header = (f"{'N':>5} {'sampled':>7} {'run':28} {'total s':>8} {'x ideal':>8} {'vs stock':>9} "
+              f"{'steady s':>9} {'x ideal':>8} {'vs stock':>9} {'PSS/RSS GiB':>12}")
+    floor = cold_start_floor(min(int(v) for v in args.clients.split(",")))
+    print(f"cold-start floor, bare Ray without Flower: ray.init {floor['ray_init_s']:.2f} s (before any "
+          f"clock), then {CORES} actors ready in {floor['actors_ready_s']:.2f} s (inside each actor: imports "
+          f"{floor['import_s']:.2f} s + runtime (dataset, partition, model, first optimizer) "
+          f"{floor['runtime_s']:.2f} s)")
     for n in [int(v) for v in args.clients.split(",")]:
+        f = frac.get(n, 1.0)
+        k = len(sampled(n, f, 1))
         notes = []
-        a, a_rounds = plain_loop(n, args.rounds, args.steps)
-        res = [("(a) plain PyTorch loop", a, a_rounds)]
+        a, a_rounds = plain_loop(n, args.rounds, args.steps, f)
+        res = [("(a) plain PyTorch loop", a, a_rounds, "")]
         b = b_steady = None
-        if not args.skip_stock:
-            b, b_rounds = stock_flower(n, args.rounds, args.steps)
-            res.append(("(b) stock Flower FedAvg", b, b_rounds))
+        if n <= args.stock_max:
+            b, b_rounds = stock_flower(n, args.rounds, args.steps, f)
+            res.append(("(b) stock Flower FedAvg", b, b_rounds, ""))
             b_steady = steady(b_rounds)
-        runs = [("supervised", 0), ("supervised", 1)] + ([("fixmatch", 0)] if args.fixmatch else [])
+        else:
+            notes.append(f"      stock Flower skipped at N={n} (> --stock-max {args.stock_max}: {n} Flower nodes)")
+        runs = ([("supervised", 0)] + ([("supervised", 1)] if args.unpacked else [])
+                + ([("fixmatch", 0)] if args.fixmatch else []))
         for algo, cpn in runs:
-            t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn)
-            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s))
+            t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn, f)
+            mem = f"{bd.pop('peak_pss_gib'):.2f}/{bd.pop('peak_rss_sum_gib'):.2f}"
+            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s, mem))
             notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
                          "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
         ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
-        floor = cold_start_floor(n)
         cold = floor["actors_ready_s"]  # worker spawn, imports, runtime, first optimizer
-        print(f"cold-start floor, bare Ray without Flower: ray.init {floor['ray_init_s']:.2f} s (before any "
-              f"clock), then {CORES} actors ready in {floor['actors_ready_s']:.2f} s (inside each actor: imports "
-              f"{floor['import_s']:.2f} s + runtime (dataset, partition, model, first optimizer) "
-              f"{floor['runtime_s']:.2f} s)")
         print(header)
-        print(f"{n:>5} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} {1.0:8.2f}")
-        for name, t, rounds_s in res:
+        print(f"{n:>5} {k:>7} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} "
+              f"{1.0:8.2f}")
+        for name, t, rounds_s, mem in res:
             vs = f"{b / t:8.2f}x" if b else "       -"
             st = steady(rounds_s)
             vs_st = f"{b_steady / st:8.2f}x" if b_steady else "       -"
-            print(f"{n:>5} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} {vs_st:>9}")
+            print(f"{n:>5} {k:>7} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} "
+                  f"{vs_st:>9} {mem:>12}")
             if name.startswith("(c)"):
                 notes.append(f"      {name[4:]}: total - cold-start floor = {t - cold:.2f} s = "
                              f"{(t - cold) / ideal:.2f}x ideal")
+        notes.append(f"      loadavg after N={n}: {open('/proc/loadavg').read().split()[:3]}")
         print("\n".join(notes), flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -76,7 +76,7 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
     result = rt.train(pid, server_round, state, payload_in, proximal_mu, holdout=stock)
     t3 = time.perf_counter()
     rt.store.save(pid, run_id, server_round, result.state, keep_round)
-    arrays = ArrayRecord(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
+    arrays = npy_record(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
     t4 = time.perf_counter()
     metrics: dict[str, Any] = {
         P.NUM_EXAMPLES: int(result.num_examples),
@@ -95,6 +95,29 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
         records[PAYLOAD] = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in result.payload.items()})
     for name, rec in records.items():
         reply[packed_key(name, pid) if packed else name] = rec
+
+
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def npy_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """``ArrayRecord(state)`` with the same bytes (``np.save``'s .npy layout), built
+    without ``np.save`` per tensor: the header of each (dtype, shape) is made by
+    ``np.save`` once per process and reused, the data is appended in one copy."""
+    out = {}
+    for k, t in state.items():
+        a = t.detach().cpu().numpy()
+        if not a.flags.c_contiguous or a.dtype.hasobject:
+            out[k] = Array(a)
+            continue
+        key = (a.dtype.str, a.shape)
+        header = _NPY_HEADERS.get(key)
+        if header is None:
+            full = Array(a).data
+            header = _NPY_HEADERS[key] = full[:len(full) - a.nbytes]
+        out[k] = Array(dtype=str(a.dtype), shape=tuple(a.shape), stype="numpy.ndarray",
+                       data=b"".join((header, a.reshape(-1).view(np.uint8))))
+    return ArrayRecord(out)
 
 
 _CLASSES: dict[tuple[int, int], list[int]] = {}

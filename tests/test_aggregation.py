@@ -69,3 +69,23 @@ def test_strategy_fed_the_mean_aggregates_as_fed_the_replies(cls):
         results.append({k: arrays[k].numpy() for k in arrays.keys()})
     for k in results[0]:
         assert np.array_equal(results[0][k], results[1][k]), (cls.__name__, k)
+
+
+def test_client_reply_arrays_have_np_saves_bytes():
+    """The ClientApp's reply serialiser (a cached .npy header per layer) writes the
+    bytes Flower's ``ArrayRecord(state_dict)`` writes, for every dtype and shape."""
+    import torch
+
+    from client.app import npy_record
+    from fedssl.models import build_model
+
+    state = build_model("cnn", 10).state_dict()
+    state.update({"steps": torch.tensor(7), "idx": torch.arange(6).reshape(2, 3),
+                  "half": torch.ones(3, dtype=torch.float16), "view": torch.ones(4, 4).t()})
+    want = ArrayRecord(state)
+    for _ in range(2):  # the second time from the cached headers
+        got = npy_record(state)
+        assert list(got.keys()) == list(want.keys())
+        for k in want.keys():
+            assert (got[k].data, got[k].dtype, got[k].shape) == (want[k].data, want[k].dtype, want[k].shape), k
+            assert np.array_equal(got[k].numpy(), state[k].numpy())
