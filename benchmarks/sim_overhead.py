@@ -43,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from memory import tree_memory  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
+#: end to end seconds of the last call (Ray start-up, data, set-up, rounds, shut-down)
+WALL: dict[str, float] = {}
 
 
 def shards(n: int):
@@ -142,6 +144,7 @@ def stock_flower(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tupl
         timing["rounds"] = [e - s for s, e in zip(starts, ends)]
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
+    t_wall = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server, client_app=client, num_supernodes=n,
@@ -150,6 +153,7 @@ def stock_flower(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tupl
     import ray
 
     ray.shutdown()
+    WALL["stock"] = time.perf_counter() - t_wall
     return timing["t"], timing["rounds"]
 
 
@@ -165,8 +169,10 @@ def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int, fracti
                              "federation.fraction_train": fraction,
                              "run.eval_every": rounds, "run.checkpoint_every": 0,
                              "client.uratio": 1})
+    t_wall = time.perf_counter()
     with PeakMemory() as mem:
         run_experiment(cfg, quiet=True)
+    WALL["fedssl"] = time.perf_counter() - t_wall
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     # The clock covers the rounds only (sample, send, train, validate, aggregate): Ray
@@ -262,9 +268,10 @@ def main() -> None:
           f"loadavg at start: {open('/proc/loadavg').read().split()[:3]}")
     print("total = all rounds (round 1 includes each worker's cold start: imports, dataset, model);\n"
           "steady = mean seconds per round after round 1 (no evaluation in any of them);\n"
-          "peak memory = PSS sum / RSS sum of the fedssl run's process tree")
+          "peak memory = PSS sum / RSS sum of the fedssl run's process tree; end-to-end = the whole\n"
+          "call (Ray start-up, data loading, set-up, rounds, shut-down)")
     header = (f"{'N':>5} {'sampled':>7} {'run':28} {'total s':>8} {'x ideal':>8} {'vs stock':>9} "
-              f"{'steady s':>9} {'x ideal':>8} {'vs stock':>9} {'PSS/RSS GiB':>12}")
+              f"{'steady s':>9} {'x ideal':>8} {'vs stock':>9} {'PSS/RSS GiB':>12} {'end-to-end s':>12}")
     floor = cold_start_floor(min(int(v) for v in args.clients.split(",")))
     print(f"cold-start floor, bare Ray without Flower: ray.init {floor['ray_init_s']:.2f} s (before any "
           f"clock), then {CORES} actors ready in {floor['actors_ready_s']:.2f} s (inside each actor: imports "
@@ -275,11 +282,11 @@ def main() -> None:
         k = len(sampled(n, f, 1))
         notes = []
         a, a_rounds = plain_loop(n, args.rounds, args.steps, f)
-        res = [("(a) plain PyTorch loop", a, a_rounds, "")]
+        res = [("(a) plain PyTorch loop", a, a_rounds, "", "")]
         b = b_steady = None
         if n <= args.stock_max:
             b, b_rounds = stock_flower(n, args.rounds, args.steps, f)
-            res.append(("(b) stock Flower FedAvg", b, b_rounds, ""))
+            res.append(("(b) stock Flower FedAvg", b, b_rounds, "", f"{WALL['stock']:.1f}"))
             b_steady = steady(b_rounds)
         else:
             notes.append(f"      stock Flower skipped at N={n} (> --stock-max {args.stock_max}: {n} Flower nodes)")
@@ -288,7 +295,8 @@ def main() -> None:
         for algo, cpn in runs:
             t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn, f)
             mem = f"{bd.pop('peak_pss_gib'):.2f}/{bd.pop('peak_rss_sum_gib'):.2f}"
-            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s, mem))
+            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s, mem,
+                        f"{WALL['fedssl']:.1f}"))
             notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
                          "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
         ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
@@ -296,12 +304,12 @@ def main() -> None:
         print(header)
         print(f"{n:>5} {k:>7} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} "
               f"{1.0:8.2f}")
-        for name, t, rounds_s, mem in res:
+        for name, t, rounds_s, mem, wall in res:
             vs = f"{b / t:8.2f}x" if b else "       -"
             st = steady(rounds_s)
             vs_st = f"{b_steady / st:8.2f}x" if b_steady else "       -"
             print(f"{n:>5} {k:>7} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} "
-                  f"{vs_st:>9} {mem:>12}")
+                  f"{vs_st:>9} {mem:>12} {wall:>12}")
             if name.startswith("(c)"):
                 notes.append(f"      {name[4:]}: total - cold-start floor = {t - cold:.2f} s = "
                              f"{(t - cold) / ideal:.2f}x ideal")
