@@ -181,6 +181,9 @@ def fedssl_run(n: int, rounds: int, steps: int, algorithm: str, cpn: int, fracti
     last = rows[-1]
     breakdown = {k: float(last[k]) for k in ("t_deser_s", "t_state_s", "t_data_s", "t_train_s") if last.get(k)}
     breakdown["round_trip_s_per_update"] = float(last["t_round_trip_s"]) / max(1, int(last["clients"]))
+    # the server's own work per round (last round), while the workers wait
+    breakdown.update({f"server_{k[2:]}_per_round": float(last[k]) for k in ("t_validate_s", "t_aggregate_s")
+                      if last.get(k)})
     rounds_s = json.loads((out / "summary.json").read_text())["round_train_s"]
     breakdown["peak_pss_gib"], breakdown["peak_rss_sum_gib"] = mem.pss / 2**30, mem.rss / 2**30
     return sum(rounds_s), rounds_s, breakdown

@@ -45,9 +45,13 @@ def auto_clients_per_node(num_clients: int, parallelism: int, model_bytes: int =
     floor (~20 ms) is paid a few times per round rather than once per client and a
     worker that finishes first still finds a message waiting; at most
     ``REPLY_BYTES`` of updates per reply (measured in benchmarks/sim_overhead.py)."""
-    per_message = math.ceil(num_clients / max(1, 2 * parallelism))
+    parallelism = max(1, parallelism)
     cap = max(1, REPLY_BYTES // model_bytes) if model_bytes > 0 else 16
-    return max(1, min(cap, per_message))
+    # A multiple of the workers, so that none trains a message more than the others
+    # (1000 CNN clients on 2 workers: 6 messages of 167, not 5 of 200 (3 + 2)).
+    messages = max(2 * parallelism, math.ceil(num_clients / cap))
+    messages = math.ceil(messages / parallelism) * parallelism
+    return max(1, min(cap, math.ceil(num_clients / messages)))
 
 
 def sample_nodes(node_ids: list[int], fraction: float, min_clients: int, seed: int,

@@ -89,7 +89,9 @@ class FedSSLStrategy(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message],
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        t0 = time.perf_counter()
         updates, info = self._collect(server_round, list(replies))
+        info["t_validate_s"] = time.perf_counter() - t0  # unpacking and checking every update
         info["clients"] = len(updates)
         if not updates:
             self.last_round = info

@@ -72,8 +72,10 @@ def test_auto_packing_keeps_workers_fed_and_replies_bounded(n, workers, model_by
     messages = len(pack(list(range(n)), cpn, 10**6))
     assert messages >= min(n, workers)  # every worker gets a message each round
     cap = max(1, REPLY_BYTES // model_bytes) if model_bytes else 16
-    assert messages <= max(2 * workers, -(-n // cap))  # and no more messages than that needs
+    # and no more messages than that needs, rounded up to a multiple of the workers
+    assert messages <= max(2 * workers, -(-(-(-n // cap)) // workers) * workers)
     assert auto_clients_per_node(200, 2, 320_808) == 50  # the CNN at N=200 on 2 cores
+    assert auto_clients_per_node(1000, 2, 320_808) == 167  # 6 messages, 3 per worker (not 5: 3 + 2)
 
 
 def test_state_store_is_lazy_versioned_and_exact(tmp_path):
