@@ -1,6 +1,8 @@
 """Where does simulation time go? The same FL workload three ways, in one process.
 
-  (a) plain PyTorch loop: sequential, one thread, FedAvg averaging (the compute floor)
+  (a) plain PyTorch loop: sequential, one thread, FedAvg averaging (the compute floor);
+  (a') the same clients split over one process per core, started together: what the
+      cores deliver at the time (on a shared machine, less than cores x (a))
   (b) stock Flower 1.42 simulation (Ray backend, num_cpus=1 per client), stock FedAvg
       and a minimal ClientApp doing the same local training
   (c) `fedssl run` with `supervised` (and `fixmatch`), packed (auto clients_per_node)
@@ -71,7 +73,10 @@ def sampled(n: int, fraction: float, rnd: int) -> list[int]:
     return sample_clients(n, fraction, 1, 0, rnd)
 
 
-def plain_loop(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[float, list[float]]:
+def plain_loop(n: int, rounds: int, steps: int, fraction: float = 1.0, part: tuple[int, int] = (0, 1),
+               barrier=None) -> tuple[float, list[float]]:  # noqa: ANN001
+    """The sampled clients trained one after the other; ``part`` (i, k): only every
+    k-th from the i-th (one of k processes), starting together at ``barrier``."""
     torch.set_num_threads(1)
     x, y, idxs = shards(n)
     global_model = build_model("cnn", 10)
@@ -80,6 +85,8 @@ def plain_loop(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[
     # Before the clock: torch's first optimizer imports torch._dynamo (about 1 s), a
     # one-off that every Ray worker pays in its round 1 too (see the cold-start floor).
     torch.optim.SGD(local.parameters(), lr=0.1)
+    if barrier is not None:
+        barrier.wait()
     t0 = time.perf_counter()
     per_round = []
     for rnd in range(1, rounds + 1):
@@ -87,7 +94,7 @@ def plain_loop(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[
         g = global_model.state_dict()
         acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in g.items()}
         pids = sampled(n, fraction, rnd)
-        for i in pids:
+        for i in pids[part[0]::part[1]]:
             local.load_state_dict(g)
             local_train(local, x, y, idxs[i], steps, gen)
             for k, v in local.state_dict().items():
@@ -95,6 +102,28 @@ def plain_loop(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[
         global_model.load_state_dict({k: v.float() for k, v in acc.items()})
         per_round.append(time.perf_counter() - t_r)
     return time.perf_counter() - t0, per_round
+
+
+def _plain_part(args: tuple, barrier, out) -> None:  # noqa: ANN001
+    out.put((args[4][0], plain_loop(*args, barrier=barrier)))
+
+
+def parallel_plain(n: int, rounds: int, steps: int, fraction: float) -> tuple[float, list[float]]:
+    """(a) split over ``CORES`` processes started together: what the cores deliver now
+    (on a shared machine, less than ``CORES`` times one). Per round: the slowest."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(CORES), ctx.Queue()
+    procs = [ctx.Process(target=_plain_part, args=((n, rounds, steps, fraction, (i, CORES)), barrier, out))
+             for i in range(CORES)]
+    for p in procs:
+        p.start()
+    results = [out.get()[1] for _ in procs]
+    for p in procs:
+        p.join()
+    per_round = [max(r[1][i] for r in results) for i in range(rounds)]
+    return max(r[0] for r in results), per_round
 
 
 def stock_flower(n: int, rounds: int, steps: int, fraction: float = 1.0) -> tuple[float, list[float]]:
@@ -285,7 +314,9 @@ def main() -> None:
         k = len(sampled(n, f, 1))
         notes = []
         a, a_rounds = plain_loop(n, args.rounds, args.steps, f)
-        res = [("(a) plain PyTorch loop", a, a_rounds, "", "")]
+        a2, a2_rounds = parallel_plain(n, args.rounds, args.steps, f)
+        res = [("(a) plain PyTorch loop", a, a_rounds, "", ""),
+               (f"(a') (a) in {CORES} processes", a2, a2_rounds, "", "")]
         b = b_steady = None
         if n <= args.stock_max:
             b, b_rounds = stock_flower(n, args.rounds, args.steps, f)
@@ -315,7 +346,7 @@ def main() -> None:
                   f"{vs_st:>9} {mem:>12} {wall:>12}")
             if name.startswith("(c)"):
                 notes.append(f"      {name[4:]}: total - cold-start floor = {t - cold:.2f} s = "
-                             f"{(t - cold) / ideal:.2f}x ideal")
+                             f"{(t - cold) / ideal:.2f}x ideal; steady = {st / steady(a2_rounds):.2f}x (a')")
         notes.append(f"      loadavg after N={n}: {open('/proc/loadavg').read().split()[:3]}")
         print("\n".join(notes), flush=True)
 
