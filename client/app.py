@@ -145,15 +145,6 @@ def _evaluate(msg: Message, context: Context, cfg: Config | None) -> Message:
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def _warm_up(msg: Message, context: Context, cfg: Config | None) -> Message:
-    """fedssl's server sends one QUERY per worker while it sets itself up: the worker
-    imports this app, builds its runtime (dataset, partition, model) and its first
-    optimizer (torch imports torch._dynamo then, about 1 s) before round 1 needs it."""
-    rt = ClientRuntime.get(cfg or config_from_context(context), context)
-    torch.optim.SGD(rt.model.parameters(), lr=0.1)
-    return Message(RecordDict({"metrics": MetricRecord({"warm": 1})}), reply_to=msg)
-
-
 def make_client_app(cfg: Config | None = None) -> ClientApp:
     """A ClientApp bound to ``cfg`` (``fedssl run``) or reading the run config
     (``flwr run``, deployment) when ``cfg`` is None."""
@@ -166,10 +157,6 @@ def make_client_app(cfg: Config | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return _evaluate(msg, context, cfg)
-
-    @app.query()
-    def warm_up(msg: Message, context: Context) -> Message:
-        return _warm_up(msg, context, cfg)
 
     return app
 

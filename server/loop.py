@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,8 +55,6 @@ class ServerRunner:
     def __init__(self, grid: Grid, cfg: Config, resume: bool = False, quiet: bool = False,
                  server_update: ServerUpdate | None = None) -> None:
         self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
-        # first: the workers' cold start then overlaps the set-up below
-        self.warm_up_ids = warm_up_workers(grid, cfg) if is_simulation_grid(grid) else []
         self.server_update = server_update
         self.out = Path(cfg.run.out_dir)
         self.console = Console(stderr=True, quiet=quiet)
@@ -241,23 +238,6 @@ class _State:
         self.start_round, self.wall_offset, self.best_loss = 1, 0.0, math.inf
         self.last_ckpt, self.status = 0, "ok"
         self.train_s: list[float] = []  # per round: sample, send, train, validate, aggregate
-
-
-def warm_up_workers(grid: Grid, cfg: Config, wait_s: float = 2.0) -> list[str]:
-    """Simulation: push one QUERY message per worker (the ClientApp's ``warm_up``), so
-    that each Ray worker imports the ClientApp and builds its runtime while the server
-    loads its test split and evaluates the initial model. Replies are never awaited
-    (:meth:`ServerRunner.run` drops them before round 1). The nodes are registered by
-    Flower right after the ServerApp thread starts: wait for them briefly."""
-    from flwr.app import Message, MessageType, RecordDict
-
-    deadline = time.time() + wait_s
-    while not (ids := sorted(grid.get_node_ids())) and time.time() < deadline:
-        time.sleep(0.01)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, int(cpus / cfg.federation.num_cpus))
-    msgs = [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids[:workers]]
-    return list(grid.push_messages(msgs)) if msgs else []
 
 
 def load_server_trainer(cfg: Config) -> ServerTrainer | None:
