@@ -283,6 +283,49 @@ def fractions(spec: str) -> dict[int, float]:
     return {int(n): float(f) for n, _, f in (p.partition("=") for p in spec.split(",") if p)}
 
 
+def report(n: int, f: float, args: argparse.Namespace, floor: dict[str, float], header: str) -> None:
+    """Runs (a), (a'), (b) and (c) at N=n, fraction_train f, and prints their rows."""
+    k = len(sampled(n, f, 1))
+    notes = []
+    a, a_rounds = plain_loop(n, args.rounds, args.steps, f)
+    a2, a2_rounds = parallel_plain(n, args.rounds, args.steps, f)
+    res = [("(a) plain PyTorch loop", a, a_rounds, "", ""),
+           (f"(a') (a) in {CORES} processes", a2, a2_rounds, "", "")]
+    b = b_steady = None
+    if n <= args.stock_max:
+        b, b_rounds = stock_flower(n, args.rounds, args.steps, f)
+        res.append(("(b) stock Flower FedAvg", b, b_rounds, "", f"{WALL['stock']:.1f}"))
+        b_steady = steady(b_rounds)
+    else:
+        notes.append(f"      stock Flower skipped at N={n} (> --stock-max {args.stock_max}: {n} Flower nodes)")
+    runs = ([("supervised", 0)] + ([("supervised", 1)] if args.unpacked else [])
+            + ([("fixmatch", 0)] if args.fixmatch else []))
+    for algo, cpn in runs:
+        t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn, f)
+        mem = f"{bd.pop('peak_pss_gib'):.2f}/{bd.pop('peak_rss_sum_gib'):.2f}"
+        res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s, mem,
+                    f"{WALL['fedssl']:.1f}"))
+        notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
+                     "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
+    ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
+    cold = floor["actors_ready_s"]  # worker spawn, imports, runtime, first optimizer
+    print(header)
+    print(f"{n:>5} {k:>7} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} "
+          f"{1.0:8.2f}")
+    for name, t, rounds_s, mem, wall in res:
+        vs = f"{b / t:8.2f}x" if b else "       -"
+        st = steady(rounds_s)
+        vs_st = f"{b_steady / st:8.2f}x" if b_steady else "       -"
+        print(f"{n:>5} {k:>7} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} "
+              f"{vs_st:>9} {mem:>12} {wall:>12}")
+        if name.startswith("(c)"):
+            notes.append(f"      {name[4:]}: total - cold-start floor = {t - cold:.2f} s = "
+                         f"{(t - cold) / ideal:.2f}x ideal; steady = {st / steady(a2_rounds):.2f}x (a')")
+    notes.append(f"      loadavg after N={n}: {open('/proc/loadavg').read().split()[:3]}")
+    print("\n".join(notes), flush=True)
+
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", default="50,200,1000,10000")
@@ -310,46 +353,7 @@ def main() -> None:
           f"{floor['import_s']:.2f} s + runtime (dataset, partition, model, first optimizer) "
           f"{floor['runtime_s']:.2f} s)")
     for n in [int(v) for v in args.clients.split(",")]:
-        f = frac.get(n, 1.0)
-        k = len(sampled(n, f, 1))
-        notes = []
-        a, a_rounds = plain_loop(n, args.rounds, args.steps, f)
-        a2, a2_rounds = parallel_plain(n, args.rounds, args.steps, f)
-        res = [("(a) plain PyTorch loop", a, a_rounds, "", ""),
-               (f"(a') (a) in {CORES} processes", a2, a2_rounds, "", "")]
-        b = b_steady = None
-        if n <= args.stock_max:
-            b, b_rounds = stock_flower(n, args.rounds, args.steps, f)
-            res.append(("(b) stock Flower FedAvg", b, b_rounds, "", f"{WALL['stock']:.1f}"))
-            b_steady = steady(b_rounds)
-        else:
-            notes.append(f"      stock Flower skipped at N={n} (> --stock-max {args.stock_max}: {n} Flower nodes)")
-        runs = ([("supervised", 0)] + ([("supervised", 1)] if args.unpacked else [])
-                + ([("fixmatch", 0)] if args.fixmatch else []))
-        for algo, cpn in runs:
-            t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn, f)
-            mem = f"{bd.pop('peak_pss_gib'):.2f}/{bd.pop('peak_rss_sum_gib'):.2f}"
-            res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s, mem,
-                        f"{WALL['fedssl']:.1f}"))
-            notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
-                         "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
-        ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
-        cold = floor["actors_ready_s"]  # worker spawn, imports, runtime, first optimizer
-        print(header)
-        print(f"{n:>5} {k:>7} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} "
-              f"{1.0:8.2f}")
-        for name, t, rounds_s, mem, wall in res:
-            vs = f"{b / t:8.2f}x" if b else "       -"
-            st = steady(rounds_s)
-            vs_st = f"{b_steady / st:8.2f}x" if b_steady else "       -"
-            print(f"{n:>5} {k:>7} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} "
-                  f"{vs_st:>9} {mem:>12} {wall:>12}")
-            if name.startswith("(c)"):
-                notes.append(f"      {name[4:]}: total - cold-start floor = {t - cold:.2f} s = "
-                             f"{(t - cold) / ideal:.2f}x ideal; steady = {st / steady(a2_rounds):.2f}x (a')")
-        notes.append(f"      loadavg after N={n}: {open('/proc/loadavg').read().split()[:3]}")
-        print("\n".join(notes), flush=True)
-
+        report(n, frac.get(n, 1.0), args, floor, header)
 
 if __name__ == "__main__":
     main()
