@@ -15,7 +15,7 @@ from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
-from fedssl.simulation import RunError
+from fedssl.simulation import WARM_RAY_ENV, RunError, local_ray_resources
 from fedssl.training import model_kwargs
 from strategies import inner_strategy
 
@@ -34,24 +34,14 @@ def num_supernodes(cfg: Config, model_bytes: int = 0) -> int:
 def backend_config(cfg: Config) -> dict[str, Any]:
     f = cfg.federation
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True}
-    if f.ray_address:
-        init_args["address"] = f.ray_address
+    if f.ray_address or os.environ.get(WARM_RAY_ENV):
+        # fedssl bench's warm cluster was started with local_ray_resources(cfg)
+        init_args["address"] = f.ray_address or os.environ[WARM_RAY_ENV]
     else:
         init_args["include_dashboard"] = False  # no dashboard processes for a local cluster
-        init_args["num_cpus"] = max(1, int(os.environ.get("FEDSSL_RAY_CPUS", 0)) or
-                                    (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-        init_args["num_gpus"] = int(_gpu_count()) if f.num_gpus > 0 else 0
+        init_args.update(local_ray_resources(cfg))
     return {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus},
             "init_args": init_args}
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
 
 
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:

@@ -358,16 +358,12 @@ def _session_members(sid: int) -> list[int]:
     return pids
 
 
-def _find_child(needle: str) -> int | None:
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "fedssl.cli run" in cmd and needle in cmd:
-                return int(p.name)
-    return None
+def _find_child(bench_pid: int, log: Path) -> int | None:
+    """The process group the bench runs the cell logging to ``log`` in: its warm worker
+    (the cell is forked from it) once the cell has started."""
+    from tests.test_bench_pool import warm_worker
+
+    return warm_worker(bench_pid) if log.exists() else None
 
 
 def _wait(cond, timeout: float, what: str):
@@ -408,7 +404,8 @@ def e2e(tmp_path_factory):
         try:
             rec = out / "cells" / f"{first.id}.json"
             _wait(lambda: (report.read_json(rec) or {}).get("status") == "ok", 400, "the first cell")
-            child = _wait(lambda: _find_child(second.id), 60, "the second cell's process")
+            child = _wait(lambda: _find_child(p1.pid, out / "logs" / f"{second.id}.stderr"), 60,
+                          "the second cell's process")
             time.sleep(3)
             p1.send_signal(signal.SIGINT)
             info["p1_rc"] = p1.wait(timeout=120)

@@ -21,7 +21,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     grid.out.mkdir(parents=True, exist_ok=True)
     with exclusive(grid.out):
-        runner = BenchRunner(grid, quiet=args.quiet, skip_failed=args.skip_failed)
+        runner = BenchRunner(grid, quiet=args.quiet, skip_failed=args.skip_failed, fresh=args.fresh_process)
         runner.prepare()
         return runner.run()
 
@@ -29,7 +29,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="run a grid of experiments (resumable)",
                               description="Run every cell of a grid (the Cartesian product of the "
-                                          "grid file's [axes]) as its own `fedssl run`, skipping "
+                                          "grid file's [axes]) as its own `fedssl run` (forked from a "
+                                          "warm worker that keeps the imports and a Ray cluster across "
+                                          "cells), skipping "
                                           "cells already finished in DIR; then write results.csv, "
                                           "summary.md and report.html.")
     p.add_argument("--grid", required=True, metavar="FILE.toml", help="grid file ([base] and [axes])")
@@ -37,5 +39,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar; failures and the final table only")
     p.add_argument("--skip-failed", action="store_true",
                    help="do not retry cells that failed in an earlier invocation")
+    p.add_argument("--fresh-process", action="store_true",
+                   help="run each cell as a fresh `fedssl run` process (slower: every cell pays the imports "
+                        "and Ray's start-up) instead of in the warm worker; for debugging")
     p.add_argument("--dry-run", action="store_true", help="validate the grid, list the cells and their state")
     p.set_defaults(func=cmd_bench)

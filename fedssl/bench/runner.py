@@ -1,7 +1,11 @@
-"""Running a grid: each cell is a ``fedssl run`` in a fresh child process (own process
-group), so a crashing cell -- even a segfault -- cannot take the grid down and every
-cell starts with clean Ray state. Ctrl-C (or SIGTERM) stops the running child's whole
-process group, keeps what is done, renders the report and prints how to resume."""
+"""Running a grid: each cell is a ``fedssl run``, by default in a process forked from
+the bench's warm worker (:mod:`fedssl.bench.worker`: imports and a Ray cluster kept
+across cells; own process group), or with ``fresh=True`` in a fresh child process (own
+process group) as ``fedssl run`` itself. Either way a crashing cell -- even a segfault
+-- cannot take the grid down: a cell killed by a signal, or a worker that dies, is
+recorded as failed and the worker replaced. Ctrl-C (or SIGTERM) stops the running
+child's whole process group, keeps what is done, renders the report and prints how
+to resume."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.bench.grid import Grid, GridCell, fmt_value
+from fedssl.bench.pool import WarmWorker, WorkerDied, main_thread, terminate_group
 from fedssl.bench.layout import (
     GRID_JSON,
     GRID_TOML,
@@ -57,35 +62,6 @@ def last_error(stderr: str, code: int) -> str:
     return pick[:500] or f"exit status {code}"
 
 
-def _terminate(proc: subprocess.Popen) -> None:
-    """Stop the child and everything it started (its own process group)."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
-    try:
-        for sig, wait in ((signal.SIGINT, 8.0), (signal.SIGTERM, 4.0), (signal.SIGKILL, 4.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # stragglers of the group (Ray workers ...)
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def _rounds_done(metrics: Path) -> int:
     try:
         with metrics.open("rb") as f:
@@ -104,13 +80,14 @@ def _fmt_s(s: float | None) -> str:
 
 
 class BenchRunner:
-    def __init__(self, grid: Grid, quiet: bool = False, skip_failed: bool = False) -> None:
+    def __init__(self, grid: Grid, quiet: bool = False, skip_failed: bool = False, fresh: bool = False) -> None:
         from rich.console import Console
 
-        self.grid, self.quiet, self.skip_failed = grid, quiet, skip_failed
+        self.grid, self.quiet, self.skip_failed, self.fresh = grid, quiet, skip_failed, fresh
         self.out = grid.out
         self.console = Console(stderr=True)
         self.durations: list[float] = []
+        self.worker: WarmWorker | None = None
 
     # -- files -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -150,28 +127,25 @@ class BenchRunner:
         from fedssl.runlog import write_atomic
 
         write_atomic(cfg_file, cell.cfg.to_toml())
-        cmd = [sys.executable, "-m", "fedssl.cli", "run", "--quiet"]
-        cmd += ["--resume", str(run_dir)] if resume else ["--config", str(cfg_file), "--out", str(run_dir)]
+        argv = ["run", "--quiet"]
+        argv += ["--resume", str(run_dir)] if resume else ["--config", str(cfg_file), "--out", str(run_dir)]
         logs = logs_dir(self.out)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         t0 = time.monotonic()
+
+        def poll() -> None:
+            if on_poll:
+                on_poll(_rounds_done(run_dir / "metrics.csv"), time.monotonic() - t0)
+
+        how = "" if self.fresh else " (in the bench's warm worker)"
         with open(logs / f"{cell.id}.stdout", "ab") as out, open(logs / f"{cell.id}.stderr", "ab") as err:
-            header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {' '.join(cmd)}\n"
+            header = (f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
+                      f"{sys.executable} -m fedssl.cli {' '.join(argv)}{how}\n")
             out.write(header.encode()), err.write(header.encode())
             out.flush(), err.flush()
             err_from = err.tell()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
             try:
-                while True:
-                    try:
-                        code = proc.wait(timeout=0.5)
-                        break
-                    except subprocess.TimeoutExpired:
-                        if on_poll:
-                            on_poll(_rounds_done(run_dir / "metrics.csv"), time.monotonic() - t0)
+                code = self._fresh(argv, out, err, poll) if self.fresh else self._warm(cell, argv, logs, poll)
             except BaseException:
-                _terminate(proc)
                 self._write_record(cell, status="interrupted", exit_code=None,
                                    error="interrupted by the user", cell_s=time.monotonic() - t0,
                                    resumed=resume)
@@ -188,6 +162,47 @@ class BenchRunner:
             text = f.read().decode(errors="replace")
         return self._write_record(cell, status="failed", exit_code=code, error=last_error(text, code),
                                   cell_s=elapsed, resumed=resume)
+
+    def _fresh(self, argv: list[str], out: Any, err: Any, poll) -> int:
+        """``fedssl run ARGV`` in a fresh child process (own process group)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", *argv], stdout=out, stderr=err,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    poll()
+        except BaseException:
+            terminate_group(proc)
+            raise
+
+    def _warm(self, cell: GridCell, argv: list[str], logs: Path, poll) -> int:
+        """``fedssl run ARGV`` forked from the warm worker; a new worker after a cell
+        killed by a signal, or when the worker itself died."""
+        from fedssl.simulation import local_ray_resources
+
+        if self.worker is None:
+            self.worker = WarmWorker(logs / "worker.log", {**os.environ, "PYTHONUNBUFFERED": "1"})
+        ray = None if cell.cfg.federation.ray_address else local_ray_resources(cell.cfg)
+        try:
+            code = self.worker.run(argv, logs / f"{cell.id}.stdout", logs / f"{cell.id}.stderr", ray, poll)
+        except WorkerDied as e:
+            self.worker = None
+            return e.code
+        except BaseException:
+            self.close()
+            raise
+        if code < 0:  # whatever the dead cell left in the worker's cluster goes with it
+            self.close(kill=True)
+        return code
+
+    def close(self, kill: bool = True) -> None:
+        """Stop the warm worker, if any (kill: now, its whole process group)."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.kill() if kill else worker.stop()
 
     # -- the grid ----------------------------------------------------------------
     def _announce(self, todo: list[GridCell], states: dict[str, str]) -> int:
@@ -259,12 +274,14 @@ class BenchRunner:
                 and not (self.skip_failed and states[c.id] == "failed")]
         done0 = self._announce(todo, states)
         interrupted = False
-        old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread() else None
         try:
             self._run_todo(todo, done0)
+            self.close(kill=False)
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            self.close()
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
         return self._finish(interrupted=interrupted)

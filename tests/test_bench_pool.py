@@ -1,0 +1,174 @@
+"""fedssl bench's warm worker: cells forked from one long-lived worker that keeps the
+imports and a Ray cluster warm give exactly the results of the same cells run alone
+with ``fedssl run``; a cell killed by a signal, or a worker killed outright, is
+recorded as failed, the worker is replaced and the grid goes on.
+
+Real tiny grids on synthetic data, real processes, real Flower simulations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedssl import bench, report
+from tests.conftest import ROOT, run_cli
+
+TINY = """
+"data.dataset" = "synthetic"
+"data.num_clients" = 2
+"data.partition" = "iid"
+"data.labeled_ratio" = 0.1
+"data.max_train_samples" = 600
+"data.max_test_samples" = 200
+"federation.rounds" = 2
+"client.local_steps" = 2
+"client.batch_size" = 16
+"client.uratio" = 2
+"model.name" = "cnn"
+"""
+TIMING = ("wall_s", "round_s")
+
+
+def _grid(tmp: Path, axes: str) -> Path:
+    path = tmp / "grid.toml"
+    path.write_text(f"[base]\n{TINY}\n[axes]\n{axes}\n")
+    return path
+
+
+def _non_timing(run: Path) -> tuple[pd.DataFrame, dict]:
+    m = pd.read_csv(run / "metrics.csv")
+    m = m[[c for c in m.columns if c not in TIMING and not c.startswith("t_")]]
+    final = report.read_json(run / "summary.json")["final"]
+    return m, {k: v for k, v in final.items() if k not in TIMING and not k.startswith("t_")}
+
+
+@pytest.mark.slow
+def test_pooled_cells_equal_isolated_runs(tmp_path):
+    """Three cells through one warm worker (two algorithms, two seeds: caches, RNG and
+    client state of one cell would show in the next) against each cell's config run
+    alone by `fedssl run` in a fresh process: every non-timing column identical."""
+    grid = _grid(tmp_path, '"client.algorithm" = ["fixmatch", "meanteacher"]\n"run.seed" = [0, 1]')
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--grid", str(grid), "--out", str(out), "--quiet", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = bench.load_grid(grid, out)
+    log = (out / "logs" / "worker.log").read_text()
+    assert log.count("starting a Ray cluster") == 1, log  # one worker, one cluster, all cells
+    for c in g.cells:
+        assert "(in the bench's warm worker)" in (out / "logs" / f"{c.id}.stderr").read_text()
+    for c in g.order()[:3]:
+        alone = tmp_path / "alone" / c.id
+        p = run_cli("run", "--quiet", "--config", str(out / "cells" / f"{c.id}.toml"), "--out", str(alone))
+        assert p.returncode == 0, p.stderr[-3000:]
+        (pm, pf), (am, af) = _non_timing(g.run_dir(c)), _non_timing(alone)
+        assert list(pm.columns) == list(am.columns)
+        pd.testing.assert_frame_equal(pm, am, check_exact=True)
+        assert pf == af, c.id
+        assert pf["round"] == 2
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids.append(int(p.name))
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def warm_worker(bench_pid: int) -> int | None:
+    return next((k for k in _children(bench_pid) if "fedssl.bench.worker" in _cmdline(k)), None)
+
+
+def _cell_process(bench_pid: int) -> tuple[int, int] | None:
+    """(worker, the cell forked from it) while a cell runs."""
+    w = warm_worker(bench_pid)
+    if w is None:
+        return None
+    cell = next((k for k in _children(w) if _cmdline(k) == _cmdline(w)), None)
+    return (w, cell) if cell else None
+
+
+def session_members(sid: int) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(p.name))
+    return pids
+
+
+def _wait(cond, timeout: float, what: str):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
+    """Cell 1's process gets SIGSEGV, the worker running cell 2 gets SIGKILL: both are
+    recorded as failed like a crashed `fedssl run`, nothing of theirs is left running,
+    a new worker runs cell 3 to the end."""
+    grid = _grid(tmp_path, '"client.algorithm" = ["supervised"]\n"run.seed" = [0, 1, 2]')
+    out = tmp_path / "bench"
+    g = bench.load_grid(grid, out)
+    c1, c2, c3 = g.order()
+    cmd = [sys.executable, "-m", "fedssl.cli", "bench", "--grid", str(grid), "--out", str(out), "--quiet"]
+    with open(tmp_path / "err", "w") as err:
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            w1, cell1 = _wait(lambda: _cell_process(p.pid), 300, "cell 1's process")
+            time.sleep(1.0)
+            os.kill(cell1, signal.SIGSEGV)
+            _wait(lambda: (out / "logs" / f"{c2.id}.stderr").exists(), 120, "cell 2")
+            w2, _ = _wait(lambda: _cell_process(p.pid), 300, "cell 2's process")
+            time.sleep(1.0)
+            os.kill(w2, signal.SIGKILL)
+            rc = p.wait(timeout=600)
+        finally:
+            if p.poll() is None:
+                p.kill()
+    stderr = (tmp_path / "err").read_text()
+    assert rc == bench.EXIT_FAILED_CELLS, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert w1 != w2, "the worker was not replaced after a cell died by a signal"
+    assert session_members(w1) == [] and session_members(w2) == [], "a dead worker left processes behind"
+    recs = {c.id: report.read_json(out / "cells" / f"{c.id}.json") for c in g.cells}
+    assert recs[c1.id]["status"] == "failed" and recs[c1.id]["exit_code"] == -signal.SIGSEGV
+    assert recs[c1.id]["error"].startswith("killed by SIGSEGV")
+    assert recs[c2.id]["status"] == "failed" and recs[c2.id]["exit_code"] == -signal.SIGKILL
+    assert recs[c2.id]["error"].startswith("killed by SIGKILL")
+    assert recs[c3.id]["status"] == "ok"
+    assert report.read_json(g.run_dir(c3) / "summary.json")["final"]["round"] == 2
+    res = pd.read_csv(out / "results.csv")
+    assert sorted(res.status) == ["failed", "failed", "ok"]
+    # the retry (next invocation) runs the two failed cells and nothing else
+    again = run_cli("bench", "--grid", str(grid), "--out", str(out), "--quiet", timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(report.read_json(out / "cells" / f"{c.id}.json")["status"] == "ok" for c in g.cells)
