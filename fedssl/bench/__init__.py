@@ -32,18 +32,25 @@ re-renders all of it from the files at any time.
 
 Resumability
 ------------
-Each cell is a ``fedssl run`` in a fresh child process (own process group), so a
-crashing cell -- even a segfault -- cannot take the grid down and every cell starts with
-clean Ray state. A cell is *finished* iff ``runs/<id>/summary.json`` exists with status
-``ok`` or ``diverged``; finished cells are skipped when the command is run again. An
+Each cell is a ``fedssl run`` in its own process, forked from the bench's warm worker
+(:mod:`~fedssl.bench.worker`, own process group): the imports and a local Ray cluster
+are paid once per grid, not once per cell, and every cell still starts from the same
+pristine process state (results identical to the cell run alone). A crashing cell --
+even a segfault -- cannot take the grid down: a cell killed by a signal, or a worker
+that dies, is recorded as failed and the worker is replaced. ``--fresh-process`` runs
+each cell as a fresh ``fedssl run`` child instead (slower; for debugging). The worker
+writes its own messages to ``logs/worker.log``. A cell is *finished* iff
+``runs/<id>/summary.json`` exists with status ``ok`` or ``diverged``; finished cells are skipped when the command is run again. An
 interrupted cell continues with ``fedssl run --resume`` when its run left a checkpoint
 of the same config, otherwise it starts over. Failed cells are retried on the next
 invocation unless ``--skip-failed``. Ctrl-C (or SIGTERM) stops the running child's whole
-process group, keeps what is done, renders the report and prints how to resume.
+process group (the worker's, with its Ray cluster), keeps what is done, renders the
+report and prints how to resume.
 
 Modules: :mod:`~fedssl.bench.grid` (the grid file, pure), :mod:`~fedssl.bench.layout`,
 :mod:`~fedssl.bench.state` (cell states, the directory lock), :mod:`~fedssl.bench.runner`
-(child processes, progress, report) and :mod:`~fedssl.bench.cli`.
+(cells, progress, report), :mod:`~fedssl.bench.pool` and :mod:`~fedssl.bench.worker`
+(the warm worker, both sides) and :mod:`~fedssl.bench.cli`.
 """
 
 import importlib

@@ -3,7 +3,8 @@
 ``DIR/grid.json`` (cells: id, varied values, seed), ``DIR/grid.toml`` (copy of the grid
 file), ``DIR/cells/<id>.toml`` (the cell's resolved config), ``DIR/cells/<id>.json``
 (the bench's record: status, exit code, error, seconds), ``DIR/runs/<id>/`` (the run's
-own files) and ``DIR/logs/<id>.stdout|.stderr``. The report files next to them
+own files), ``DIR/logs/<id>.stdout|.stderr`` and ``DIR/logs/worker.log`` (the warm
+worker's own messages). The report files next to them
 (``results.csv``, ``summary.md``, ``report.html``, ``plots/``) belong to
 :mod:`fedssl.report`. This module imports nothing of fedssl, so the report can read a
 bench directory without importing the runner.
