@@ -42,8 +42,11 @@ import time
 import traceback
 from typing import Any
 
+# Imported once, before the first fork. Not server.app: it configures the "fedssl"
+# logger at import when nobody has, which `fedssl run` does first (the order matters).
 PRELOAD = ("numpy", "pandas", "scipy", "rich", "torch", "torchvision", "ray", "flwr.app",
-           "flwr.clientapp", "flwr.serverapp", "flwr.simulation")
+           "flwr.clientapp", "flwr.serverapp", "flwr.simulation", "fedssl.cli", "fedssl.simulation",
+           "server.loop", "server.simulation", "client.app")
 _READY = "Ray runtime started."
 
 
@@ -118,6 +121,14 @@ class WarmRay:
         if self.temp and not keep_logs:
             shutil.rmtree(self.temp, ignore_errors=True)
         self.resources, self.address, self.temp = None, "", ""
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - the cell that needs it reports it
+            _log(f"could not preload {name}: {type(e).__name__}: {e}")
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -198,8 +209,7 @@ def serve(requests, replies, private_fds: tuple[int, ...], handlers: dict[int, A
             if want and not (ray_cluster.alive() and ray_cluster.resources == want):
                 ray_cluster.start(want)  # in the background while the modules load
             if not preloaded:
-                for name in PRELOAD:
-                    importlib.import_module(name)
+                _preload()
                 preloaded = True
             address = ray_cluster.address if want and ray_cluster.ready() else ""
             pid = _fork_cell(req, private_fds, handlers, address)
