@@ -172,3 +172,17 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     again = run_cli("bench", "--grid", str(grid), "--out", str(out), "--quiet", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert all(report.read_json(out / "cells" / f"{c.id}.json")["status"] == "ok" for c in g.cells)
+
+
+@pytest.mark.slow
+def test_fresh_process_flag_runs_cells_without_the_worker(tmp_path):
+    """--fresh-process: each cell is its own `fedssl run` child, as before the pool."""
+    grid = _grid(tmp_path, '"client.algorithm" = ["supervised"]')
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--grid", str(grid), "--out", str(out), "--quiet", "--fresh-process", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (c,) = bench.load_grid(grid, out).cells
+    assert report.read_json(out / "cells" / f"{c.id}.json")["status"] == "ok"
+    header = (out / "logs" / f"{c.id}.stderr").read_text().splitlines()[0]
+    assert "-m fedssl.cli run --quiet --config" in header and "warm worker" not in header
+    assert not (out / "logs" / "worker.log").exists()
