@@ -69,6 +69,7 @@ class WarmRay:
         self.address = ""
         self.temp = ""
         self.out_path = ""
+        self.broken = False  # it failed to start once: cells start their own Ray from then on
 
     def start(self, resources: dict[str, int]) -> None:
         """Start the cluster in the background (``ready`` waits for it)."""
@@ -103,6 +104,7 @@ class WarmRay:
             time.sleep(0.1)
         _log(f"the Ray cluster did not start; cells start their own (see {self.out_path})")
         self.stop(keep_logs=True)
+        self.broken = True
         return False
 
     def alive(self) -> bool:
@@ -154,7 +156,9 @@ def _run_cell(req: dict[str, Any], private_fds: tuple[int, ...], handlers: dict[
             os.dup2(src, dst)
             os.close(src)
         if address:
-            os.environ["FEDSSL_BENCH_RAY_ADDRESS"] = address
+            from fedssl.simulation import WARM_RAY_ENV
+
+            os.environ[WARM_RAY_ENV] = address
         sys.argv = ["fedssl", *req["argv"]]
         from fedssl.cli import main
 
@@ -205,7 +209,7 @@ def serve(requests, replies, private_fds: tuple[int, ...], handlers: dict[int, A
     try:
         for line in requests:
             req = json.loads(line)
-            want = req.get("ray")
+            want = req.get("ray") if not ray_cluster.broken else None
             if want and not (ray_cluster.alive() and ray_cluster.resources == want):
                 ray_cluster.start(want)  # in the background while the modules load
             if not preloaded:
