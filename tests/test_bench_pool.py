@@ -159,6 +159,10 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     assert "Traceback" not in stderr
     assert w1 != w2, "the worker was not replaced after a cell died by a signal"
     assert session_members(w1) == [] and session_members(w2) == [], "a dead worker left processes behind"
+    import tempfile
+
+    assert not [d for w in (w1, w2) for d in Path(tempfile.gettempdir()).glob(f"fedssl-ray-{w}-*")], \
+        "a dead worker's Ray temp dir was left behind"
     recs = {c.id: report.read_json(out / "cells" / f"{c.id}.json") for c in g.cells}
     assert recs[c1.id]["status"] == "failed" and recs[c1.id]["exit_code"] == -signal.SIGSEGV
     assert recs[c1.id]["error"].startswith("killed by SIGSEGV")

@@ -53,6 +53,17 @@ def main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _remove_temp(pid: int) -> None:
+    """The Ray temp dir of a worker that could not remove it itself (killed)."""
+    import shutil
+    import tempfile
+
+    from fedssl.bench.worker import TEMP_PREFIX
+
+    for d in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}{pid}-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class WarmWorker:
     """A ``python -m fedssl.bench.worker`` child in its own session (process group)."""
 
@@ -104,6 +115,7 @@ class WarmWorker:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        _remove_temp(proc.pid)
         return code
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -124,6 +136,7 @@ class WarmWorker:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        _remove_temp(proc.pid)
         proc.stdout.close()
 
     def kill(self) -> None:
@@ -131,4 +144,5 @@ class WarmWorker:
         proc, self.proc = self.proc, None
         if proc is not None:
             terminate_group(proc)
+            _remove_temp(proc.pid)
             proc.stdout.close()

@@ -48,6 +48,7 @@ PRELOAD = ("numpy", "pandas", "scipy", "rich", "torch", "torchvision", "ray", "f
            "flwr.clientapp", "flwr.serverapp", "flwr.simulation", "fedssl.cli", "fedssl.simulation",
            "server.loop", "server.simulation", "client.app")
 _READY = "Ray runtime started."
+TEMP_PREFIX = "fedssl-ray-"
 
 
 def _log(msg: str) -> None:
@@ -75,7 +76,9 @@ class WarmRay:
         """Start the cluster in the background (``ready`` waits for it)."""
         self.stop()
         port = _free_port()
-        self.temp = tempfile.mkdtemp(prefix="fedssl-ray-")  # short: Ray's socket paths are bounded
+        # short (Ray's socket paths are bounded); named after the worker, so that the bench
+        # removes it when the worker was killed before it could
+        self.temp = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
         self.out_path = os.path.join(self.temp, "ray_start.log")
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={resources['num_cpus']}",
