@@ -4,6 +4,7 @@ Ray head through ``federation.ray_address``."""
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import signal
@@ -73,7 +74,7 @@ def test_auto_packing_keeps_workers_fed_and_replies_bounded(n, workers, model_by
     assert messages >= min(n, workers)  # every worker gets a message each round
     cap = max(1, REPLY_BYTES // model_bytes) if model_bytes else 16
     # and no more messages than that needs, rounded up to a multiple of the workers
-    assert messages <= max(2 * workers, -(-(-(-n // cap)) // workers) * workers)
+    assert messages <= max(2 * workers, math.ceil(math.ceil(n / cap) / workers) * workers)
     assert auto_clients_per_node(200, 2, 320_808) == 50  # the CNN at N=200 on 2 cores
     assert auto_clients_per_node(1000, 2, 320_808) == 167  # 6 messages, 3 per worker (not 5: 3 + 2)
 

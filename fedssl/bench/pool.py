@@ -87,16 +87,18 @@ class WarmWorker:
         signal). Raises :class:`WorkerDied` when the worker itself ends meanwhile."""
         if self.proc is None:
             self.start()
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
         req: dict[str, Any] = {"argv": argv, "stdout": str(stdout), "stderr": str(stderr), "ray": ray}
         try:
-            self.proc.stdin.write((json.dumps(req) + "\n").encode())
-            self.proc.stdin.flush()
+            proc.stdin.write((json.dumps(req) + "\n").encode())
+            proc.stdin.flush()
         except BrokenPipeError:
             raise WorkerDied(self._reap()) from None
         while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
             if ready:
-                line = self.proc.stdout.readline()
+                line = proc.stdout.readline()
                 if not line:
                     raise WorkerDied(self._reap())
                 return int(json.loads(line)["code"])
@@ -106,6 +108,7 @@ class WarmWorker:
     def _reap(self) -> int:
         """The dead worker's status; what it left behind in its group is killed."""
         proc, self.proc = self.proc, None
+        assert proc is not None
         try:
             code = proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # stdout closed but alive: make it dead
@@ -123,6 +126,7 @@ class WarmWorker:
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.close()
         except OSError:
@@ -145,4 +149,5 @@ class WarmWorker:
         if proc is not None:
             terminate_group(proc)
             _remove_temp(proc.pid)
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()

@@ -206,7 +206,7 @@ def _wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def serve(requests, replies, private_fds: tuple[int, ...], handlers: dict[int, Any]) -> None:
+def serve(requests, replies, private_fds: tuple[int, ...], handlers: dict[Any, Any]) -> None:
     ray_cluster = WarmRay()
     preloaded = False
     try:
