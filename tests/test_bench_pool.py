@@ -98,13 +98,20 @@ def warm_worker(bench_pid: int) -> int | None:
     return next((k for k in _children(bench_pid) if "fedssl.bench.worker" in _cmdline(k)), None)
 
 
-def _cell_process(bench_pid: int) -> tuple[int, int] | None:
-    """(worker, the cell forked from it) while a cell runs."""
+def _cell_process(bench_pid: int, cell_log: Path) -> tuple[int, int] | None:
+    """(worker, the cell forked from it) while that cell runs: the worker's child whose
+    stderr is the cell's log (a child of the worker with the worker's command line may
+    also be a short-lived fork on its way to exec, e.g. starting Ray)."""
     w = warm_worker(bench_pid)
     if w is None:
         return None
-    cell = next((k for k in _children(w) if _cmdline(k) == _cmdline(w)), None)
-    return (w, cell) if cell else None
+    for k in _children(w):
+        try:
+            if os.readlink(f"/proc/{k}/fd/2") == str(cell_log):
+                return w, k
+        except OSError:
+            continue
+    return None
 
 
 def session_members(sid: int) -> list[int]:
@@ -136,18 +143,21 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     recorded as failed like a crashed `fedssl run`, nothing of theirs is left running,
     a new worker runs cell 3 to the end."""
     grid = _grid(tmp_path, '"client.algorithm" = ["supervised"]\n"run.seed" = [0, 1, 2]')
+    # cells long enough (seconds) to be killed mid-run on a fast machine
+    grid.write_text(grid.read_text().replace('"federation.rounds" = 2', '"federation.rounds" = 4')
+                    .replace('"client.local_steps" = 2', '"client.local_steps" = 20'))
     out = tmp_path / "bench"
     g = bench.load_grid(grid, out)
     c1, c2, c3 = g.order()
+    logs = out / "logs"
     cmd = [sys.executable, "-m", "fedssl.cli", "bench", "--grid", str(grid), "--out", str(out), "--quiet"]
     with open(tmp_path / "err", "w") as err:
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            w1, cell1 = _wait(lambda: _cell_process(p.pid), 300, "cell 1's process")
+            w1, cell1 = _wait(lambda: _cell_process(p.pid, logs / f"{c1.id}.stderr"), 300, "cell 1's process")
             time.sleep(1.0)
             os.kill(cell1, signal.SIGSEGV)
-            _wait(lambda: (out / "logs" / f"{c2.id}.stderr").exists(), 120, "cell 2")
-            w2, _ = _wait(lambda: _cell_process(p.pid), 300, "cell 2's process")
+            w2, _ = _wait(lambda: _cell_process(p.pid, logs / f"{c2.id}.stderr"), 300, "cell 2's process")
             time.sleep(1.0)
             os.kill(w2, signal.SIGKILL)
             rc = p.wait(timeout=600)
@@ -169,7 +179,7 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     assert recs[c2.id]["status"] == "failed" and recs[c2.id]["exit_code"] == -signal.SIGKILL
     assert recs[c2.id]["error"].startswith("killed by SIGKILL")
     assert recs[c3.id]["status"] == "ok"
-    assert report.read_json(g.run_dir(c3) / "summary.json")["final"]["round"] == 2
+    assert report.read_json(g.run_dir(c3) / "summary.json")["final"]["round"] == 4
     res = pd.read_csv(out / "results.csv")
     assert sorted(res.status) == ["failed", "failed", "ok"]
     # the retry (next invocation) runs the two failed cells and nothing else
