@@ -93,3 +93,44 @@ def kill9_after_checkpoint(overrides: dict[str, object], out: Path, at_round: in
             os.killpg(proc.pid, signal.SIGKILL)
     return ckpt
 
+
+# A seconds-long real grid cell (fedssl bench tests); add "data.dataset" / "data.root".
+TINY_GRID_BASE = """
+"data.num_clients" = 2
+"data.partition" = "iid"
+"data.labeled_ratio" = 0.1
+"data.max_train_samples" = 600
+"data.max_test_samples" = 200
+"federation.rounds" = 2
+"client.local_steps" = 2
+"client.batch_size" = 16
+"client.uratio" = 2
+"model.name" = "cnn"
+"""
+
+
+def live_processes(field: int, value: int) -> list[int]:
+    """Live (non-zombie) pids whose /proc/PID/stat field ``field`` (after the command
+    name: 1 = parent pid, 3 = session id) equals ``value``."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[field]) == value and fields[0] != "Z":
+                pids.append(int(p.name))
+    return pids
+
+
+def wait_for(cond, timeout: float, what: str):
+    """Poll ``cond`` until it returns something truthy, which is returned."""
+    end = time.time() + timeout
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+

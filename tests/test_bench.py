@@ -24,7 +24,7 @@ import pytest
 from fedssl import bench, report, runlog
 from fedssl.cli import main
 from fedssl.config import ConfigError
-from tests.conftest import ROOT, assert_bad_input, run_cli
+from tests.conftest import ROOT, TINY_GRID_BASE, assert_bad_input, live_processes, run_cli, wait_for
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -330,50 +330,12 @@ def test_failing_cells_are_recorded_and_the_grid_goes_on(tmp_path):
 
 # ------------------------------------------------------- end to end (real tiny grid)
 
-TINY_BASE = """
-"data.num_clients" = 2
-"data.partition" = "iid"
-"data.labeled_ratio" = 0.1
-"data.max_train_samples" = 600
-"data.max_test_samples" = 200
-"federation.rounds" = 2
-"client.local_steps" = 2
-"client.batch_size" = 16
-"client.uratio" = 2
-"model.name" = "cnn"
-"""
-
-
-def _session_members(sid: int) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(p.name))
-    return pids
-
-
 def _find_child(bench_pid: int, log: Path) -> int | None:
     """The process group the bench runs the cell logging to ``log`` in: its warm worker
     (the cell is forked from it) once the cell has started."""
     from tests.test_bench_pool import warm_worker
 
     return warm_worker(bench_pid) if log.exists() else None
-
-
-def _wait(cond, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -385,7 +347,7 @@ def e2e(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     empty = tmp / "empty"
     empty.mkdir()
-    grid = write_grid(tmp / "grid.toml", TINY_BASE + f'"data.root" = "{empty}"', """
+    grid = write_grid(tmp / "grid.toml", TINY_GRID_BASE + f'"data.root" = "{empty}"', """
 "data.dataset+client.algorithm" = [["synthetic", "supervised"], ["synthetic", "fixmatch"], ["cinic10", "supervised"]]
 "run.seed" = [0, 1]
 """)
@@ -403,8 +365,8 @@ def e2e(tmp_path_factory):
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             rec = out / "cells" / f"{first.id}.json"
-            _wait(lambda: (report.read_json(rec) or {}).get("status") == "ok", 400, "the first cell")
-            child = _wait(lambda: _find_child(p1.pid, out / "logs" / f"{second.id}.stderr"), 60,
+            wait_for(lambda: (report.read_json(rec) or {}).get("status") == "ok", 400, "the first cell")
+            child = wait_for(lambda: _find_child(p1.pid, out / "logs" / f"{second.id}.stderr"), 60,
                           "the second cell's process")
             time.sleep(3)
             p1.send_signal(signal.SIGINT)
@@ -413,7 +375,7 @@ def e2e(tmp_path_factory):
             if p1.poll() is None:
                 p1.kill()
     info["p1_err"] = (tmp / "p1.err").read_text()
-    info["leftover"] = _session_members(child)
+    info["leftover"] = live_processes(3, child)
     info["second_rec_after_interrupt"] = report.read_json(out / "cells" / f"{second.id}.json")
 
     # 2. simulate a crash after the last checkpoint of the finished first cell: it must

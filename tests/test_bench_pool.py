@@ -18,21 +18,9 @@ import pandas as pd
 import pytest
 
 from fedssl import bench, report
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY_GRID_BASE, live_processes, run_cli, wait_for
 
-TINY = """
-"data.dataset" = "synthetic"
-"data.num_clients" = 2
-"data.partition" = "iid"
-"data.labeled_ratio" = 0.1
-"data.max_train_samples" = 600
-"data.max_test_samples" = 200
-"federation.rounds" = 2
-"client.local_steps" = 2
-"client.batch_size" = 16
-"client.uratio" = 2
-"model.name" = "cnn"
-"""
+TINY = '"data.dataset" = "synthetic"' + TINY_GRID_BASE
 TIMING = ("wall_s", "round_s")
 
 
@@ -74,19 +62,6 @@ def test_pooled_cells_equal_isolated_runs(tmp_path):
         assert pf["round"] == 2
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                kids.append(int(p.name))
-    return kids
-
-
 def _cmdline(pid: int) -> str:
     try:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -95,7 +70,7 @@ def _cmdline(pid: int) -> str:
 
 
 def warm_worker(bench_pid: int) -> int | None:
-    return next((k for k in _children(bench_pid) if "fedssl.bench.worker" in _cmdline(k)), None)
+    return next((k for k in live_processes(1, bench_pid) if "fedssl.bench.worker" in _cmdline(k)), None)
 
 
 def _cell_process(bench_pid: int, cell_log: Path) -> tuple[int, int] | None:
@@ -105,36 +80,13 @@ def _cell_process(bench_pid: int, cell_log: Path) -> tuple[int, int] | None:
     w = warm_worker(bench_pid)
     if w is None:
         return None
-    for k in _children(w):
+    for k in live_processes(1, w):
         try:
             if os.readlink(f"/proc/{k}/fd/2") == str(cell_log):
                 return w, k
         except OSError:
             continue
     return None
-
-
-def session_members(sid: int) -> list[int]:
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(p.name))
-    return pids
-
-
-def _wait(cond, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -154,10 +106,10 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     with open(tmp_path / "err", "w") as err:
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            w1, cell1 = _wait(lambda: _cell_process(p.pid, logs / f"{c1.id}.stderr"), 300, "cell 1's process")
+            w1, cell1 = wait_for(lambda: _cell_process(p.pid, logs / f"{c1.id}.stderr"), 300, "cell 1's process")
             time.sleep(1.0)
             os.kill(cell1, signal.SIGSEGV)
-            w2, _ = _wait(lambda: _cell_process(p.pid, logs / f"{c2.id}.stderr"), 300, "cell 2's process")
+            w2, _ = wait_for(lambda: _cell_process(p.pid, logs / f"{c2.id}.stderr"), 300, "cell 2's process")
             time.sleep(1.0)
             os.kill(w2, signal.SIGKILL)
             rc = p.wait(timeout=600)
@@ -168,7 +120,7 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     assert rc == bench.EXIT_FAILED_CELLS, stderr[-3000:]
     assert "Traceback" not in stderr
     assert w1 != w2, "the worker was not replaced after a cell died by a signal"
-    assert session_members(w1) == [] and session_members(w2) == [], "a dead worker left processes behind"
+    assert live_processes(3, w1) == [] and live_processes(3, w2) == [], "a dead worker left processes behind"
     import tempfile
 
     assert not [d for w in (w1, w2) for d in Path(tempfile.gettempdir()).glob(f"fedssl-ray-{w}-*")], \
