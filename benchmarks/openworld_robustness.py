@@ -20,13 +20,20 @@ from pathlib import Path
 METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
 
 
+# FedoSSL keys whose non-default value names a variant: (section, key, default)
+VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_label_slots", "all"),
+                ("client", "pseudo_label_round", 0), ("client", "lambda_suppress", 1.0),
+                ("server", "fedossl_clustering", "sgd"), ("server", "fedossl_init", "random"))
+
+
 def method_of(cfg: dict) -> str:
     s, c = cfg["server"], cfg["client"]
     name = f"{s['strategy']}+{c['algorithm']}"
     if c["algorithm"] == "fedossl":
-        name += "" if c.get("pseudo_label_guard", "none") == "none" else f"+{c['pseudo_label_guard']}"
-        if s.get("fedossl_clustering", "sgd") != "sgd":
-            name += f"+{s['fedossl_clustering']}"
+        for section, key, default in VARIANT_KEYS:
+            value = cfg[section].get(key, default)
+            if value != default:
+                name += f"+{key}={value}" if not isinstance(value, str) else f"+{value}"
     return name
 
 

@@ -18,6 +18,8 @@ Global clustering (:meth:`FedoSSL.cluster`):
 - ``clustering = "sgd"`` (default, the reference's): the centroids persist across
   rounds and are refined by ``sgd_steps`` SGD steps of the reference's loss
   (:func:`fedssl.global_clustering.refine_centroids`);
+  ``init = "kmeans"`` starts them from a balanced k-means of the first round's
+  local centroids instead of the reference's random draw (docs/openworld.md);
 - ``"kmeans"``: they are re-fitted from scratch each round by Sinkhorn-balanced
   k-means (the former default; see docs/openworld.md for where it measures better).
 
@@ -61,7 +63,7 @@ class FedoSSL(FedAvg):
     wants_payload = True
 
     def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
-                 num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500,
+                 num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500, init: str = "random",
                  weighting: str = "uniform", cluster_start: float = 0.125,
                  pseudo_label_start: float = 0.175, cluster_temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.04, sinkhorn: str = "reference",
@@ -71,6 +73,9 @@ class FedoSSL(FedAvg):
         self.num_seen = num_classes if num_seen is None else num_seen
         self.seed, self.num_rounds = seed, num_rounds
         self.clustering, self.sgd_steps, self.weighting = clustering, sgd_steps, weighting
+        if init not in ("random", "kmeans"):
+            raise ValueError(f"init must be 'random' or 'kmeans', got {init!r}")
+        self.init = init
         self.cluster_start, self.pseudo_label_start = cluster_start, pseudo_label_start
         self.cluster_temperature = cluster_temperature
         self.sinkhorn_epsilon, self.sinkhorn = sinkhorn_epsilon, sinkhorn
@@ -82,7 +87,7 @@ class FedoSSL(FedAvg):
         """From a :class:`fedssl.config.Config`."""
         s = cfg.server
         return cls(cfg.num_classes, cfg.num_seen, cfg.run.seed, num_rounds=cfg.federation.rounds,
-                   clustering=s.fedossl_clustering, sgd_steps=s.fedossl_sgd_steps,
+                   clustering=s.fedossl_clustering, sgd_steps=s.fedossl_sgd_steps, init=s.fedossl_init,
                    weighting=s.fedossl_weighting, cluster_start=s.fedossl_cluster_start,
                    pseudo_label_start=s.fedossl_pseudo_label_start,
                    cluster_temperature=cfg.client.cluster_temperature,
@@ -152,7 +157,9 @@ class FedoSSL(FedAvg):
                                      epsilon=self.sinkhorn_epsilon, sinkhorn=self.sinkhorn)
         start = self.global_centroids
         if start is None or start.shape != (k, stack.shape[1]):
-            start = init_centroids(k, stack.shape[1], derive_seed(self.seed, 0, "centroids"))
+            seed = derive_seed(self.seed, 0, "centroids")
+            start = (global_clustering(stack, k, seed=seed, epsilon=self.sinkhorn_epsilon, sinkhorn=self.sinkhorn)
+                     if self.init == "kmeans" else init_centroids(k, stack.shape[1], seed))
         return refine_centroids(start, stack, steps=self.sgd_steps,
                                 temperature=self.cluster_temperature, epsilon=self.sinkhorn_epsilon)
 

@@ -158,6 +158,29 @@ def _refined_from(start, payloads, strat):
     return calibrate(c, payloads[0][1]["class_means"], SS).astype(np.float64)
 
 
+def test_kmeans_start_is_the_balanced_kmeans_of_the_first_stack_then_persists():
+    from fedssl.openworld import calibrate, global_clustering
+    from fedssl.seeding import derive_seed
+    strat = _strategy(**{"server.fedossl_init": "kmeans", "server.fedossl_sgd_steps": 0})
+    payloads = _payloads(1)
+    strat.absorb_payloads(1, payloads)
+    stack = np.concatenate([p["local_centroids"] for _, p in payloads]).astype(np.float64)
+    start = global_clustering(stack, KS, seed=derive_seed(strat.seed, 0, "centroids"), epsilon=0.04,
+                              sinkhorn="reference")
+    start = start / np.linalg.norm(start, axis=1, keepdims=True)  # what 0 SGD steps leave
+    np.testing.assert_allclose(strat.global_centroids,
+                               calibrate(start, payloads[0][1]["class_means"], SS), atol=1e-6)  # float32 k-means
+    # on clean clusters the start is already pure: every class its own slot
+    slot = (stack @ strat.global_centroids.T).argmax(1)
+    cls = np.tile(np.repeat(np.arange(KS), 2), 3)
+    assert all(len(set(slot[cls == k])) == 1 for k in range(KS)) and len(set(slot)) == KS
+    # persistent: round 2 continues from round 1's centroids (0 steps: unchanged), it does
+    # not restart from a k-means of round 2's stack
+    first = strat.global_centroids.copy()
+    strat.absorb_payloads(2, _payloads(2))
+    np.testing.assert_allclose(strat.global_centroids, first, atol=1e-12)
+
+
 def test_strategy_round_gates_are_the_reference_fractions():
     strat = _strategy()
     strat.absorb_payloads(1, _payloads(1))
@@ -186,7 +209,8 @@ def test_uniform_weighting_averages_clients_equally():
                                         ("server.fedossl_cluster_start", 1.5),
                                         ("server.fedossl_sgd_steps", -1),
                                         ("client.sinkhorn", "exact"), ("client.sinkhorn_epsilon", 0.0),
-                                        ("client.pseudo_label_guard", "vote")])
+                                        ("client.pseudo_label_guard", "vote"),
+                                        ("server.fedossl_init", "zeros")])
 def test_bad_fedossl_keys_are_config_errors(key, value):
     from fedssl.config import ConfigError
     with pytest.raises(ConfigError, match=key.split(".")[1]):

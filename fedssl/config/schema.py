@@ -35,6 +35,7 @@ PSEUDO_LABEL_SLOTS = ("all", "unseen")
 PSEUDO_LABEL_GUARDS = ("none", "agree")
 SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
+FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
@@ -157,6 +158,9 @@ class ServerConfig:
     fedossl_clustering: str = key("sgd", "fedossl: sgd = persistent centroids refined by SGD (reference); "
                                   "kmeans = balanced k-means re-fitted each round (former)",
                                   choices=FEDOSSL_CLUSTERING)
+    fedossl_init: str = key("random", "fedossl (sgd): start of the persistent centroids, random (reference) "
+                            "or kmeans = balanced k-means of the first round's local centroids",
+                            choices=FEDOSSL_INIT)
     fedossl_sgd_steps: int = key(500, "fedossl: SGD steps on the global centroids per round", ge=0)
     fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
                                  choices=FEDOSSL_WEIGHTING)
