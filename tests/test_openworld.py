@@ -269,6 +269,27 @@ def test_fedossl_uses_global_centroids_from_warmup_and_pseudo_labels_later():
     assert "train_loss_pl" in r3.metrics and r3.metrics["train_mask"] > 0
 
 
+def test_fedossl_unseen_slot_guard_drops_pseudo_labels_of_seen_slots():
+    """Every sample's top centroid is seen slot 0: the reference pseudo-labels them
+    all as class 0; with ``pseudo_label_slots = "unseen"`` none is pseudo-labelled."""
+    from fedssl.data.augment import normalize
+    data = _data()
+    masks = {}
+    for slots in ("all", "unseen"):
+        cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1,
+                                 "client.pseudo_label_slots": slots})
+        algo, model = build_algorithm(cfg), _model()
+        with torch.no_grad():
+            z = F.normalize(model.features(normalize(data.x_u)), dim=1)
+        toward = F.normalize(z.mean(0), dim=0)
+        centroids = (-toward).repeat(K, 1)
+        centroids[0] = toward
+        r = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None,
+                         payload={"global_centroids": centroids.numpy()})
+        masks[slots] = r.metrics["train_mask"]
+    assert masks["all"] > 0.5 and masks["unseen"] == 0.0
+
+
 def test_fedossl_ignores_malformed_centroids():
     cfg = _cfg("fedossl", **{"client.warmup_rounds": 1})
     algo, model, data = build_algorithm(cfg), _model(), _data()
