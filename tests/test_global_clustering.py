@@ -218,13 +218,13 @@ def test_bad_fedossl_keys_are_config_errors(key, value):
 
 
 @pytest.mark.parametrize("name, cells", [("openworld_robustness.toml", 360),
-                                         ("openworld_robustness_small.toml", 24)])
+                                         ("openworld_robustness_small.toml", 72)])
 def test_robustness_grids_are_valid(tmp_path, name, cells):
     from fedssl import bench
     from tests.conftest import ROOT
     g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
     assert len(g.cells) == cells
-    methods = {(c.cfg.server.strategy, c.cfg.client.algorithm, c.cfg.client.pseudo_label_guard) for c in g.cells}
-    assert methods == {("fedavg", "supervised", "none"), ("fedavg", "orca", "none"),
-                       ("fedossl", "fedossl", "none"), ("fedossl", "fedossl", "agree")}
+    methods = {(c.cfg.server.strategy, c.cfg.client.algorithm, c.cfg.client.pseudo_label_slots) for c in g.cells}
+    assert methods == {("fedavg", "supervised", "all"), ("fedavg", "orca", "all"),
+                       ("fedossl", "fedossl", "all"), ("fedossl", "fedossl", "unseen")}
     assert all(c.cfg.data.labeled_ratio == 0.5 and c.cfg.data.partition == "openworld" for c in g.cells)
