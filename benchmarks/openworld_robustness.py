@@ -2,7 +2,8 @@
 
 For every split (seen classes, clients, globally unseen) and method: mean +- std over
 seeds of the final seen / unseen / globally-unseen / all accuracy; the per-class
-accuracy of each globally unseen class, seed by seed; and the *collapses*: a
+accuracy of each globally unseen class, seed by seed; the mean accuracy of every
+class over the runs where it is seen; and the *collapses*: a
 (split, seed) whose FedoSSL final model leaves a globally unseen class below 5 %
 while FedAvg + ORCA learns it above 50 %. Then the grand mean over splits and seeds.
 
@@ -89,6 +90,15 @@ def main() -> None:
                  for k in r["gu"] if r["pc"].get(k, 1) < 0.05 and orca[(r["split"], r["seed"])]["pc"].get(k, 0) > 0.5]
         print(f"{m:24}: {len(cases)} " + "; ".join(f"{s} seed {sd} class {k}: {100 * a:.1f} vs ORCA {100 * b:.1f}"
                                                    for s, sd, k, a, b in cases))
+    print("\nseen classes: accuracy of class k (%) averaged over the (split, seed) pairs where k is seen")
+    print("method                   | " + " ".join(f"  c{k}" for k in range(10)))
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        cells = []
+        for k in range(10):
+            vals = [r["pc"][k] for r in rs if k < r["split"][0] and k in r["pc"]]
+            cells.append(f"{100 * statistics.fmean(vals):4.0f}" if vals else "   -")
+        print(f"{m:24} | " + " ".join(cells))
     print("\ngrand mean over splits and seeds (only (split, seed) pairs every method finished)")
     done = set.intersection(*[{(r["split"], r["seed"]) for r in runs if r["method"] == m} for m in methods])
     for m in methods:

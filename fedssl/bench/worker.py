@@ -84,7 +84,11 @@ class WarmRay:
                "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={resources['num_cpus']}",
                f"--num-gpus={resources['num_gpus']}", "--include-dashboard=false", "--disable-usage-stats",
                f"--temp-dir={self.temp}", f"--dashboard-agent-listen-port={_free_port()}",
-               f"--ray-client-server-port={_free_port()}"]
+               f"--ray-client-server-port={_free_port()}",
+               # OS-assigned worker ports, as ray.init gives: `ray start` would hand out
+               # 10002, 10003, ... and two benches at once then bind the same port (one
+               # cell died of "Address already in use" on port 10002)
+               "--min-worker-port=0", "--max-worker-port=0"]
         # What server.simulation sets before its own ray.init, for the raylet and workers.
         env = {"RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", **os.environ,
                "RAY_USAGE_STATS_ENABLED": "0"}
