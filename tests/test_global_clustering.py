@@ -228,3 +228,14 @@ def test_robustness_grids_are_valid(tmp_path, name, cells):
     assert methods == {("fedavg", "supervised", "all"), ("fedavg", "orca", "all"),
                        ("fedossl", "fedossl", "all"), ("fedossl", "fedossl", "unseen")}
     assert all(c.cfg.data.labeled_ratio == 0.5 and c.cfg.data.partition == "openworld" for c in g.cells)
+
+
+def test_ablation_grid_is_valid_and_only_varies_fedossl_keys(tmp_path):
+    from fedssl import bench
+    from tests.conftest import ROOT
+    g = bench.load_grid(ROOT / "examples" / "openworld_robustness_ablations.toml", tmp_path / "out")
+    assert len(g.cells) == 54
+    assert {(c.cfg.server.strategy, c.cfg.client.algorithm) for c in g.cells} == {("fedossl", "fedossl")}
+    variants = {(c.cfg.client.pseudo_label_round, c.cfg.server.fedossl_init, c.cfg.client.pseudo_label_slots)
+                for c in g.cells}
+    assert variants == {(1000, "random", "all"), (0, "kmeans", "all"), (0, "kmeans", "unseen")}
