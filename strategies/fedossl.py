@@ -47,6 +47,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedssl.config.schema import FEDOSSL_INIT
 from fedssl.global_clustering import init_centroids, refine_centroids
 from fedssl.openworld import calibrate, global_clustering
 from fedssl.protocol import PAYLOAD, WANT_PAYLOAD_KEY
@@ -73,8 +74,8 @@ class FedoSSL(FedAvg):
         self.num_seen = num_classes if num_seen is None else num_seen
         self.seed, self.num_rounds = seed, num_rounds
         self.clustering, self.sgd_steps, self.weighting = clustering, sgd_steps, weighting
-        if init not in ("random", "kmeans"):
-            raise ValueError(f"init must be 'random' or 'kmeans', got {init!r}")
+        if init not in FEDOSSL_INIT:  # the strategy is also built outside fedssl's config
+            raise ValueError(f"init must be one of {FEDOSSL_INIT}, got {init!r}")
         self.init = init
         self.cluster_start, self.pseudo_label_start = cluster_start, pseudo_label_start
         self.cluster_temperature = cluster_temperature
