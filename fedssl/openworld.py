@@ -166,6 +166,39 @@ def calibrate(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: i
     return g[slot_of].astype(np.float32)
 
 
+def anchor_seen_slots(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
+                      valid: np.ndarray | None = None) -> np.ndarray:
+    """Slot ``c < num_seen`` := the unit-norm labeled mean of seen class c; the other
+    slots get the centroids *least* like any seen class.
+
+    The alternative to :func:`calibrate` (``server.fedossl_seen_slots = "class_mean"``).
+    A calibrated seen slot is a clustered centroid, and a centroid that has absorbed
+    two similar seen classes (coat and pullover) pulls and pseudo-labels both as one:
+    the seen-accuracy cost measured in docs/openworld.md. A labeled mean is pure by
+    construction. The slots left over (unseen ones, and seen classes nobody reported)
+    take the ``K - #valid`` centroids with the lowest maximum cosine similarity to the
+    valid class means, in their original order: a seen class split over two centroids
+    then costs a redundant centroid, not an unseen class's, as greedy matching could.
+    Returns a [K, D] float32 array.
+    """
+    g = np.asarray(global_centroids, dtype=np.float64)
+    means = np.asarray(class_means, dtype=np.float64)
+    k = g.shape[0]
+    if not 0 <= num_seen <= k or means.shape[0] < num_seen:
+        raise ValueError(f"need num_seen <= K and num_seen class means; got num_seen={num_seen}, "
+                         f"K={k}, {means.shape[0]} means")
+    valid = np.ones(num_seen, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)[:num_seen]
+    gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    mn = means[:num_seen] / np.maximum(np.linalg.norm(means[:num_seen], axis=1, keepdims=True), 1e-12)
+    out = np.empty_like(g)
+    out[:num_seen][valid] = mn[valid]
+    free = [slot for slot in range(k) if slot >= num_seen or not valid[slot]]
+    novelty = (gn @ mn[valid].T).max(axis=1) if valid.any() else np.zeros(k)
+    chosen = np.sort(np.argsort(novelty, kind="stable")[:len(free)])
+    out[free] = g[chosen]
+    return out.astype(np.float32)
+
+
 def match_to_prototypes(centroids: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """Hungarian matching of centroids [M, D] to prototypes [M, D] by cosine similarity;
     returns ``perm`` [M] with centroid i matched to prototype ``perm[i]``."""

@@ -20,6 +20,9 @@ Global clustering (:meth:`FedoSSL.cluster`):
   (:func:`fedssl.global_clustering.refine_centroids`);
   ``init = "kmeans"`` starts them from a balanced k-means of the first round's
   local centroids instead of the reference's random draw (docs/openworld.md);
+  ``seen_slots = "class_mean"`` puts each seen class's labeled mean in its slot
+  instead of the centroid calibrated to it, and keeps the centroids least like any
+  seen class for the other slots (:func:`fedssl.openworld.anchor_seen_slots`);
 - ``"kmeans"``: they are re-fitted from scratch each round by Sinkhorn-balanced
   k-means (the former default; see docs/openworld.md for where it measures better).
 
@@ -47,9 +50,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from fedssl.config.schema import FEDOSSL_INIT
+from fedssl.config.schema import FEDOSSL_INIT, FEDOSSL_SEEN_SLOTS
 from fedssl.global_clustering import init_centroids, refine_centroids
-from fedssl.openworld import calibrate, global_clustering
+from fedssl.openworld import anchor_seen_slots, calibrate, global_clustering
 from fedssl.protocol import PAYLOAD, WANT_PAYLOAD_KEY
 from fedssl.seeding import derive_seed
 
@@ -65,7 +68,7 @@ class FedoSSL(FedAvg):
 
     def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
                  num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500, init: str = "random",
-                 weighting: str = "uniform", cluster_start: float = 0.125,
+                 seen_slots: str = "centroid", weighting: str = "uniform", cluster_start: float = 0.125,
                  pseudo_label_start: float = 0.175, cluster_temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.04, sinkhorn: str = "reference",
                  **fedavg_kwargs: Any) -> None:
@@ -76,7 +79,9 @@ class FedoSSL(FedAvg):
         self.clustering, self.sgd_steps, self.weighting = clustering, sgd_steps, weighting
         if init not in FEDOSSL_INIT:  # the strategy is also built outside fedssl's config
             raise ValueError(f"init must be one of {FEDOSSL_INIT}, got {init!r}")
-        self.init = init
+        if seen_slots not in FEDOSSL_SEEN_SLOTS:
+            raise ValueError(f"seen_slots must be one of {FEDOSSL_SEEN_SLOTS}, got {seen_slots!r}")
+        self.init, self.seen_slots = init, seen_slots
         self.cluster_start, self.pseudo_label_start = cluster_start, pseudo_label_start
         self.cluster_temperature = cluster_temperature
         self.sinkhorn_epsilon, self.sinkhorn = sinkhorn_epsilon, sinkhorn
@@ -89,8 +94,8 @@ class FedoSSL(FedAvg):
         s = cfg.server
         return cls(cfg.num_classes, cfg.num_seen, cfg.run.seed, num_rounds=cfg.federation.rounds,
                    clustering=s.fedossl_clustering, sgd_steps=s.fedossl_sgd_steps, init=s.fedossl_init,
-                   weighting=s.fedossl_weighting, cluster_start=s.fedossl_cluster_start,
-                   pseudo_label_start=s.fedossl_pseudo_label_start,
+                   seen_slots=s.fedossl_seen_slots, weighting=s.fedossl_weighting,
+                   cluster_start=s.fedossl_cluster_start, pseudo_label_start=s.fedossl_pseudo_label_start,
                    cluster_temperature=cfg.client.cluster_temperature,
                    sinkhorn_epsilon=cfg.client.sinkhorn_epsilon, sinkhorn=cfg.client.sinkhorn,
                    **fedavg_kwargs)
@@ -147,8 +152,8 @@ class FedoSSL(FedAvg):
         counts = np.sum([p["class_counts"] for _, p in valid], axis=0)
         sums = np.sum([p["class_means"] * p["class_counts"][:, None] for _, p in valid], axis=0)
         class_means = sums / np.maximum(counts, 1e-12)[:, None]
-        self.global_centroids = calibrate(centroids, class_means, self.num_seen,
-                                          valid=counts > 0).astype(np.float64)
+        place = anchor_seen_slots if self.seen_slots == "class_mean" else calibrate
+        self.global_centroids = place(centroids, class_means, self.num_seen, valid=counts > 0).astype(np.float64)
 
     def cluster(self, server_round: int, stack: np.ndarray) -> np.ndarray:
         """This round's uncalibrated global centroids [K, D] from the local ones [M, D]."""

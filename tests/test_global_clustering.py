@@ -151,6 +151,23 @@ def test_strategy_keeps_and_resumes_persistent_centroids_exactly():
         _refined_from(first, _payloads(2), strat))
 
 
+def test_class_mean_seen_slots_persist_and_resume_exactly():
+    from fedssl.openworld import anchor_seen_slots
+    strat = _strategy(**{"server.fedossl_seen_slots": "class_mean"})
+    strat.absorb_payloads(1, _payloads(1))
+    first = strat.global_centroids.copy()
+    means = _payloads(1)[0][1]["class_means"].astype(np.float64)
+    np.testing.assert_allclose(first[:SS], means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-6)
+    fresh = _strategy(**{"server.fedossl_seen_slots": "class_mean"})
+    fresh.load_state_dict(strat.state_dict())
+    strat.absorb_payloads(2, _payloads(2))
+    fresh.absorb_payloads(2, _payloads(2))
+    np.testing.assert_array_equal(fresh.global_centroids, strat.global_centroids)
+    stack = np.concatenate([p["local_centroids"] for _, p in _payloads(2)]).astype(np.float64)
+    expected = anchor_seen_slots(refine_centroids(first, stack, steps=50, epsilon=0.04), means, SS)
+    np.testing.assert_array_equal(strat.global_centroids, expected.astype(np.float64))
+
+
 def _refined_from(start, payloads, strat):
     from fedssl.openworld import calibrate
     stack = np.concatenate([p["local_centroids"] for _, p in payloads]).astype(np.float64)
@@ -210,7 +227,8 @@ def test_uniform_weighting_averages_clients_equally():
                                         ("server.fedossl_sgd_steps", -1),
                                         ("client.sinkhorn", "exact"), ("client.sinkhorn_epsilon", 0.0),
                                         ("client.pseudo_label_guard", "vote"),
-                                        ("server.fedossl_init", "zeros")])
+                                        ("server.fedossl_init", "zeros"),
+                                        ("server.fedossl_seen_slots", "median")])
 def test_bad_fedossl_keys_are_config_errors(key, value):
     from fedssl.config import ConfigError
     with pytest.raises(ConfigError, match=key.split(".")[1]):
@@ -239,3 +257,17 @@ def test_ablation_grid_is_valid_and_only_varies_fedossl_keys(tmp_path):
     variants = {(c.cfg.client.pseudo_label_round, c.cfg.server.fedossl_init, c.cfg.client.pseudo_label_slots)
                 for c in g.cells}
     assert variants == {(1000, "random", "all"), (0, "kmeans", "all"), (0, "kmeans", "unseen")}
+
+
+def test_seen_slot_grids_are_valid():
+    from fedssl import bench
+    from tests.conftest import ROOT
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        anchor = bench.load_grid(ROOT / "examples" / "openworld_robustness_anchor.toml", f"{tmp}/a")
+        held = bench.load_grid(ROOT / "examples" / "openworld_robustness_heldout.toml", f"{tmp}/h")
+    assert len(anchor.cells) == 18 and {c.cfg.server.fedossl_seen_slots for c in anchor.cells} == {"class_mean"}
+    assert {c.cfg.run.seed for c in anchor.cells} == {0, 1, 2}
+    assert len(held.cells) == 36 and {c.cfg.run.seed for c in held.cells} == {3, 4}  # held out
+    assert {(c.cfg.client.algorithm, c.cfg.server.fedossl_seen_slots) for c in held.cells} == {
+        ("orca", "centroid"), ("fedossl", "centroid"), ("fedossl", "class_mean")}

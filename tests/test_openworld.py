@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fedssl.algorithms import ALGORITHMS, Batch, RoundContext
 from fedssl.config import ConfigError, resolve
 from fedssl.models import build_model
-from fedssl.openworld import (adaptive_margin, balanced_kmeans, calibrate, entropy_of_mean,
+from fedssl.openworld import (adaptive_margin, anchor_seen_slots, balanced_kmeans, calibrate, entropy_of_mean,
                               margin_cross_entropy, mean_uncertainty, pairwise_bce,
                               pairwise_positives, sinkhorn_knopp, suppressed_loss,
                               suppression_weights)
@@ -91,6 +91,30 @@ def test_calibration_is_greedy_without_reuse_and_skips_unreported_classes():
     # class 2 was reported by nobody: its slot and slot 3 get the leftovers in order
     np.testing.assert_array_equal(out[2], c[1])
     np.testing.assert_array_equal(out[3], c[3])
+
+
+def test_anchored_seen_slots_are_the_class_means_and_unseen_slots_the_most_novel_centroids():
+    # seen classes 0 and 1 (means e0, e1). Centroid 0 is class 0, centroid 3 a second
+    # copy of it; centroid 1 has merged class 1 with a novel class; centroid 2 is novel
+    c = np.array([[1, 0, 0, 0, 0], [0, 0.7, 0, 0.714, 0], [0, 0, 1, 0, 0], [0.9, 0, 0, 0, 0.436]],
+                 dtype=np.float32)
+    means = np.array([[3, 0, 0, 0, 0], [0, 2, 0, 0, 0]], dtype=np.float32)
+    out = anchor_seen_slots(c, means, 2)
+    np.testing.assert_allclose(out[:2], np.eye(5)[:2], atol=1e-7)  # the unit class means
+    # max similarity to a class mean: 1, 0.7, 0, 0.9 -> the unseen slots get 1 and 2
+    np.testing.assert_array_equal(out[2:], c[[1, 2]])
+    # calibration hands class 1 the merged centroid and an unseen slot the copy of class 0
+    np.testing.assert_array_equal(calibrate(c, means, 2)[1:], c[[1, 2, 3]])
+
+
+def test_anchored_slots_of_unreported_classes_take_novel_centroids_in_order():
+    c = np.eye(4, dtype=np.float32)
+    means = np.array([[0, 0, 3, 0], [9, 9, 9, 9]], dtype=np.float32)
+    out = anchor_seen_slots(c, means, 2, valid=np.array([True, False]))
+    np.testing.assert_array_equal(out[0], c[2])  # the unit mean of class 0
+    # novelty 0, 0, 1, 0: centroids 0, 1, 3 fill slot 1 (unreported) and the unseen slots
+    np.testing.assert_array_equal(out[1:], c[[0, 1, 3]])
+    np.testing.assert_array_equal(anchor_seen_slots(c, means, 2, valid=np.zeros(2, bool)), c)
 
 
 def test_suppression_weights_follow_the_formula():

@@ -36,6 +36,7 @@ PSEUDO_LABEL_GUARDS = ("none", "agree")
 SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
+FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
@@ -161,6 +162,8 @@ class ServerConfig:
     fedossl_init: str = key("random", "fedossl (sgd): start of the persistent centroids, random (reference) "
                             "or kmeans = balanced k-means of the first round's local centroids",
                             choices=FEDOSSL_INIT)
+    fedossl_seen_slots: str = key("centroid", "fedossl: seen class c's slot, the centroid calibrated to it "
+                                  "(reference) or class_mean = its labeled mean", choices=FEDOSSL_SEEN_SLOTS)
     fedossl_sgd_steps: int = key(500, "fedossl: SGD steps on the global centroids per round", ge=0)
     fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
                                  choices=FEDOSSL_WEIGHTING)
