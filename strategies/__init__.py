@@ -60,7 +60,9 @@ def mapped_kwargs(cfg: Config) -> dict[str, Any]:
             "num_rounds": cfg.federation.rounds, "clustering": s.fedossl_clustering,
             "sgd_steps": s.fedossl_sgd_steps, "init": s.fedossl_init,
             "seen_slots": s.fedossl_seen_slots, "weighting": s.fedossl_weighting,
-            "cluster_start": s.fedossl_cluster_start, "pseudo_label_start": s.fedossl_pseudo_label_start,
+            "cluster_start": s.fedossl_cluster_start,
+            "pseudo_label_start": s.fedossl_pseudo_label_start,
+            "gate_offset": cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
             "cluster_temperature": cfg.client.cluster_temperature,
             "sinkhorn_epsilon": cfg.client.sinkhorn_epsilon, "sinkhorn": cfg.client.sinkhorn}
 

@@ -30,7 +30,11 @@ The calibrated centroids are the state kept (and checkpointed) for the next roun
 go to every client with ``fedossl_stage`` (0: ORCA only, 1: + cluster loss, 2: +
 centroid pseudo-labels), the reference's round gates as fractions of the run
 (``cluster_start`` = 5/40 and ``pseudo_label_start`` = 7/40: its loss terms start in
-the 6th and 8th of 40 rounds). ``weighting = "uniform"`` averages the clients' weights
+the 6th and 8th of 40 rounds). The reference starts from a SimCLR-pretrained backbone;
+fedssl's clients replace it by ``client.pretrain_rounds`` of labeled warm start, which
+with ``gates = "run"`` eat into the ORCA-only phase (12 rounds, 3 of warm start: every
+term starts in round 4); ``server.fedossl_gates = "after_pretrain"`` (``gate_offset``)
+counts the fractions over the rounds after the warm start. ``weighting = "uniform"`` averages the clients' weights
 uniformly, as the reference does; ``"examples"`` weights by example count.
 
 Deviation from the reference: calibration is greedy over all (seen class, centroid)
@@ -69,7 +73,8 @@ class FedoSSL(FedAvg):
     def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
                  num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500, init: str = "random",
                  seen_slots: str = "centroid", weighting: str = "uniform", cluster_start: float = 0.125,
-                 pseudo_label_start: float = 0.175, cluster_temperature: float = 0.1,
+                 pseudo_label_start: float = 0.175, gate_offset: int = 0,
+                 cluster_temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.04, sinkhorn: str = "reference",
                  **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
@@ -83,6 +88,7 @@ class FedoSSL(FedAvg):
             raise ValueError(f"seen_slots must be one of {FEDOSSL_SEEN_SLOTS}, got {seen_slots!r}")
         self.init, self.seen_slots = init, seen_slots
         self.cluster_start, self.pseudo_label_start = cluster_start, pseudo_label_start
+        self.gate_offset = gate_offset  # rounds before the fractions start counting
         self.cluster_temperature = cluster_temperature
         self.sinkhorn_epsilon, self.sinkhorn = sinkhorn_epsilon, sinkhorn
         # [K, D] float64, calibrated; with "sgd" also the persistent centroids refined next round
@@ -96,6 +102,7 @@ class FedoSSL(FedAvg):
                    clustering=s.fedossl_clustering, sgd_steps=s.fedossl_sgd_steps, init=s.fedossl_init,
                    seen_slots=s.fedossl_seen_slots, weighting=s.fedossl_weighting,
                    cluster_start=s.fedossl_cluster_start, pseudo_label_start=s.fedossl_pseudo_label_start,
+                   gate_offset=cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
                    cluster_temperature=cfg.client.cluster_temperature,
                    sinkhorn_epsilon=cfg.client.sinkhorn_epsilon, sinkhorn=cfg.client.sinkhorn,
                    **fedavg_kwargs)
@@ -137,8 +144,10 @@ class FedoSSL(FedAvg):
 
     def stage(self, server_round: int) -> int:
         """0: ORCA only; 1: + cluster loss; 2: + pseudo-labels. A term starts in the
-        first round that begins with at least its fraction of the run done."""
-        done, rounds = (server_round - 1) + 1e-9, self.num_rounds
+        first round that begins with at least its fraction of the run done; the run
+        here excludes the first ``gate_offset`` rounds (the clients' warm start)."""
+        done = (server_round - 1 - self.gate_offset) + 1e-9
+        rounds = max(self.num_rounds - self.gate_offset, 1)
         return 2 if done >= self.pseudo_label_start * rounds else int(done >= self.cluster_start * rounds)
 
     def absorb_payloads(self, server_round: int, payloads: list[tuple[int, dict[str, np.ndarray]]]) -> None:

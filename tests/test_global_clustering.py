@@ -207,6 +207,15 @@ def test_strategy_round_gates_are_the_reference_fractions():
     short = _strategy(**{"federation.rounds": 20})
     short.absorb_payloads(1, _payloads(1))
     assert [int(short.train_payload(r)["fedossl_stage"][0]) for r in (3, 4, 5)] == [0, 1, 2]
+    # 12 rounds, 3 of them the clients' warm start: counted over the whole run the
+    # cluster loss is due in round 3, inside the warm start, so every term starts in
+    # round 4 with ORCA's; after it, 9 rounds remain and the terms start once 1.125 and
+    # 1.575 of them are done: in round 6 (2 done), after 2 rounds of ORCA alone
+    kw = {"federation.rounds": 12, "client.pretrain_rounds": 3}
+    for gates, expected in (("run", [0, 0, 1, 2, 2, 2]), ("after_pretrain", [0, 0, 0, 0, 0, 2])):
+        g = _strategy(**kw, **{"server.fedossl_gates": gates})
+        g.absorb_payloads(1, _payloads(1))
+        assert [int(g.train_payload(r)["fedossl_stage"][0]) for r in range(1, 7)] == expected
 
 
 def test_uniform_weighting_averages_clients_equally():
@@ -228,7 +237,8 @@ def test_uniform_weighting_averages_clients_equally():
                                         ("client.sinkhorn", "exact"), ("client.sinkhorn_epsilon", 0.0),
                                         ("client.pseudo_label_guard", "vote"),
                                         ("server.fedossl_init", "zeros"),
-                                        ("server.fedossl_seen_slots", "median")])
+                                        ("server.fedossl_seen_slots", "median"),
+                                        ("server.fedossl_gates", "late")])
 def test_bad_fedossl_keys_are_config_errors(key, value):
     from fedssl.config import ConfigError
     with pytest.raises(ConfigError, match=key.split(".")[1]):
@@ -259,15 +269,16 @@ def test_ablation_grid_is_valid_and_only_varies_fedossl_keys(tmp_path):
     assert variants == {(1000, "random", "all"), (0, "kmeans", "all"), (0, "kmeans", "unseen")}
 
 
-def test_seen_slot_grids_are_valid():
+def test_seen_slot_and_gate_grids_are_valid():
     from fedssl import bench
     from tests.conftest import ROOT
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        anchor = bench.load_grid(ROOT / "examples" / "openworld_robustness_anchor.toml", f"{tmp}/a")
-        held = bench.load_grid(ROOT / "examples" / "openworld_robustness_heldout.toml", f"{tmp}/h")
-    assert len(anchor.cells) == 18 and {c.cfg.server.fedossl_seen_slots for c in anchor.cells} == {"class_mean"}
-    assert {c.cfg.run.seed for c in anchor.cells} == {0, 1, 2}
+        anchor, gates, held = (bench.load_grid(ROOT / "examples" / f"openworld_robustness_{name}.toml", f"{tmp}/{name}")
+                               for name in ("anchor", "gates", "heldout"))
+    assert len(anchor.cells) == 6 and {c.cfg.server.fedossl_seen_slots for c in anchor.cells} == {"class_mean"}
+    assert len(gates.cells) == 18 and {c.cfg.server.fedossl_gates for c in gates.cells} == {"after_pretrain"}
+    assert {c.cfg.run.seed for c in gates.cells} == {0, 1, 2}
     assert len(held.cells) == 36 and {c.cfg.run.seed for c in held.cells} == {3, 4}  # held out
-    assert {(c.cfg.client.algorithm, c.cfg.server.fedossl_seen_slots) for c in held.cells} == {
-        ("orca", "centroid"), ("fedossl", "centroid"), ("fedossl", "class_mean")}
+    assert {(c.cfg.client.algorithm, c.cfg.server.fedossl_gates) for c in held.cells} == {
+        ("orca", "run"), ("fedossl", "run"), ("fedossl", "after_pretrain")}

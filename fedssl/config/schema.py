@@ -37,6 +37,7 @@ SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean")
+FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
@@ -167,6 +168,8 @@ class ServerConfig:
     fedossl_sgd_steps: int = key(500, "fedossl: SGD steps on the global centroids per round", ge=0)
     fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
                                  choices=FEDOSSL_WEIGHTING)
+    fedossl_gates: str = key("run", "fedossl: the start fractions count the whole run, or after_pretrain = "
+                             "the rounds after client.pretrain_rounds", choices=FEDOSSL_GATES)
     fedossl_cluster_start: float = key(0.125, "fedossl: cluster loss once this fraction of rounds is done "
                                        "(reference 5/40)", ge=0, le=1)
     fedossl_pseudo_label_start: float = key(0.175, "fedossl: centroid pseudo-labels once this fraction "
