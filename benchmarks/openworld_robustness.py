@@ -5,7 +5,9 @@ seeds of the final seen / unseen / globally-unseen / all accuracy; the per-class
 accuracy of each globally unseen class, seed by seed; the mean accuracy of every
 class over the runs where it is seen; and the *collapses*: a
 (split, seed) whose FedoSSL final model leaves a globally unseen class below 5 %
-while FedAvg + ORCA learns it above 50 %. Then the grand mean over splits and seeds.
+while FedAvg + ORCA learns it above 50 %. Then the seen-accuracy trajectory (at the
+end of the clients' warm start, its lowest point after it, final) and the grand mean
+over splits and seeds.
 
     python benchmarks/openworld_robustness.py runs/ow_small [more bench dirs ...]
 """
@@ -13,6 +15,7 @@ while FedAvg + ORCA learns it above 50 %. Then the grand mean over splits and se
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from collections import defaultdict
@@ -49,10 +52,21 @@ def load(dirs: list[Path]) -> list[dict]:
             cfg = s["config"]
             split = (cfg["data"]["seen_classes"], cfg["data"]["num_clients"], cfg["data"]["globally_unseen"])
             runs.append({"split": split, "seed": cfg["run"]["seed"], "method": method_of(cfg),
+                         "seen_curve": seen_curve(path.parent / "metrics.csv"),
+                         "warm": cfg["client"].get("pretrain_rounds", 0),
                          "gu": s.get("global_unseen_classes") or [],
                          "pc": {int(k): v for k, v in (s.get("per_class_accuracy") or {}).items()},
                          **{m: s["final"].get(m) for m in METRICS}})
     return runs
+
+
+def seen_curve(path: Path) -> dict[int, float]:
+    """Round -> test accuracy on seen classes, from a run's metrics.csv."""
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        return {int(row["round"]): float(row["acc_seen"]) for row in csv.DictReader(f)
+                if row.get("acc_seen") not in (None, "")}
 
 
 def fmt(vals: list[float]) -> str:
@@ -100,6 +114,15 @@ def main() -> None:
             vals = [r["pc"][k] for r in rs if k < r["split"][0] and k in r["pc"]]
             cells.append(f"{100 * statistics.fmean(vals):4.0f}" if vals else "   -")
         print(f"{m:24} | " + " ".join(cells))
+    print("\nseen accuracy (%): at the end of the warm start, lowest after it (mean round), final")
+    for m in methods:
+        rows = [(r["seen_curve"][r["warm"]], *min((v, k) for k, v in r["seen_curve"].items() if k > r["warm"]),
+                 r["seen_curve"][max(r["seen_curve"])])
+                for r in runs if r["method"] == m and r["warm"] in r["seen_curve"] and max(r["seen_curve"]) > r["warm"]]
+        if rows:
+            warm, low, at, final = (statistics.fmean(c) for c in zip(*rows))
+            print(f"{m:24} | n={len(rows)} | warm start {100 * warm:5.1f} | lowest {100 * low:5.1f} "
+                  f"(round {at:4.1f}) | final {100 * final:5.1f}")
     print("\ngrand mean over splits and seeds (only (split, seed) pairs every method finished)")
     done = set.intersection(*[{(r["split"], r["seed"]) for r in runs if r["method"] == m} for m in methods])
     for m in methods:
