@@ -28,7 +28,7 @@ METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
 VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_label_slots", "all"),
                 ("client", "pseudo_label_round", 0), ("client", "lambda_suppress", 1.0),
                 ("server", "fedossl_clustering", "sgd"), ("server", "fedossl_init", "random"),
-                ("server", "fedossl_seen_slots", "centroid"))
+                ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "run"))
 
 
 def method_of(cfg: dict) -> str:
