@@ -28,7 +28,9 @@ METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
 VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_label_slots", "all"),
                 ("client", "pseudo_label_round", 0), ("client", "lambda_suppress", 1.0),
                 ("server", "fedossl_clustering", "sgd"), ("server", "fedossl_init", "random"),
-                ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "run"))
+                ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "after_pretrain"))
+# the value a key had in runs made before it existed
+BEFORE_KEY = {"fedossl_gates": "run"}
 
 
 def method_of(cfg: dict) -> str:
@@ -36,7 +38,7 @@ def method_of(cfg: dict) -> str:
     name = f"{s['strategy']}+{c['algorithm']}"
     if c["algorithm"] == "fedossl":
         for section, key, default in VARIANT_KEYS:
-            value = cfg[section].get(key, default)
+            value = cfg[section].get(key, BEFORE_KEY.get(key, default))
             if value != default:
                 name += f"+{key}={value}" if not isinstance(value, str) else f"+{value}"
     return name

@@ -199,12 +199,12 @@ def test_kmeans_start_is_the_balanced_kmeans_of_the_first_stack_then_persists():
 
 
 def test_strategy_round_gates_are_the_reference_fractions():
-    strat = _strategy()
+    strat = _strategy(**{"server.fedossl_gates": "run"})
     strat.absorb_payloads(1, _payloads(1))
     stages = [int(strat.train_payload(r)["fedossl_stage"][0]) for r in range(1, 41)]
     # reference (40 rounds, 0-based g): cluster loss when g > 4, pseudo-labels when g > 6
     assert stages == [0] * 5 + [1] * 2 + [2] * 33
-    short = _strategy(**{"federation.rounds": 20})
+    short = _strategy(**{"federation.rounds": 20, "server.fedossl_gates": "run"})
     short.absorb_payloads(1, _payloads(1))
     assert [int(short.train_payload(r)["fedossl_stage"][0]) for r in (3, 4, 5)] == [0, 1, 2]
     # 12 rounds, 3 of them the clients' warm start: counted over the whole run the
@@ -216,6 +216,7 @@ def test_strategy_round_gates_are_the_reference_fractions():
         g = _strategy(**kw, **{"server.fedossl_gates": gates})
         g.absorb_payloads(1, _payloads(1))
         assert [int(g.train_payload(r)["fedossl_stage"][0]) for r in range(1, 7)] == expected
+    assert _strategy(**kw).gate_offset == 3  # after_pretrain is the default
 
 
 def test_uniform_weighting_averages_clients_equally():

@@ -168,8 +168,9 @@ class ServerConfig:
     fedossl_sgd_steps: int = key(500, "fedossl: SGD steps on the global centroids per round", ge=0)
     fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
                                  choices=FEDOSSL_WEIGHTING)
-    fedossl_gates: str = key("run", "fedossl: the start fractions count the whole run, or after_pretrain = "
-                             "the rounds after client.pretrain_rounds", choices=FEDOSSL_GATES)
+    fedossl_gates: str = key("after_pretrain", "fedossl: the start fractions count the rounds after "
+                             "client.pretrain_rounds, or run = the whole run (before issue 16's grid)",
+                             choices=FEDOSSL_GATES)
     fedossl_cluster_start: float = key(0.125, "fedossl: cluster loss once this fraction of rounds is done "
                                        "(reference 5/40)", ge=0, le=1)
     fedossl_pseudo_label_start: float = key(0.175, "fedossl: centroid pseudo-labels once this fraction "
