@@ -37,8 +37,9 @@ the Hungarian matching of unseen centroids to the head's unseen weight vectors, 
 the pseudo-label term refines the head's clusters instead of relabelling them.
 
 Round gates: the server sends ``fedossl_stage`` (the reference's gates, as fractions
-of the run: see :mod:`strategies.fedossl`); an explicit ``client.warmup_rounds`` /
-``client.pseudo_label_round`` > 0 overrides it (the former defaults were 2 and 4).
+of the rounds after the warm start by default: see :mod:`strategies.fedossl`); an
+explicit ``client.warmup_rounds`` / ``client.pseudo_label_round`` > 0 overrides it
+(the former defaults were 2 and 4).
 
 Deviations from the reference code (cugzj/FedoSSL, CIFAR-10 file) that remain, with
 the measurements in docs/openworld.md:
