@@ -32,12 +32,11 @@ Deviations from the reference that remain (measurements: docs/openworld.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fedssl.threads import one_thread
 
 __all__ = ["sinkhorn_reference", "init_centroids", "refine_centroids"]
 
@@ -96,7 +95,7 @@ def refine_centroids(centroids: np.ndarray, local_centroids: np.ndarray, steps: 
                          f"{tuple(c.shape)}")
     opt = torch.optim.SGD([c], lr=lr, momentum=momentum, weight_decay=weight_decay)
     z_hat = F.normalize(z, dim=1)
-    with _one_thread():
+    with one_thread():  # same bits on any machine; 14x faster next to busy workers
         for _ in range(steps):
             q = sinkhorn_reference(z @ c.detach().T, epsilon=epsilon)  # reference: raw Z, not normalised
             p = torch.softmax(z_hat @ c.T / temperature, dim=1)
@@ -108,16 +107,3 @@ def refine_centroids(centroids: np.ndarray, local_centroids: np.ndarray, steps: 
                 c.copy_(F.normalize(c, dim=1))
     return c.detach().numpy()
 
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the matrices are tiny ([M <= a few hundred, D] x [D, K]), so
-    extra threads only add synchronisation, and next to busy Ray workers their spin-waits
-    made 500 steps 14x slower (2.8 s vs 40 s on 2 cores). Same bits either way (checked
-    for M = 100-200, D = 128)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

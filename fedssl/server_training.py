@@ -42,6 +42,7 @@ from torch import nn
 
 from fedssl.config import Config
 from fedssl.data.augment import normalize, weak
+from fedssl.threads import one_thread
 from fedssl.training import derive_seed
 
 Penalty = Callable[[nn.Module, int], "torch.Tensor | None"]
@@ -68,7 +69,12 @@ class ServerTrainer:
 
     def step(self, model: nn.Module, server_round: int, steps: int | None = None) -> dict[str, float]:
         """Train ``model`` in place for ``steps`` (default ``server.train_steps``);
-        ``server_round`` 0 is the warm-up (``server.warmup_steps``)."""
+        ``server_round`` 0 is the warm-up (``server.warmup_steps``). On one intra-op
+        thread, so the bits do not depend on the machine (:mod:`fedssl.threads`)."""
+        with one_thread():
+            return self._step(model, server_round, steps)
+
+    def _step(self, model: nn.Module, server_round: int, steps: int | None) -> dict[str, float]:
         s = self.cfg.server
         if steps is None:
             steps = s.warmup_steps if server_round == 0 else s.train_steps

@@ -263,6 +263,35 @@ def test_server_training_resumes_exactly_from_its_saved_state(tmp_path):
     assert any(not torch.equal(want[k], v) for k, v in model2.state_dict().items())
 
 
+def _trained_on(threads: int, step: str, batch: int = 32) -> dict[str, torch.Tensor]:
+    """The CNN after 3 server steps of a batch of 32, the caller on ``threads`` threads."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 10)
+    cfg = resolve(overrides={"server.train_steps": 3, "server.train_batch_size": batch})
+    g = torch.Generator().manual_seed(1)
+    trainer = ServerTrainer(cfg, torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g),
+                            torch.randint(0, 10, (64,), generator=g))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        getattr(trainer, step)(model, 1, 3)
+        assert torch.get_num_threads() == threads  # the caller's count is restored
+    finally:
+        torch.set_num_threads(before)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_server_step_gives_the_same_bits_on_any_thread_count():
+    # the server's step pins one intra-op thread (fedssl/threads.py): without it the
+    # reductions of the convolutions' backward split differently on 1 and 2 threads,
+    # and a seed gave 0.6452 with OMP_NUM_THREADS=1 but 0.6430 on 2 threads at round 100
+    one = _trained_on(1, "step")
+    assert all(torch.equal(one[k], v) for k, v in _trained_on(2, "step").items())
+    assert all(torch.equal(one[k], v) for k, v in _trained_on(4, "step").items())
+    unpinned = _trained_on(4, "_step")  # the same step on 4 threads, unpinned
+    assert any(not torch.equal(one[k], v) for k, v in unpinned.items())
+
+
 def test_static_bn_statistics_are_recomputed_on_server_data():
     model = build_model("resnet18", 10)
     x = torch.randn(16, 1, 28, 28) * 3 + 2
