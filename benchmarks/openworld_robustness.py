@@ -9,7 +9,7 @@ while FedAvg + ORCA learns it above 50 %. Then the seen-accuracy trajectory (at 
 end of the clients' warm start, its lowest point after it, final) and the grand mean
 over splits and seeds.
 
-    python benchmarks/openworld_robustness.py runs/ow_small [more bench dirs ...]
+    python benchmarks/openworld_robustness.py runs/ow_small [more bench dirs ...] [--methods a,b]
 """
 
 from __future__ import annotations
@@ -82,7 +82,14 @@ def fmt(vals: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dirs", nargs="+", type=Path)
-    runs = load(ap.parse_args().dirs)
+    ap.add_argument("--methods", help="comma-separated method names to keep (as printed); default: all")
+    args = ap.parse_args()
+    runs = load(args.dirs)
+    if args.methods:
+        keep = set(args.methods.split(","))
+        runs = [r for r in runs if r["method"] in keep]
+        if not runs:
+            raise SystemExit(f"no finished run of {sorted(keep)} in {', '.join(map(str, args.dirs))}")
     methods = sorted({r["method"] for r in runs})
     by = defaultdict(list)
     for r in runs:
