@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def main() -> None:
         keep = set(args.methods.split(","))
         runs = [r for r in runs if r["method"] in keep]
         if not runs:
-            raise SystemExit(f"no finished run of {sorted(keep)} in {', '.join(map(str, args.dirs))}")
+            print(f"error: no finished run of {', '.join(sorted(keep))} in {', '.join(map(str, args.dirs))}",
+                  file=sys.stderr)
+            raise SystemExit(2)
     methods = sorted({r["method"] for r in runs})
     by = defaultdict(list)
     for r in runs:

@@ -131,6 +131,22 @@ def global_clustering(local_centroids: torch.Tensor | np.ndarray, k: int, seed: 
     return centroids.numpy().astype(np.float32)
 
 
+def _slot_inputs(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
+                 valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids [K, D] float64, their unit rows, the unit seen-class means [S, D],
+    the valid mask [S]) for :func:`calibrate` and :func:`anchor_seen_slots`."""
+    g = np.asarray(global_centroids, dtype=np.float64)
+    means = np.asarray(class_means, dtype=np.float64)
+    if not 0 <= num_seen <= g.shape[0] or means.shape[0] < num_seen:
+        raise ValueError(f"need num_seen <= K and num_seen class means; got num_seen={num_seen}, "
+                         f"K={g.shape[0]}, {means.shape[0]} means")
+    valid = np.ones(num_seen, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)[:num_seen]
+
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    return g, unit(g), unit(means[:num_seen]), valid
+
+
 def calibrate(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
               valid: np.ndarray | None = None) -> np.ndarray:
     """Reorder ``global_centroids`` [K, D] so that slot ``c < num_seen`` holds seen class c.
@@ -141,20 +157,13 @@ def calibrate(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: i
     remaining slots, i.e. the unseen slots ``[num_seen, K)`` and the slots of seen
     classes nobody reported, in their original order. Returns a [K, D] float32 copy.
     """
-    g = np.asarray(global_centroids, dtype=np.float64)
-    means = np.asarray(class_means, dtype=np.float64)
+    g, gn, mn, valid = _slot_inputs(global_centroids, class_means, num_seen, valid)
     k = g.shape[0]
-    if not 0 <= num_seen <= k or means.shape[0] < num_seen:
-        raise ValueError(f"need num_seen <= K and num_seen class means; got num_seen={num_seen}, "
-                         f"K={k}, {means.shape[0]} means")
-    valid = np.ones(num_seen, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    mn = means[:num_seen] / np.maximum(np.linalg.norm(means[:num_seen], axis=1, keepdims=True), 1e-12)
     sim = mn @ gn.T  # [num_seen, K]
-    sim[~valid[:num_seen]] = -np.inf
+    sim[~valid] = -np.inf
     slot_of = np.full(k, -1)  # slot -> centroid index
     used = np.zeros(k, dtype=bool)
-    for _ in range(int(valid[:num_seen].sum())):
+    for _ in range(int(valid.sum())):
         c, j = np.unravel_index(np.argmax(sim), sim.shape)
         slot_of[c], used[j] = j, True
         sim[c, :] = -np.inf
@@ -181,15 +190,8 @@ def anchor_seen_slots(global_centroids: np.ndarray, class_means: np.ndarray, num
     then costs a redundant centroid, not an unseen class's, as greedy matching could.
     Returns a [K, D] float32 array.
     """
-    g = np.asarray(global_centroids, dtype=np.float64)
-    means = np.asarray(class_means, dtype=np.float64)
+    g, gn, mn, valid = _slot_inputs(global_centroids, class_means, num_seen, valid)
     k = g.shape[0]
-    if not 0 <= num_seen <= k or means.shape[0] < num_seen:
-        raise ValueError(f"need num_seen <= K and num_seen class means; got num_seen={num_seen}, "
-                         f"K={k}, {means.shape[0]} means")
-    valid = np.ones(num_seen, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)[:num_seen]
-    gn = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    mn = means[:num_seen] / np.maximum(np.linalg.norm(means[:num_seen], axis=1, keepdims=True), 1e-12)
     out = np.empty_like(g)
     out[:num_seen][valid] = mn[valid]
     free = [slot for slot in range(k) if slot >= num_seen or not valid[slot]]
