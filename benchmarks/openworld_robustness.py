@@ -29,7 +29,8 @@ METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
 VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_label_slots", "all"),
                 ("client", "pseudo_label_round", 0), ("client", "lambda_suppress", 1.0),
                 ("server", "fedossl_clustering", "sgd"), ("server", "fedossl_init", "random"),
-                ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "after_pretrain"))
+                ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "after_pretrain"),
+                ("server", "fedossl_rampup", 0))
 # the value a key had in runs made before it existed
 BEFORE_KEY = {"fedossl_gates": "run"}
 

@@ -76,7 +76,7 @@ class FedoSSL(FedAvg):
     def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
                  num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500, init: str = "random",
                  seen_slots: str = "centroid", weighting: str = "uniform", cluster_start: float = 0.125,
-                 pseudo_label_start: float = 0.175, gate_offset: int = 0,
+                 pseudo_label_start: float = 0.175, gate_offset: int = 0, rampup: int = 0,
                  cluster_temperature: float = 0.1,
                  sinkhorn_epsilon: float = 0.04, sinkhorn: str = "reference",
                  **fedavg_kwargs: Any) -> None:
@@ -92,6 +92,7 @@ class FedoSSL(FedAvg):
         self.init, self.seen_slots = init, seen_slots
         self.cluster_start, self.pseudo_label_start = cluster_start, pseudo_label_start
         self.gate_offset = gate_offset  # rounds before the fractions start counting
+        self.rampup = rampup
         self.cluster_temperature = cluster_temperature
         self.sinkhorn_epsilon, self.sinkhorn = sinkhorn_epsilon, sinkhorn
         # [K, D] float64, calibrated; with "sgd" also the persistent centroids refined next round
@@ -106,6 +107,7 @@ class FedoSSL(FedAvg):
                    seen_slots=s.fedossl_seen_slots, weighting=s.fedossl_weighting,
                    cluster_start=s.fedossl_cluster_start, pseudo_label_start=s.fedossl_pseudo_label_start,
                    gate_offset=cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
+                   rampup=s.fedossl_rampup,
                    cluster_temperature=cfg.client.cluster_temperature,
                    sinkhorn_epsilon=cfg.client.sinkhorn_epsilon, sinkhorn=cfg.client.sinkhorn,
                    **fedavg_kwargs)
@@ -143,15 +145,33 @@ class FedoSSL(FedAvg):
         if self.global_centroids is None:
             return {}
         return {"global_centroids": self.global_centroids.astype(np.float32),
-                "fedossl_stage": np.array([self.stage(server_round)], dtype=np.int64)}
+                "fedossl_stage": np.array([self.stage(server_round)], dtype=np.int64),
+                "fedossl_ramp": self.ramp(server_round)}
 
     def stage(self, server_round: int) -> int:
         """0: ORCA only; 1: + cluster loss; 2: + pseudo-labels. A term starts in the
         first round that begins with at least its fraction of the run done; the run
         here excludes the first ``gate_offset`` rounds (the clients' warm start)."""
-        done = (server_round - 1 - self.gate_offset) + 1e-9
+        if server_round >= self._gate_round(self.pseudo_label_start):
+            return 2
+        return int(server_round >= self._gate_round(self.cluster_start))
+
+    def _gate_round(self, start: float) -> int:
+        """The first round whose start has at least ``start`` of the (offset) run done."""
         rounds = max(self.num_rounds - self.gate_offset, 1)
-        return 2 if done >= self.pseudo_label_start * rounds else int(done >= self.cluster_start * rounds)
+        return self.gate_offset + 1 + int(np.ceil(start * rounds - 1e-9))
+
+    def ramp(self, server_round: int) -> np.ndarray:
+        """[cluster, pseudo-label] weight factors in [0, 1]: the sigmoid ramp-up of
+        Laine & Aila (exp(-5 (1 - t)^2), t = rounds on / ``rampup``) from each term's
+        gate, so the centroid terms do not hit the ORCA-trained model at full weight in
+        one round; all ones with ``rampup`` = 0 (the reference)."""
+        out = []
+        for start in (self.cluster_start, self.pseudo_label_start):
+            on = server_round - self._gate_round(start) + 1  # 1 in the gate's own round
+            t = 1.0 if self.rampup == 0 else min(max(on, 0) / self.rampup, 1.0)
+            out.append(float(np.exp(-5.0 * (1.0 - t) ** 2)) if on > 0 else 0.0)
+        return np.asarray(out, dtype=np.float32)
 
     def absorb_payloads(self, server_round: int, payloads: list[tuple[int, dict[str, np.ndarray]]]) -> None:
         valid = self._valid_payloads(server_round, payloads)

@@ -219,6 +219,23 @@ def test_strategy_round_gates_are_the_reference_fractions():
     assert _strategy(**kw).gate_offset == 3  # after_pretrain is the default
 
 
+def test_strategy_ramp_is_a_sigmoid_from_each_gate():
+    kw = {"federation.rounds": 12, "client.pretrain_rounds": 3}
+    off = _strategy(**kw)  # rampup 0 (the default): full weight from the gate (round 6)
+    assert [off.ramp(r).tolist() for r in (5, 6, 12)] == [[0, 0], [1, 1], [1, 1]]
+    g = _strategy(**kw, **{"server.fedossl_rampup": 3})
+    ramps = np.array([g.ramp(r) for r in range(1, 13)])
+    expected = [0.0] * 5 + [np.exp(-5 * (2 / 3) ** 2), np.exp(-5 * (1 / 3) ** 2)] + [1.0] * 5
+    np.testing.assert_allclose(ramps[:, 0], expected, rtol=1e-6)
+    np.testing.assert_allclose(ramps[:, 1], expected, rtol=1e-6)  # both gates in round 6 here
+    g.absorb_payloads(1, _payloads(1))
+    np.testing.assert_allclose(g.train_payload(7)["fedossl_ramp"], ramps[6])
+    # 40 rounds counted over the run: cluster loss from round 6, pseudo-labels from 8
+    long = _strategy(**{"server.fedossl_gates": "run", "server.fedossl_rampup": 2})
+    assert [round(float(long.ramp(r)[0]), 4) for r in (5, 6, 7)] == [0.0, round(float(np.exp(-1.25)), 4), 1.0]
+    assert [round(float(long.ramp(r)[1]), 4) for r in (7, 8, 9)] == [0.0, round(float(np.exp(-1.25)), 4), 1.0]
+
+
 def test_uniform_weighting_averages_clients_equally():
     g = {"w": np.zeros(3, np.float32)}
 

@@ -396,3 +396,30 @@ def test_strategy_skips_missing_or_malformed_payloads(caplog):
         strat.absorb_payloads(3, [])
     np.testing.assert_array_equal(strat.train_payload(4)["global_centroids"], c)
     assert any("no usable FedoSSL payload" in r.getMessage() for r in caplog.records)
+
+
+def test_fedossl_ramp_scales_the_centroid_terms_by_the_servers_factors():
+    """``fedossl_ramp`` = (a, b) scales L_cluster by a and L_pl by b, nothing else; a
+    malformed one counts as (1, 1); a client with its own gates ignores it."""
+    cfg = _cfg("fedossl", **{"client.threshold": 0.05})
+    algo, model, data = build_algorithm(cfg), _model(), _data()
+    batch = _batch(data)
+    totals, metrics = {}, {}
+    for ramp in ((1.0, 1.0), (0.5, 0.25), (0.0, 0.0)):
+        ctx = RoundContext(server_round=2, payload={"global_centroids": _global_centroids(model),
+                                                     "fedossl_stage": np.array([2]),
+                                                     "fedossl_ramp": np.array(ramp, np.float32)})
+        algo.begin_round(model, ctx, data)
+        torch.manual_seed(3)
+        loss, m = algo.loss(model, batch, ctx)
+        totals[ramp], metrics[ramp] = float(loss.detach()), m
+    m = metrics[(1.0, 1.0)]
+    assert m["loss_cluster"] > 0 and m["loss_pl"] > 0
+    cut = lambda a, b: (1 - a) * algo.cluster_weight * m["loss_cluster"] + (1 - b) * cfg.client.lambda_u * m["loss_pl"]
+    assert totals[(0.5, 0.25)] == pytest.approx(totals[(1.0, 1.0)] - cut(0.5, 0.25), rel=1e-5)
+    assert totals[(0.0, 0.0)] == pytest.approx(totals[(1.0, 1.0)] - cut(0.0, 0.0), rel=1e-5)
+    for bad in (np.array([0.5]), np.array([np.nan, 1.0]), np.zeros((2, 2))):
+        assert algo.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": bad})) == (1.0, 1.0)
+    assert algo.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([2.0, -1.0])})) == (1.0, 0.0)
+    own = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_round": 3}))
+    assert own.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([0.2, 0.3])})) == (0.2, 1.0)

@@ -39,7 +39,9 @@ the pseudo-label term refines the head's clusters instead of relabelling them.
 Round gates: the server sends ``fedossl_stage`` (the reference's gates, as fractions
 of the rounds after the warm start by default: see :mod:`strategies.fedossl`); an
 explicit ``client.warmup_rounds`` / ``client.pseudo_label_round`` > 0 overrides it
-(the former defaults were 2 and 4).
+(the former defaults were 2 and 4). With ``server.fedossl_rampup`` > 0 the server also
+sends ``fedossl_ramp``, the factors [0, 1] that scale the two centroid terms in over
+their first rounds.
 
 Deviations from the reference code (cugzj/FedoSSL, CIFAR-10 file) that remain, with
 the measurements in docs/openworld.md:
@@ -114,6 +116,18 @@ class FedoSSL(ORCA):
         pl_on = ctx.server_round >= pl if pl > 0 else sent >= 2
         return 2 if (cluster_on and pl_on) else int(cluster_on)
 
+    def ramp(self, ctx: RoundContext) -> tuple[float, float]:
+        """The server's ``fedossl_ramp`` factors of the cluster and pseudo-label terms
+        (``server.fedossl_rampup``); 1 without them, and 1 for a term whose gate the
+        client's own ``warmup_rounds`` / ``pseudo_label_round`` sets (the server's ramp
+        counts from its own gates)."""
+        sent = np.asarray(ctx.payload.get("fedossl_ramp", (1.0, 1.0)), dtype=np.float64).reshape(-1)
+        if sent.size != 2 or not np.isfinite(sent).all():
+            sent = np.ones(2)
+        sent = np.clip(sent, 0.0, 1.0)
+        own = (self.cfg.warmup_rounds > 0, self.cfg.pseudo_label_round > 0)
+        return tuple(1.0 if o else float(f) for o, f in zip(own, sent))
+
     def _received_centroids(self, model: nn.Module, ctx: RoundContext) -> torch.Tensor | None:
         """The server's centroids as a unit-norm tensor, or None if absent or unusable."""
         c = ctx.payload.get("global_centroids")
@@ -148,12 +162,13 @@ class FedoSSL(ORCA):
             total = total + self.cfg.lambda_suppress * t["loss_sup"]
 
         stage = self.stage(ctx)
+        ramp_cluster, ramp_pl = self.ramp(ctx)
         if self._centroids is not None and stage >= 1:
             temp = self.cfg.cluster_temperature
             a1 = torch.softmax(F.normalize(v.z1, dim=1) @ self._centroids.T / temp, dim=1)
             log_a2 = torch.log_softmax(F.normalize(v.z2, dim=1) @ self._centroids.T / temp, dim=1)
             t["loss_cluster"] = -(a1 * log_a2[v.pos]).sum(dim=1).mean()
-            total = total + self.cluster_weight * t["loss_cluster"]
+            total = total + ramp_cluster * self.cluster_weight * t["loss_cluster"]
 
             if stage >= 2 and len(p_u):
                 conf, slot = a1[v.n_l:].detach().max(dim=1)
@@ -165,7 +180,7 @@ class FedoSSL(ORCA):
                     mask &= v.logits1[v.n_l:].detach().argmax(dim=1) == pseudo_label
                 t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
                                 if mask.any() else v.logits1.sum() * 0.0)
-                total = total + self.cfg.lambda_u * t["loss_pl"]
+                total = total + ramp_pl * self.cfg.lambda_u * t["loss_pl"]
                 metrics["mask"] = float(mask.float().mean())
         metrics.update({k: float(x.detach()) for k, x in t.items()})
         return total, metrics

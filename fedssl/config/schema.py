@@ -175,6 +175,8 @@ class ServerConfig:
                                        "(reference 5/40)", ge=0, le=1)
     fedossl_pseudo_label_start: float = key(0.175, "fedossl: centroid pseudo-labels once this fraction "
                                             "is done (reference 7/40)", ge=0, le=1)
+    fedossl_rampup: int = key(0, "fedossl: rounds over which the cluster and pseudo-label terms ramp in after "
+                              "their gates (sigmoid ramp-up); 0 = switched on at full weight (reference)", ge=0)
     train_steps: int = key(50, "labels at server: SGD steps on the server's labels after each aggregation", ge=0)
     warmup_steps: int = key(500, "labels at server: SGD steps on the server's labels before round 1", ge=0)
     train_lr: float = key(0.03, "labels at server: server learning rate (follows client.lr_schedule)", gt=0)
