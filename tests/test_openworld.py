@@ -423,3 +423,31 @@ def test_fedossl_ramp_scales_the_centroid_terms_by_the_servers_factors():
     assert algo.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([2.0, -1.0])})) == (1.0, 0.0)
     own = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_round": 3}))
     assert own.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([0.2, 0.3])})) == (0.2, 1.0)
+
+
+def test_fedossl_keep_seen_guard_relabels_only_samples_the_head_calls_novel():
+    """Every sample's top centroid is seen slot 0. When the head predicts an unseen
+    class for them, ``keep_seen`` pseudo-labels them as 0 (``agree`` does not); when
+    it predicts seen class 1, neither does; without a guard, both do."""
+    from fedssl.data.augment import normalize
+    data = _data()
+    masks = {}
+    for head_class in (K - 1, 1):
+        for guard in ("none", "agree", "keep_seen"):
+            cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1,
+                                     "client.pseudo_label_guard": guard, "client.local_steps": 1})
+            algo, model = build_algorithm(cfg), _model()
+            with torch.no_grad():
+                z = F.normalize(model.features(normalize(data.x_u)), dim=1)
+                toward = F.normalize(z.mean(0), dim=0)
+                assert (z @ toward > 0).all()  # so the head below predicts head_class for all
+                model.head.weight.copy_((-toward)[:, None].repeat(1, K))
+                model.head.weight[:, head_class] = toward
+            centroids = (-toward).repeat(K, 1)
+            centroids[0] = toward
+            r = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None,
+                             payload={"global_centroids": centroids.numpy()})
+            masks[head_class, guard] = r.metrics["train_mask"]
+    assert masks[K - 1, "none"] > 0.5 and masks[1, "none"] > 0.5
+    assert masks[K - 1, "agree"] == 0.0 and masks[1, "agree"] == 0.0
+    assert masks[K - 1, "keep_seen"] == pytest.approx(masks[K - 1, "none"]) and masks[1, "keep_seen"] == 0.0

@@ -17,7 +17,10 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   as the seen one, as in seed 4 of the README's open-world run;
   ``client.pseudo_label_guard = "agree"``: only samples whose classifier prediction
   already is that pseudo-label, so a slot that has absorbed two clusters cannot
-  relabel one head cluster into another -- see docs/openworld.md);
+  relabel one head cluster into another; ``"keep_seen"``: that, except that samples
+  the classifier puts in an unseen class follow their slot, so the centroids still
+  reorganise the novel clusters but never take a sample from a seen class -- see
+  docs/openworld.md);
 - ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p) / K``, with
   ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.suppress_beta``) and N_k the
   number of this client's unlabeled samples its model predicted as class k at the end
@@ -176,8 +179,13 @@ class FedoSSL(ORCA):
                 if self.cfg.pseudo_label_slots == "unseen":  # seen classes keep their labels only
                     mask &= slot >= self.num_seen
                 pseudo_label = self._slot_to_class[slot]
-                if self.cfg.pseudo_label_guard == "agree":  # a slot may sharpen, never relabel
-                    mask &= v.logits1[v.n_l:].detach().argmax(dim=1) == pseudo_label
+                guard = self.cfg.pseudo_label_guard
+                if guard != "none":  # a slot may sharpen a head cluster, never relabel it
+                    pred = v.logits1[v.n_l:].detach().argmax(dim=1)
+                    keep = pred == pseudo_label
+                    if guard == "keep_seen":  # ... unless the head calls the sample novel
+                        keep |= pred >= self.num_seen
+                    mask &= keep
                 t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
                                 if mask.any() else v.logits1.sum() * 0.0)
                 total = total + ramp_pl * self.cfg.lambda_u * t["loss_pl"]
