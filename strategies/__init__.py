@@ -55,16 +55,7 @@ def mapped_kwargs(cfg: Config) -> dict[str, Any]:
             "server_momentum": s.server_momentum, "eta": s.eta, "eta_l": cfg.client.lr,
             "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau,
             "client_learning_rate": cfg.client.lr, "train_loss_key": "train_loss",
-            "num_classes": cfg.num_classes, "num_seen": cfg.num_seen, "seed": cfg.run.seed,
-            # FedoSSL's server clustering (strategies/fedossl.py)
-            "num_rounds": cfg.federation.rounds, "clustering": s.fedossl_clustering,
-            "sgd_steps": s.fedossl_sgd_steps, "init": s.fedossl_init,
-            "seen_slots": s.fedossl_seen_slots, "weighting": s.fedossl_weighting,
-            "cluster_start": s.fedossl_cluster_start,
-            "pseudo_label_start": s.fedossl_pseudo_label_start,
-            "gate_offset": cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
-            "cluster_temperature": cfg.client.cluster_temperature,
-            "sinkhorn_epsilon": cfg.client.sinkhorn_epsilon, "sinkhorn": cfg.client.sinkhorn}
+            **FedoSSL.config_kwargs(cfg)}  # num_classes, num_seen, seed and FedoSSL's own
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -98,19 +98,24 @@ class FedoSSL(FedAvg):
         # [K, D] float64, calibrated; with "sgd" also the persistent centroids refined next round
         self.global_centroids: np.ndarray | None = None
 
+    @staticmethod
+    def config_kwargs(cfg: Any) -> dict[str, Any]:
+        """The constructor arguments a :class:`fedssl.config.Config` sets (also used by
+        :func:`strategies.mapped_kwargs`, so both ways of building it agree)."""
+        s = cfg.server
+        return {"num_classes": cfg.num_classes, "num_seen": cfg.num_seen, "seed": cfg.run.seed,
+                "num_rounds": cfg.federation.rounds, "clustering": s.fedossl_clustering,
+                "sgd_steps": s.fedossl_sgd_steps, "init": s.fedossl_init, "seen_slots": s.fedossl_seen_slots,
+                "weighting": s.fedossl_weighting, "cluster_start": s.fedossl_cluster_start,
+                "pseudo_label_start": s.fedossl_pseudo_label_start,
+                "gate_offset": cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
+                "rampup": s.fedossl_rampup, "cluster_temperature": cfg.client.cluster_temperature,
+                "sinkhorn_epsilon": cfg.client.sinkhorn_epsilon, "sinkhorn": cfg.client.sinkhorn}
+
     @classmethod
     def from_config(cls, cfg: Any, **fedavg_kwargs: Any) -> FedoSSL:
         """From a :class:`fedssl.config.Config`."""
-        s = cfg.server
-        return cls(cfg.num_classes, cfg.num_seen, cfg.run.seed, num_rounds=cfg.federation.rounds,
-                   clustering=s.fedossl_clustering, sgd_steps=s.fedossl_sgd_steps, init=s.fedossl_init,
-                   seen_slots=s.fedossl_seen_slots, weighting=s.fedossl_weighting,
-                   cluster_start=s.fedossl_cluster_start, pseudo_label_start=s.fedossl_pseudo_label_start,
-                   gate_offset=cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
-                   rampup=s.fedossl_rampup,
-                   cluster_temperature=cfg.client.cluster_temperature,
-                   sinkhorn_epsilon=cfg.client.sinkhorn_epsilon, sinkhorn=cfg.client.sinkhorn,
-                   **fedavg_kwargs)
+        return cls(**cls.config_kwargs(cfg), **fedavg_kwargs)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -110,13 +110,16 @@ def test_local_clustering_reference_variant_is_balanced_and_seeded():
 
 # -- the strategy --------------------------------------------------------------------
 KS, SS, DS = 10, 6, 16  # the synthetic data set has 10 classes
+def _strategy_cfg(**over):
+    return resolve(overrides={"data.dataset": "synthetic", "data.partition": "openworld",
+                              "data.seen_classes": SS, "data.globally_unseen": 1,
+                              "client.algorithm": "fedossl", "server.strategy": "fedossl",
+                              "server.fedossl_sgd_steps": 50, "federation.rounds": 40, **over})
+
+
 def _strategy(**over):
     from strategies.fedossl import FedoSSL
-    cfg = resolve(overrides={"data.dataset": "synthetic", "data.partition": "openworld",
-                             "data.seen_classes": SS, "data.globally_unseen": 1,
-                             "client.algorithm": "fedossl", "server.strategy": "fedossl",
-                             "server.fedossl_sgd_steps": 50, "federation.rounds": 40, **over})
-    return FedoSSL.from_config(cfg)
+    return FedoSSL.from_config(_strategy_cfg(**over))
 
 
 def _payloads(seed: int) -> list[tuple[int, dict[str, np.ndarray]]]:
@@ -234,6 +237,21 @@ def test_strategy_ramp_is_a_sigmoid_from_each_gate():
     long = _strategy(**{"server.fedossl_gates": "run", "server.fedossl_rampup": 2})
     assert [round(float(long.ramp(r)[0]), 4) for r in (5, 6, 7)] == [0.0, round(float(np.exp(-1.25)), 4), 1.0]
     assert [round(float(long.ramp(r)[1]), 4) for r in (7, 8, 9)] == [0.0, round(float(np.exp(-1.25)), 4), 1.0]
+
+
+def test_the_servers_strategy_is_built_with_every_fedossl_key():
+    """``inner_strategy`` (what the ServerApp builds) and ``FedoSSL.from_config`` give the
+    same strategy for non-default keys: a key one of them forgot would be silently off."""
+    from strategies import inner_strategy
+    over = {"federation.rounds": 12, "client.pretrain_rounds": 3, "server.fedossl_rampup": 2,
+            "server.fedossl_init": "kmeans", "server.fedossl_seen_slots": "class_mean",
+            "server.fedossl_weighting": "examples", "server.fedossl_sgd_steps": 7,
+            "server.fedossl_cluster_start": 0.25, "server.fedossl_pseudo_label_start": 0.5}
+    built, direct = inner_strategy(_strategy_cfg(**over)), _strategy(**over)
+    for name in ("rampup", "gate_offset", "init", "seen_slots", "weighting", "sgd_steps", "cluster_start",
+                 "pseudo_label_start", "num_rounds", "num_seen", "seed", "sinkhorn", "cluster_temperature"):
+        assert getattr(built, name) == getattr(direct, name), name
+    assert (built.rampup, built.gate_offset, built.sgd_steps) == (2, 3, 7)
 
 
 def test_uniform_weighting_averages_clients_equally():
