@@ -425,15 +425,17 @@ def test_fedossl_ramp_scales_the_centroid_terms_by_the_servers_factors():
     assert own.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([0.2, 0.3])})) == (0.2, 1.0)
 
 
-def test_fedossl_keep_seen_guard_relabels_only_samples_the_head_calls_novel():
-    """Every sample's top centroid is seen slot 0. When the head predicts an unseen
-    class for them, ``keep_seen`` pseudo-labels them as 0 (``agree`` does not); when
-    it predicts seen class 1, neither does; without a guard, both do."""
+def test_fedossl_guards_against_relabelling_seen_samples():
+    """Every sample's top centroid is ``top`` and the head predicts ``head_class`` for
+    all of them. Seen slot 0, head unseen: ``keep_seen`` and ``no_seen_swap`` keep the
+    pseudo-label (``agree`` does not). Seen slot 0, head seen 1 (a seen-to-seen swap):
+    none does. Unseen slot, head seen 1: only ``no_seen_swap`` does. Without a guard,
+    every case is pseudo-labelled."""
     from fedssl.data.augment import normalize
     data = _data()
     masks = {}
-    for head_class in (K - 1, 1):
-        for guard in ("none", "agree", "keep_seen"):
+    for top, head_class in ((0, K - 1), (0, 1), (K - 1, 1)):
+        for guard in ("none", "agree", "keep_seen", "no_seen_swap"):
             cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1,
                                      "client.pseudo_label_guard": guard, "client.local_steps": 1})
             algo, model = build_algorithm(cfg), _model()
@@ -444,10 +446,13 @@ def test_fedossl_keep_seen_guard_relabels_only_samples_the_head_calls_novel():
                 model.head.weight.copy_((-toward)[:, None].repeat(1, K))
                 model.head.weight[:, head_class] = toward
             centroids = (-toward).repeat(K, 1)
-            centroids[0] = toward
+            centroids[top] = toward
             r = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None,
                              payload={"global_centroids": centroids.numpy()})
-            masks[head_class, guard] = r.metrics["train_mask"]
-    assert masks[K - 1, "none"] > 0.5 and masks[1, "none"] > 0.5
-    assert masks[K - 1, "agree"] == 0.0 and masks[1, "agree"] == 0.0
-    assert masks[K - 1, "keep_seen"] == pytest.approx(masks[K - 1, "none"]) and masks[1, "keep_seen"] == 0.0
+            masks[top, head_class, guard] = r.metrics["train_mask"]
+    everything = {case: masks[(*case, "none")] for case in ((0, K - 1), (0, 1), (K - 1, 1))}
+    assert min(everything.values()) > 0.5
+    expected = {"agree": (0, 0, 0), "keep_seen": (1, 0, 0), "no_seen_swap": (1, 0, 1)}
+    for guard, kept in expected.items():
+        got = [masks[(*case, guard)] for case in everything]
+        assert got == pytest.approx([k * everything[case] for k, case in zip(kept, everything)]), guard

@@ -19,8 +19,9 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   already is that pseudo-label, so a slot that has absorbed two clusters cannot
   relabel one head cluster into another; ``"keep_seen"``: that, except that samples
   the classifier puts in an unseen class follow their slot, so the centroids still
-  reorganise the novel clusters but never take a sample from a seen class -- see
-  docs/openworld.md);
+  reorganise the novel clusters but never take a sample from a seen class;
+  ``"no_seen_swap"``: only the relabelling of a sample from one seen class to another
+  is dropped -- see docs/openworld.md);
 - ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p) / K``, with
   ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.suppress_beta``) and N_k the
   number of this client's unlabeled samples its model predicted as class k at the end
@@ -185,6 +186,8 @@ class FedoSSL(ORCA):
                     keep = pred == pseudo_label
                     if guard == "keep_seen":  # ... unless the head calls the sample novel
                         keep |= pred >= self.num_seen
+                    elif guard == "no_seen_swap":  # ... only from one seen class to another
+                        keep |= (pred >= self.num_seen) | (pseudo_label >= self.num_seen)
                     mask &= keep
                 t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
                                 if mask.any() else v.logits1.sum() * 0.0)

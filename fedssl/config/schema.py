@@ -32,7 +32,7 @@ PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
 MODELS = ("cnn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 PSEUDO_LABEL_SLOTS = ("all", "unseen")
-PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen")
+PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen", "no_seen_swap")
 SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
@@ -134,7 +134,8 @@ class ClientConfig:
     sinkhorn_epsilon: float = key(0.04, "FedoSSL Sinkhorn epsilon (reference 1/25; former 0.05)", gt=0)
     pseudo_label_guard: str = key("none", "FedoSSL: none (reference); agree: pseudo-label only "
                                   "where the classifier already predicts that class; keep_seen: only "
-                                  "where it agrees or predicts an unseen class",
+                                  "where it agrees or predicts an unseen class; no_seen_swap: never from "
+                                  "one seen class to another",
                                   choices=PSEUDO_LABEL_GUARDS)
     mix_alpha: float = key(0.75, "SemiFL: mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
     selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
