@@ -37,6 +37,10 @@ the fractions over the rounds after the warm start, keeping the reference's ORCA
 phase; ``"run"`` counts the whole run, where the warm start eats that phase (12 rounds,
 3 of warm start: every term starts in round 4, with ORCA's) and seen accuracy crashed
 (robustness grid, docs/openworld.md: seen 68.8 vs 74.3 %, 3 collapses vs 1, 30 pairs).
+``rampup`` (``server.fedossl_rampup``, default 0 = the reference's switch) > 0 also
+sends ``fedossl_ramp``: each centroid term's weight factor, a sigmoid ramp-up
+exp(-5 (1 - t)^2) over its first ``rampup`` rounds (with the client's
+``pseudo_label_guard = "no_seen_swap"`` the robust mode of docs/openworld.md).
 ``weighting = "uniform"`` averages the clients' weights uniformly, as the reference
 does; ``"examples"`` weights by example count.
 
