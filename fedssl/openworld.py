@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "sinkhorn_knopp", "balanced_kmeans", "global_clustering", "calibrate",
+    "sinkhorn_knopp", "balanced_kmeans", "global_clustering", "calibrate", "calibrate_in_order",
     "match_to_prototypes", "suppression_weights", "suppressed_loss", "mean_uncertainty", "adaptive_margin",
     "margin_cross_entropy", "pairwise_positives", "pairwise_bce", "entropy_of_mean",
 ]
@@ -168,6 +168,32 @@ def calibrate(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: i
         slot_of[c], used[j] = j, True
         sim[c, :] = -np.inf
         sim[:, j] = -np.inf
+    leftovers = iter(np.flatnonzero(~used))
+    for slot in range(k):
+        if slot_of[slot] < 0:
+            slot_of[slot] = next(leftovers)
+    return g[slot_of].astype(np.float32)
+
+
+def calibrate_in_order(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
+                       valid: np.ndarray | None = None) -> np.ndarray:
+    """The reference's calibration: the seen classes in index order, each taking the
+    centroid most similar to its labeled mean that no earlier class took.
+
+    The reference code takes a class's top-1 centroid, else its top-2, and fails
+    (``list.remove`` of a missing item) when both are taken; here the class then takes
+    its most similar free centroid. Classes not ``valid`` are skipped; the centroids
+    left over fill the remaining slots in their original order, as in
+    :func:`calibrate`. Returns a [K, D] float32 copy.
+    """
+    g, gn, mn, valid = _slot_inputs(global_centroids, class_means, num_seen, valid)
+    k = g.shape[0]
+    sim = mn @ gn.T  # [num_seen, K]
+    slot_of = np.full(k, -1)
+    used = np.zeros(k, dtype=bool)
+    for c in np.flatnonzero(valid):
+        j = next(j for j in np.argsort(-sim[c], kind="stable") if not used[j])
+        slot_of[c], used[j] = j, True
     leftovers = iter(np.flatnonzero(~used))
     for slot in range(k):
         if slot_of[slot] < 0:

@@ -47,6 +47,9 @@ does; ``"examples"`` weights by example count.
 Deviation from the reference: calibration is greedy over all (seen class, centroid)
 pairs, most similar first; the reference takes the seen classes in order, each its
 most similar centroid or, if taken, its second (which fails when both are taken).
+``seen_slots = "centroid_in_order"`` calibrates as the reference does
+(:func:`fedssl.openworld.calibrate_in_order`, with the most similar free centroid
+where the reference would fail); docs/openworld.md has the measurement.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedssl.config.schema import FEDOSSL_INIT, FEDOSSL_SEEN_SLOTS
 from fedssl.global_clustering import init_centroids, refine_centroids
-from fedssl.openworld import anchor_seen_slots, calibrate, global_clustering
+from fedssl.openworld import anchor_seen_slots, calibrate, calibrate_in_order, global_clustering
 from fedssl.protocol import PAYLOAD, WANT_PAYLOAD_KEY
 from fedssl.seeding import derive_seed
 
@@ -193,7 +196,8 @@ class FedoSSL(FedAvg):
         counts = np.sum([p["class_counts"] for _, p in valid], axis=0)
         sums = np.sum([p["class_means"] * p["class_counts"][:, None] for _, p in valid], axis=0)
         class_means = sums / np.maximum(counts, 1e-12)[:, None]
-        place = anchor_seen_slots if self.seen_slots == "class_mean" else calibrate
+        place = {"centroid": calibrate, "centroid_in_order": calibrate_in_order,
+                 "class_mean": anchor_seen_slots}[self.seen_slots]
         self.global_centroids = place(centroids, class_means, self.num_seen, valid=counts > 0).astype(np.float64)
 
     def cluster(self, server_round: int, stack: np.ndarray) -> np.ndarray:

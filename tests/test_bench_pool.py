@@ -152,3 +152,23 @@ def test_fresh_process_flag_runs_cells_without_the_worker(tmp_path):
     header = (out / "logs" / f"{c.id}.stderr").read_text().splitlines()[0]
     assert "-m fedssl.cli run --quiet --config" in header and "warm worker" not in header
     assert not (out / "logs" / "worker.log").exists()
+
+
+def test_a_dataset_the_worker_cannot_preload_fails_in_its_own_cell(tmp_path):
+    """The warm worker reads each cell's dataset before forking it. When it cannot, it
+    says so in its log and still forks the cell, which fails with the dataset's own
+    one-line error; the worker and the grid carry on."""
+    missing = tmp_path / "missing"
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'[base]\n"data.root" = "{missing}"\n"federation.rounds" = 1\n[axes]\n"run.seed" = [0, 1]\n')
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--grid", str(grid), "--out", str(out), "--quiet", timeout=300,
+                   env={"FEDSSL_NO_DOWNLOAD": "1"})
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    log = (out / "logs" / "worker.log").read_text()
+    assert log.count(f"could not preload the dataset ['fashion-mnist', '{missing}']") == 2, log
+    for c in bench.load_grid(grid, out).cells:
+        rec = report.read_json(out / "cells" / f"{c.id}.json")
+        assert rec["status"] == "failed" and rec["exit_code"] == 2, rec
+        assert str(missing) in rec["error"] and "\n" not in rec["error"], rec

@@ -10,6 +10,7 @@ import pytest
 
 from fedssl.config import ConfigError, DataConfig
 from fedssl.data import DataError, load_dataset, stratified_subset
+from fedssl.data.sources.load import preload
 from fedssl.data.sources import (
     CIFAR100_CLASSES,
     FASHION_SYSTEM_DIR,
@@ -88,6 +89,18 @@ def test_fashion_from_root(tmp_path, gz):
     assert ds.train_x.shape == (20, 28, 28, 1) and ds.test_x.shape == (10, 28, 28, 1)
     assert np.array_equal(ds.train_x[..., 0], arrays["train-images-idx3-ubyte"])
     assert np.array_equal(ds.test_y, arrays["t10k-labels-idx1-ubyte"])
+
+
+def test_preload_fills_the_cache_that_load_dataset_reads(tmp_path):
+    """What fedssl bench's warm worker does before forking its cells: once preloaded,
+    the dataset comes from the cache, not from the files (here: deleted)."""
+    arrays = write_fashion(tmp_path)
+    preload("fashion-mnist", str(tmp_path))
+    for f in tmp_path.iterdir():
+        f.unlink()
+    ds = load_dataset(DataConfig(root=str(tmp_path)))
+    assert np.array_equal(ds.train_x[..., 0], arrays["train-images-idx3-ubyte"])
+    preload("synthetic", "")  # made per seed from the config: nothing to read, no error
 
 
 def test_fashion_torchvision_layout(tmp_path):

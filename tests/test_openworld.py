@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from fedssl.algorithms import ALGORITHMS, Batch, RoundContext
 from fedssl.config import ConfigError, resolve
 from fedssl.models import build_model
-from fedssl.openworld import (adaptive_margin, anchor_seen_slots, balanced_kmeans, calibrate, entropy_of_mean,
+from fedssl.openworld import (adaptive_margin, anchor_seen_slots, balanced_kmeans, calibrate, calibrate_in_order,
+                              entropy_of_mean,
                               margin_cross_entropy, mean_uncertainty, pairwise_bce,
                               pairwise_positives, sinkhorn_knopp, suppressed_loss,
                               suppression_weights)
@@ -91,6 +92,24 @@ def test_calibration_is_greedy_without_reuse_and_skips_unreported_classes():
     # class 2 was reported by nobody: its slot and slot 3 get the leftovers in order
     np.testing.assert_array_equal(out[2], c[1])
     np.testing.assert_array_equal(out[3], c[3])
+
+
+def test_in_order_calibration_lets_earlier_classes_choose_first_where_greedy_takes_the_best_pair():
+    """Centroid g0 is class 0's best (cos 0.90) and class 1's best (0.98); g1 is class 0's
+    second (0.60), g2 class 1's second (0.60). Greedy takes the best pair first (class 1
+    gets g0, class 0 then g1); the reference's order gives class 0 its best, g0, and
+    class 1 its next best, g2. The leftover fills the unseen slot."""
+    g = np.array([[0.9, 0.43589], [0.6, -0.8], [0.0, 1.0]], dtype=np.float32)
+    means = np.array([[2.0, 0.0], [0.8, 0.6]], dtype=np.float32)  # unit-normed inside
+    np.testing.assert_array_equal(calibrate_in_order(g, means, 2), g[[0, 2, 1]])
+    np.testing.assert_array_equal(calibrate(g, means, 2), g[[1, 0, 2]])
+    # where top-1 and top-2 are both taken (the reference's code fails), the best free one
+    g4 = np.eye(4, dtype=np.float32)
+    m3 = np.array([[0, 0, 1, 0], [0, 0, 0.9, 0.5], [0, 0, 0.9, 0.45]], dtype=np.float32)
+    np.testing.assert_array_equal(calibrate_in_order(g4, m3, 3)[:3], g4[[2, 3, 0]])
+    # a class nobody reported is skipped; its slot takes a leftover
+    out = calibrate_in_order(g, means, 2, valid=np.array([False, True]))
+    np.testing.assert_array_equal(out, g[[1, 0, 2]])
 
 
 def test_anchored_seen_slots_are_the_class_means_and_unseen_slots_the_most_novel_centroids():
@@ -330,6 +349,9 @@ def test_fedossl_pseudo_labels_follow_the_head_for_unseen_slots():
     order = torch.tensor([0, 1, 2, 3, 4, 5, 9, 7, 6, 8])  # unseen slots scrambled
     ids = algo._pseudo_label_ids(model, proto[order])
     assert ids.tolist() == order.tolist()
+    # the reference's mapping: slot k pseudo-labels as class k, whatever the head learnt
+    algo = build_algorithm(_cfg("fedossl", **{"client.slot_mapping": "slot_id"}))
+    assert algo._pseudo_label_ids(model, proto[order]).tolist() == list(range(K))
 
 
 # -- the strategy ------------------------------------------------------------------------

@@ -51,7 +51,8 @@ Deviations from the reference code (cugzj/FedoSSL, CIFAR-10 file) that remain, w
 the measurements in docs/openworld.md:
 
 - pseudo-labels of unseen slots go through the Hungarian matching described above;
-  the reference uses the slot id as the class id directly;
+  the reference uses the slot id as the class id directly (``client.slot_mapping =
+  "slot_id"``);
 - the memory is re-embedded with the trained model at the end of the round from up
   to ``client.memory_size`` un-augmented unlabeled samples; the reference keeps the
   last 1024 features of every forward pass (both views, labeled ones and test
@@ -144,10 +145,11 @@ class FedoSSL(ORCA):
         return F.normalize(torch.as_tensor(c, dtype=torch.float32), dim=1).to(ctx.device)
 
     def _pseudo_label_ids(self, model: nn.Module, centroids: torch.Tensor) -> torch.Tensor:
-        """Seen slots keep their class; unseen slots map to the head's unseen outputs."""
+        """Seen slots keep their class; unseen slots map to the head's unseen outputs
+        (``client.slot_mapping = "slot_id"``: to the output with the slot's id)."""
         s = self.num_seen
         ids = torch.arange(self.num_classes, device=centroids.device)
-        if s < self.num_classes:
+        if s < self.num_classes and self.cfg.slot_mapping == "hungarian":
             prototypes = model.head.weight.detach().T[s:]  # [K - S, D]
             ids[s:] = s + match_to_prototypes(centroids[s:], prototypes).to(ids.device)
         return ids

@@ -82,14 +82,16 @@ class WarmWorker:
                                          start_new_session=True)
 
     def run(self, argv: list[str], stdout: Path, stderr: Path, ray: dict[str, int] | None,
-            on_wait: Callable[[], None] | None = None) -> int:
+            on_wait: Callable[[], None] | None = None, data: tuple[str, str] | None = None) -> int:
         """Run ``fedssl ARGV`` in the worker; its exit status (negative: killed by that
-        signal). Raises :class:`WorkerDied` when the worker itself ends meanwhile."""
+        signal). ``data`` (dataset, root): read by the worker before it forks the cell.
+        Raises :class:`WorkerDied` when the worker itself ends meanwhile."""
         if self.proc is None:
             self.start()
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
-        req: dict[str, Any] = {"argv": argv, "stdout": str(stdout), "stderr": str(stderr), "ray": ray}
+        req: dict[str, Any] = {"argv": argv, "stdout": str(stdout), "stderr": str(stderr), "ray": ray,
+                               "data": list(data) if data else None}
         try:
             proc.stdin.write((json.dumps(req) + "\n").encode())
             proc.stdin.flush()

@@ -187,7 +187,8 @@ class BenchRunner:
             self.worker = WarmWorker(logs / "worker.log", {**os.environ, "PYTHONUNBUFFERED": "1"})
         ray = None if cell.cfg.federation.ray_address else local_ray_resources(cell.cfg)
         try:
-            code = self.worker.run(argv, logs / f"{cell.id}.stdout", logs / f"{cell.id}.stderr", ray, poll)
+            code = self.worker.run(argv, logs / f"{cell.id}.stdout", logs / f"{cell.id}.stderr", ray, poll,
+                                   data=(cell.cfg.data.dataset, cell.cfg.data.root))
         except WorkerDied as e:
             self.worker = None
             return e.code

@@ -19,8 +19,12 @@ A long-lived child of the bench (own process group) that pays the start-up of a
   crashing cell (even a segfault) takes only its own process down. The worker has
   one thread and has not initialised Ray, CUDA or OpenMP when it forks.
 
+- it reads each cell's dataset once, before forking (``"data"`` in the request), so
+  that cells share the decoded arrays instead of decompressing the files each time.
+
 Protocol, one JSON object per line: the bench writes ``{"argv": [...], "stdout": path,
-"stderr": path, "ray": {"num_cpus": n, "num_gpus": g} | null}`` to the worker's stdin
+"stderr": path, "ray": {"num_cpus": n, "num_gpus": g} | null, "data": [dataset, root]
+| null}`` to the worker's stdin
 and reads ``{"code": exit status, or -signal}`` back from its stdout. The worker's own
 messages go to its stderr (``logs/worker.log``). EOF on stdin: stop the cluster, exit.
 SIGINT/SIGTERM: wait for the running cell (it got the signal too), stop, exit 130.
@@ -46,7 +50,8 @@ from typing import Any
 # logger at import when nobody has, which `fedssl run` does first (the order matters).
 PRELOAD = ("numpy", "pandas", "scipy", "rich", "torch", "torchvision", "ray", "flwr.app",
            "flwr.clientapp", "flwr.serverapp", "flwr.simulation", "fedssl.cli", "fedssl.simulation",
-           "server.loop", "server.simulation", "client.app")
+           "server.loop", "server.simulation", "client.app", "fedssl.bench.cli", "fedssl.deploy.cli",
+           "fedssl.data.export", "flwr.server.superlink.fleet.vce.backend.raybackend", "rich.logging")
 _READY = "Ray runtime started."
 TEMP_PREFIX = "fedssl-ray-"
 
@@ -140,6 +145,16 @@ def _preload() -> None:
             _log(f"could not preload {name}: {type(e).__name__}: {e}")
 
 
+def _preload_data(data: list[str] | None) -> None:
+    if data:
+        try:
+            from fedssl.data.sources.load import preload
+
+            preload(*data)
+        except Exception as e:  # noqa: BLE001 - the cell reports a bad dataset itself
+            _log(f"could not preload the dataset {data}: {type(e).__name__}: {e}")
+
+
 def _exit_code(e: SystemExit) -> int:
     if e.code is None or isinstance(e.code, int):
         return int(e.code or 0)
@@ -222,6 +237,7 @@ def serve(requests, replies, private_fds: tuple[int, ...], handlers: dict[Any, A
             if not preloaded:
                 _preload()
                 preloaded = True
+            _preload_data(req.get("data"))
             address = ray_cluster.address if want and ray_cluster.ready() else ""
             pid = _fork_cell(req, private_fds, handlers, address)
             code = _wait(pid)

@@ -33,10 +33,11 @@ MODELS = ("cnn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 PSEUDO_LABEL_SLOTS = ("all", "unseen")
 PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen", "no_seen_swap")
+SLOT_MAPPINGS = ("hungarian", "slot_id")
 SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
-FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean")
+FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean", "centroid_in_order")
 FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
@@ -137,6 +138,9 @@ class ClientConfig:
                                   "where it agrees or predicts an unseen class; no_seen_swap: never from "
                                   "one seen class to another",
                                   choices=PSEUDO_LABEL_GUARDS)
+    slot_mapping: str = key("hungarian", "FedoSSL: an unseen slot's pseudo-label, the head output matched "
+                            "to its centroid (hungarian) or the slot id itself (slot_id, the reference)",
+                            choices=SLOT_MAPPINGS)
     mix_alpha: float = key(0.75, "SemiFL: mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
     selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
                                     ge=0, le=1)
@@ -166,7 +170,8 @@ class ServerConfig:
                             "or kmeans = balanced k-means of the first round's local centroids",
                             choices=FEDOSSL_INIT)
     fedossl_seen_slots: str = key("centroid", "fedossl: seen class c's slot, the centroid calibrated to it "
-                                  "(reference) or class_mean = its labeled mean", choices=FEDOSSL_SEEN_SLOTS)
+                                  "(greedy over all pairs); centroid_in_order = the reference's calibration "
+                                  "(classes in order); class_mean = its labeled mean", choices=FEDOSSL_SEEN_SLOTS)
     fedossl_sgd_steps: int = key(500, "fedossl: SGD steps on the global centroids per round", ge=0)
     fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
                                  choices=FEDOSSL_WEIGHTING)

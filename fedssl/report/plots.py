@@ -112,7 +112,8 @@ def plot_curves(bench: Bench, groups: list[Group], path: Path, x: str = "round")
         if x == "round":
             _int_ticks(ax)
         _acc_axes(ax, "accuracy (all classes)")
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # a facet whose cells all failed has no curve
+            ax.legend(fontsize=7, loc="lower right")
     for j in range(len(facets), rows * cols):
         axes[j // cols][j % cols].set_visible(False)
     if not drawn:
