@@ -49,7 +49,9 @@ pairs, most similar first; the reference takes the seen classes in order, each i
 most similar centroid or, if taken, its second (which fails when both are taken).
 ``seen_slots = "centroid_in_order"`` calibrates as the reference does
 (:func:`fedssl.openworld.calibrate_in_order`, with the most similar free centroid
-where the reference would fail); docs/openworld.md has the measurement.
+where the reference would fail). On the robustness grid (seeds 0-2) it lost 7.4
+points of globally unseen accuracy to the greedy calibration (27.8 vs 35.2 %) and 1.1
+of seen accuracy, with 2 collapses against 1 (docs/openworld.md).
 """
 
 from __future__ import annotations

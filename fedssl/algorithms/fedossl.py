@@ -52,12 +52,16 @@ the measurements in docs/openworld.md:
 
 - pseudo-labels of unseen slots go through the Hungarian matching described above;
   the reference uses the slot id as the class id directly (``client.slot_mapping =
-  "slot_id"``);
+  "slot_id"``: on the robustness grid, seeds 0-2, seen / unseen / globally unseen
+  71.7 / 40.0 / 31.2 % and 3 collapses, against 73.6 / 42.8 / 35.2 % and 1 with the
+  matching);
 - the memory is re-embedded with the trained model at the end of the round from up
   to ``client.memory_size`` un-augmented unlabeled samples; the reference keeps the
   last 1024 features of every forward pass (both views, labeled ones and test
   passes included);
-- ``client.local_centroids`` = 20 (reference 32) for clients with few samples;
+- ``client.local_centroids`` = 20 (reference 32) for clients with few samples (32 had
+  4 collapses against 1 over the robustness grid's 30 pairs, with the same seen
+  accuracy);
 - class means are exact per-class means weighted by count over clients; the
   reference's running average is re-divided every batch and averaged uniformly;
 - the suppressed loss is on (the CIFAR file comments it out; see METHODS.md);

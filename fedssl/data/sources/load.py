@@ -33,7 +33,8 @@ def preload(dataset: str, root: str) -> None:
     """Read ``dataset`` from ``root`` into this process's cache. ``fedssl bench``'s
     warm worker does, before it forks its cells: each then finds the arrays (read-only,
     shared copy-on-write) instead of decompressing the files again (0.25 s for
-    Fashion-MNIST). The synthetic dataset is made per seed, so it is not preloaded."""
+    Fashion-MNIST; files changed during the grid are therefore not read again). The
+    synthetic dataset is made per seed, so it is not preloaded."""
     if dataset != "synthetic":
         _load_raw(dataset, root)
 
