@@ -147,6 +147,16 @@ def _slot_inputs(global_centroids: np.ndarray, class_means: np.ndarray, num_seen
     return g, unit(g), unit(means[:num_seen]), valid
 
 
+def _with_leftovers(g: np.ndarray, slot_of: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """``g`` reordered by ``slot_of`` (slot -> centroid, -1 = open); the centroids not
+    ``used`` fill the open slots in their original order. A [K, D] float32 copy."""
+    leftovers = iter(np.flatnonzero(~used))
+    for slot in range(len(slot_of)):
+        if slot_of[slot] < 0:
+            slot_of[slot] = next(leftovers)
+    return g[slot_of].astype(np.float32)
+
+
 def calibrate(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
               valid: np.ndarray | None = None) -> np.ndarray:
     """Reorder ``global_centroids`` [K, D] so that slot ``c < num_seen`` holds seen class c.
@@ -168,11 +178,7 @@ def calibrate(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: i
         slot_of[c], used[j] = j, True
         sim[c, :] = -np.inf
         sim[:, j] = -np.inf
-    leftovers = iter(np.flatnonzero(~used))
-    for slot in range(k):
-        if slot_of[slot] < 0:
-            slot_of[slot] = next(leftovers)
-    return g[slot_of].astype(np.float32)
+    return _with_leftovers(g, slot_of, used)
 
 
 def calibrate_in_order(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
@@ -194,11 +200,7 @@ def calibrate_in_order(global_centroids: np.ndarray, class_means: np.ndarray, nu
     for c in np.flatnonzero(valid):
         j = next(j for j in np.argsort(-sim[c], kind="stable") if not used[j])
         slot_of[c], used[j] = j, True
-    leftovers = iter(np.flatnonzero(~used))
-    for slot in range(k):
-        if slot_of[slot] < 0:
-            slot_of[slot] = next(leftovers)
-    return g[slot_of].astype(np.float32)
+    return _with_leftovers(g, slot_of, used)
 
 
 def anchor_seen_slots(global_centroids: np.ndarray, class_means: np.ndarray, num_seen: int,
