@@ -531,3 +531,14 @@ def test_no_gain_line_without_a_supervised_twin(tmp_path):
     b.cells[:] = keep
     assert reference_gains(b, results_frame(b)) == []
 
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("openworld_robustness*.toml")), ids=lambda p: p.name)
+def test_openworld_robustness_grids_are_valid_and_pin_their_fedossl_mode(tmp_path, path):
+    """Every robustness grid loads, and names the guard and ramp-up its FedoSSL rows were
+    measured with, so a change of defaults cannot change what a documented grid runs."""
+    text = path.read_text()
+    g = bench.load_grid(path, tmp_path / "out")
+    assert g.cells and all(c.cfg.data.partition == "openworld" for c in g.cells)
+    if any(c.cfg.client.algorithm == "fedossl" for c in g.cells):
+        assert "client.pseudo_label_guard" in text and "server.fedossl_rampup" in text

@@ -478,3 +478,51 @@ def test_fedossl_guards_against_relabelling_seen_samples():
     for guard, kept in expected.items():
         got = [masks[(*case, guard)] for case in everything]
         assert got == pytest.approx([k * everything[case] for k, case in zip(kept, everything)]), guard
+
+
+def test_fedossl_prototype_guard_keeps_seen_samples_nearer_their_labels():
+    """``prototype``: a move from seen class c into an unseen slot survives only when the
+    sample is nearer the slot's centroid than c's labeled prototype; seen-to-seen swaps
+    are dropped as by ``no_seen_swap``; a class without local labels does not block."""
+    algo = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_guard": "prototype"}))
+    e = torch.eye(4)
+    algo._centroids = torch.zeros(K, 4)
+    algo._centroids[K - 1] = e[0]                      # unseen slot K-1 points along e0
+    algo._prototypes = torch.zeros(S, 4)
+    algo._prototypes[1] = e[1]                          # seen class 1's labels along e1
+    algo._has_prototype = torch.zeros(S, dtype=torch.bool)
+    algo._has_prototype[1] = True
+    z = torch.stack([
+        3 * e[0] + e[1],   # head: seen 1, slot K-1; nearer the slot (0.95 vs 0.32): kept
+        e[0] + 3 * e[1],   # head: seen 1, slot K-1; nearer class 1's labels: dropped
+        e[0] + 3 * e[1],   # head: seen 2 (no local labels), slot K-1: kept
+        e[0] + 3 * e[1],   # head: unseen K-2, slot K-1: kept
+        e[0],              # head: seen 1, slot 3 (seen): a seen-to-seen swap, dropped
+        e[1],              # head: seen 1, slot 1: agrees, kept
+    ])
+    pred = torch.tensor([1, 1, 2, K - 2, 1, 1])
+    slot = torch.tensor([K - 1, K - 1, K - 1, K - 1, 3, 1])
+    keep = algo._guard(pred, slot.clone(), slot, z)
+    assert keep.tolist() == [True, False, True, True, False, True]
+    plain = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_guard": "no_seen_swap"}))
+    plain._centroids, plain._prototypes, plain._has_prototype = (
+        algo._centroids, algo._prototypes, algo._has_prototype)  # the same cases, no prototype test
+    assert plain._guard(pred, slot.clone(), slot, z).tolist() == [True, True, True, True, False, True]
+
+
+def test_fedossl_prototype_guard_anchors_are_the_labeled_class_means():
+    """begin_round fixes the prototypes for the round: the normalised mean feature of the
+    client's labeled samples of each seen class, under the received model."""
+    from fedssl.data.augment import normalize
+    algo = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_guard": "prototype"}))
+    model, data = _model(), _data()
+    data = ClientData(data.x_l[data.y_l != 2], data.y_l[data.y_l != 2], data.x_u, data.y_u)  # no label of 2
+    algo.begin_round(model, RoundContext(server_round=2, payload={"global_centroids": _global_centroids(model)}), data)
+    with torch.no_grad():
+        z = F.normalize(model.eval().features(normalize(data.x_l)), dim=1)
+    for c in range(S):
+        if c == 2:
+            assert not algo._has_prototype[c]
+            continue
+        assert algo._has_prototype[c]
+        torch.testing.assert_close(algo._prototypes[c], F.normalize(z[data.y_l == c].mean(0), dim=0))

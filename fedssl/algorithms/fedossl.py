@@ -21,7 +21,10 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   the classifier puts in an unseen class follow their slot, so the centroids still
   reorganise the novel clusters but never take a sample from a seen class;
   ``"no_seen_swap"``: only the relabelling of a sample from one seen class to another
-  is dropped -- see docs/openworld.md);
+  is dropped; ``"prototype"``: that, and a move from seen class c to an unseen slot
+  unless the sample is nearer the slot's centroid than c's labeled prototype (the
+  normalised mean feature of this client's labeled c samples under the received
+  model; no move is dropped for a class without local labels) -- see docs/openworld.md);
 - ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p) / K``, with
   ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.suppress_beta``) and N_k the
   number of this client's unlabeled samples its model predicted as class k at the end
@@ -102,14 +105,19 @@ class FedoSSL(ORCA):
     _centroids: torch.Tensor | None = None  # [K, D], unit norm
     _slot_to_class: torch.Tensor | None = None  # [K] pseudo-label of each slot
     _class_weight: torch.Tensor | None = None  # [K] w_k, None before N_k exists
+    _prototypes: torch.Tensor | None = None  # [S, D] labeled seen-class means ("prototype" guard)
+    _has_prototype: torch.Tensor | None = None  # [S] bool: the client holds labels of class c
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         super().begin_round(model, ctx, data)
         self._centroids = self._slot_to_class = self._class_weight = None
+        self._prototypes = self._has_prototype = None
         c = self._received_centroids(model, ctx)
         if c is not None:
             self._centroids = c
             self._slot_to_class = self._pseudo_label_ids(model, c)
+            if self.cfg.pseudo_label_guard == "prototype":
+                self._prototypes, self._has_prototype = self._labeled_prototypes(model, data, ctx.device)
         if "pred_counts" in ctx.state:
             self._class_weight = suppression_weights(ctx.state["pred_counts"],
                                                      self.cfg.suppress_beta).to(ctx.device)
@@ -158,6 +166,44 @@ class FedoSSL(ORCA):
             ids[s:] = s + match_to_prototypes(centroids[s:], prototypes).to(ids.device)
         return ids
 
+    @torch.no_grad()
+    def _labeled_prototypes(self, model: nn.Module, data: Any,
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm mean feature of this client's labeled samples per seen class under
+        the received model [S, D], and which classes have any [S]. Fixed for the round:
+        the anchor a seen sample is compared with must not follow the pseudo-labels."""
+        was_training = model.training
+        model.eval()
+        try:
+            z, _ = self._embed(model, data.x_l, device)
+        finally:
+            model.train(was_training)
+        y = data.y_l.long()
+        seen = y < self.num_seen
+        counts = torch.bincount(y[seen], minlength=self.num_seen)
+        sums = torch.zeros(self.num_seen, z.shape[1]).index_add_(0, y[seen], z[seen])
+        return F.normalize(sums, dim=1).to(device), (counts > 0).to(device)
+
+    def _guard(self, pred: torch.Tensor, pseudo_label: torch.Tensor, slot: torch.Tensor,
+               z: torch.Tensor) -> torch.Tensor:
+        """Which centroid pseudo-labels ``client.pseudo_label_guard`` keeps (see the
+        module docstring); ``z``: the samples' features, for the ``prototype`` guard."""
+        guard, s = self.cfg.pseudo_label_guard, self.num_seen
+        keep = pred == pseudo_label
+        if guard == "keep_seen":  # ... unless the head calls the sample novel
+            keep |= pred >= s
+        elif guard in ("no_seen_swap", "prototype"):  # never from one seen class to another
+            keep |= (pred >= s) | (pseudo_label >= s)
+        if guard == "prototype" and self._prototypes is not None:
+            # out of a seen class only when the slot is nearer than the class's own labels
+            from_seen = (pred < s) & (pseudo_label >= s)
+            c = pred.clamp(max=s - 1)
+            zn = F.normalize(z, dim=1)
+            to_slot = (zn * self._centroids[slot]).sum(dim=1)
+            to_class = (zn * self._prototypes[c]).sum(dim=1)
+            keep &= ~(from_seen & self._has_prototype[c] & (to_slot <= to_class))
+        return keep
+
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         if self.pretraining(ctx):
             return self.pretrain_loss(model, batch)
@@ -186,15 +232,9 @@ class FedoSSL(ORCA):
                 if self.cfg.pseudo_label_slots == "unseen":  # seen classes keep their labels only
                     mask &= slot >= self.num_seen
                 pseudo_label = self._slot_to_class[slot]
-                guard = self.cfg.pseudo_label_guard
-                if guard != "none":  # a slot may sharpen a head cluster, never relabel it
+                if self.cfg.pseudo_label_guard != "none":  # a slot may sharpen a head cluster, never relabel it
                     pred = v.logits1[v.n_l:].detach().argmax(dim=1)
-                    keep = pred == pseudo_label
-                    if guard == "keep_seen":  # ... unless the head calls the sample novel
-                        keep |= pred >= self.num_seen
-                    elif guard == "no_seen_swap":  # ... only from one seen class to another
-                        keep |= (pred >= self.num_seen) | (pseudo_label >= self.num_seen)
-                    mask &= keep
+                    mask &= self._guard(pred, pseudo_label, slot, v.z1[v.n_l:].detach())
                 t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
                                 if mask.any() else v.logits1.sum() * 0.0)
                 total = total + ramp_pl * self.cfg.lambda_u * t["loss_pl"]

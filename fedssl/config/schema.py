@@ -32,7 +32,7 @@ PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
 MODELS = ("cnn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 PSEUDO_LABEL_SLOTS = ("all", "unseen")
-PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen", "no_seen_swap")
+PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen", "no_seen_swap", "prototype")
 SLOT_MAPPINGS = ("hungarian", "slot_id")
 SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
@@ -136,7 +136,8 @@ class ClientConfig:
     pseudo_label_guard: str = key("none", "FedoSSL: none (reference); agree: pseudo-label only "
                                   "where the classifier already predicts that class; keep_seen: only "
                                   "where it agrees or predicts an unseen class; no_seen_swap: never from "
-                                  "one seen class to another",
+                                  "one seen class to another; prototype: that, and out of a seen class "
+                                  "only if nearer the slot than the class's labeled mean",
                                   choices=PSEUDO_LABEL_GUARDS)
     slot_mapping: str = key("hungarian", "FedoSSL: an unseen slot's pseudo-label, the head output matched "
                             "to its centroid (hungarian) or the slot id itself (slot_id, the reference)",
