@@ -224,7 +224,7 @@ def test_strategy_round_gates_are_the_reference_fractions():
 
 def test_strategy_ramp_is_a_sigmoid_from_each_gate():
     kw = {"federation.rounds": 12, "client.pretrain_rounds": 3}
-    off = _strategy(**kw)  # rampup 0 (the default): full weight from the gate (round 6)
+    off = _strategy(**kw, **{"server.fedossl_rampup": 0})  # rampup 0: full weight from the gate (round 6)
     assert [off.ramp(r).tolist() for r in (5, 6, 12)] == [[0, 0], [1, 1], [1, 1]]
     g = _strategy(**kw, **{"server.fedossl_rampup": 3})
     ramps = np.array([g.ramp(r) for r in range(1, 13)])
@@ -281,16 +281,25 @@ def test_bad_fedossl_keys_are_config_errors(key, value):
         resolve(overrides={key: value})
 
 
-@pytest.mark.parametrize("name, cells", [("openworld_robustness.toml", 360),
-                                         ("openworld_robustness_small.toml", 72)])
-def test_robustness_grids_are_valid(tmp_path, name, cells):
+@pytest.mark.parametrize("name, cells, methods", [
+    ("openworld_robustness.toml", 360,  # (strategy, algorithm, guard, ramp-up)
+     {("fedavg", "supervised", "none", 0), ("fedavg", "orca", "none", 0),
+      ("fedossl", "fedossl", "none", 0), ("fedossl", "fedossl", "prototype", 3)}),
+    ("openworld_robustness_small.toml", 72,  # (strategy, algorithm, slots, guard)
+     {("fedavg", "supervised", "all", "none"), ("fedavg", "orca", "all", "none"),
+      ("fedossl", "fedossl", "all", "none"), ("fedossl", "fedossl", "unseen", "none")}),
+])
+def test_robustness_grids_are_valid(tmp_path, name, cells, methods):
     from fedssl import bench
     from tests.conftest import ROOT
     g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
     assert len(g.cells) == cells
-    methods = {(c.cfg.server.strategy, c.cfg.client.algorithm, c.cfg.client.pseudo_label_slots) for c in g.cells}
-    assert methods == {("fedavg", "supervised", "all"), ("fedavg", "orca", "all"),
-                       ("fedossl", "fedossl", "all"), ("fedossl", "fedossl", "unseen")}
+    c = lambda cell: (cell.cfg.server.strategy, cell.cfg.client.algorithm)  # noqa: E731
+    if name == "openworld_robustness.toml":
+        got = {(*c(x), x.cfg.client.pseudo_label_guard, x.cfg.server.fedossl_rampup) for x in g.cells}
+    else:
+        got = {(*c(x), x.cfg.client.pseudo_label_slots, x.cfg.client.pseudo_label_guard) for x in g.cells}
+    assert got == methods
     assert all(c.cfg.data.labeled_ratio == 0.5 and c.cfg.data.partition == "openworld" for c in g.cells)
 
 

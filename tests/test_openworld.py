@@ -218,7 +218,8 @@ def _cfg(algorithm: str, **over):
                               "data.seen_classes": S, "data.globally_unseen": 1,
                               "client.algorithm": algorithm, "client.pretrain_rounds": 0,
                               "client.batch_size": 8, "client.uratio": 2, "client.local_steps": 2,
-                              "client.memory_size": 64, "client.local_centroids": 5, **over})
+                              "client.memory_size": 64, "client.local_centroids": 5,
+                              "client.pseudo_label_guard": "none", **over})  # the reference's terms; guards have their own tests
 
 
 def _data(n_l: int = 24, n_u: int = 48, seed: int = 0) -> ClientData:
