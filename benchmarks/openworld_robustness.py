@@ -25,7 +25,8 @@ from pathlib import Path
 METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
 
 
-# FedoSSL keys whose non-default value names a variant: (section, key, default)
+# FedoSSL keys whose value, when not the reference's, names a variant: (section, key,
+# the reference's value). Names stay stable when a default changes.
 VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_label_slots", "all"),
                 ("client", "pseudo_label_round", 0), ("client", "lambda_suppress", 1.0),
                 ("server", "fedossl_clustering", "sgd"), ("server", "fedossl_init", "random"),

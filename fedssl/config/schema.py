@@ -133,11 +133,11 @@ class ClientConfig:
     sinkhorn: str = key("reference", "FedoSSL Sinkhorn: reference (softmax first) or log (former)",
                         choices=SINKHORN_VARIANTS)
     sinkhorn_epsilon: float = key(0.04, "FedoSSL Sinkhorn epsilon (reference 1/25; former 0.05)", gt=0)
-    pseudo_label_guard: str = key("none", "FedoSSL: none (reference); agree: pseudo-label only "
+    pseudo_label_guard: str = key("prototype", "FedoSSL: none (reference); agree: pseudo-label only "
                                   "where the classifier already predicts that class; keep_seen: only "
                                   "where it agrees or predicts an unseen class; no_seen_swap: never from "
-                                  "one seen class to another; prototype: that, and out of a seen class "
-                                  "only if nearer the slot than the class's labeled mean",
+                                  "one seen class to another; prototype (default): that, and out of a seen "
+                                  "class only if nearer the slot than the class's labeled mean",
                                   choices=PSEUDO_LABEL_GUARDS)
     slot_mapping: str = key("hungarian", "FedoSSL: an unseen slot's pseudo-label, the head output matched "
                             "to its centroid (hungarian) or the slot id itself (slot_id, the reference)",
@@ -183,7 +183,7 @@ class ServerConfig:
                                        "(reference 5/40)", ge=0, le=1)
     fedossl_pseudo_label_start: float = key(0.175, "fedossl: centroid pseudo-labels once this fraction "
                                             "is done (reference 7/40)", ge=0, le=1)
-    fedossl_rampup: int = key(0, "fedossl: rounds over which the cluster and pseudo-label terms ramp in after "
+    fedossl_rampup: int = key(3, "fedossl: rounds over which the cluster and pseudo-label terms ramp in after "
                               "their gates (sigmoid ramp-up); 0 = switched on at full weight (reference)", ge=0)
     train_steps: int = key(50, "labels at server: SGD steps on the server's labels after each aggregation", ge=0)
     warmup_steps: int = key(500, "labels at server: SGD steps on the server's labels before round 1", ge=0)
