@@ -527,3 +527,38 @@ def test_fedossl_prototype_guard_anchors_are_the_labeled_class_means():
             continue
         assert algo._has_prototype[c]
         torch.testing.assert_close(algo._prototypes[c], F.normalize(z[data.y_l == c].mean(0), dim=0))
+
+
+def test_fedossl_forward_memory_clusters_the_rounds_training_features():
+    """``client.memory = "forward"``: the memory is the last ``memory_size`` normalised
+    features of the round's training passes (both views), and the local centroids are
+    fitted to it instead of to re-embedded samples."""
+    out = {}
+    for memory in ("reembed", "forward"):
+        cfg = _cfg("fedossl", **{"client.memory": memory, "client.memory_size": 20, "client.local_steps": 3})
+        algo, model, data = build_algorithm(cfg), _model(), _data()
+        seen = []
+        remember = algo._remember
+        algo._remember = lambda z, seen=seen, remember=remember: (seen.append(z), remember(z))[1]
+        torch.manual_seed(0)
+        r = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None, payload={})
+        out[memory] = r.payload["local_centroids"]
+        if memory == "forward":
+            rows = 2 * (8 + 16)  # both views of 8 labeled + 16 unlabeled samples per step
+            assert len(seen) == 3 and all(len(z) == rows for z in seen)
+            assert algo._memory == []  # emptied once the centroids are fitted
+        else:
+            assert seen == []
+    assert out["reembed"].shape == out["forward"].shape == (5, 128)
+    assert not np.allclose(out["reembed"], out["forward"])
+
+
+def test_fedossl_forward_memory_keeps_the_last_rows():
+    algo = build_algorithm(_cfg("fedossl", **{"client.memory": "forward", "client.memory_size": 5}))
+    algo._memory = []
+    chunks = [torch.full((3, 4), float(i + 1)) for i in range(4)]
+    for c in chunks:
+        algo._remember(c)
+    kept = torch.cat(algo._memory)[-5:]
+    assert len(torch.cat(algo._memory)) >= 5 and len(algo._memory) == 2  # oldest chunks dropped
+    torch.testing.assert_close(kept, F.normalize(torch.cat(chunks)[-5:], dim=1))

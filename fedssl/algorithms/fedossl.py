@@ -71,7 +71,10 @@ the measurements in docs/openworld.md:
 - the memory is re-embedded with the trained model at the end of the round from up
   to ``client.memory_size`` un-augmented unlabeled samples; the reference keeps the
   last 1024 features of every forward pass (both views, labeled ones and test
-  passes included);
+  passes included). ``client.memory = "forward"`` keeps the last
+  ``client.memory_size`` normalised features of the round's training passes, both
+  views, labeled and unlabeled (fedssl evaluates on the server, so no test pass);
+  measured in docs/openworld.md ("Remaining deviations, measured");
 - ``client.local_centroids`` = 20 (reference 32) for clients with few samples (32 had
   4 collapses against 1 over the robustness grid's 30 pairs, with the same seen
   accuracy);
@@ -117,11 +120,13 @@ class FedoSSL(ORCA):
     _class_weight: torch.Tensor | None = None  # [K] w_k, None before N_k exists
     _prototypes: torch.Tensor | None = None  # [S, D] labeled seen-class means ("prototype" guard)
     _has_prototype: torch.Tensor | None = None  # [S] bool: the client holds labels of class c
+    _memory: list[torch.Tensor] = []  # client.memory = "forward": recent features, oldest first
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         super().begin_round(model, ctx, data)
         self._centroids = self._slot_to_class = self._class_weight = None
         self._prototypes = self._has_prototype = None
+        self._memory = []
         c = self._received_centroids(model, ctx)
         if c is not None:
             self._centroids = c
@@ -218,6 +223,8 @@ class FedoSSL(ORCA):
         if self.pretraining(ctx):
             return self.pretrain_loss(model, batch)
         v = self.forward_views(model, batch)
+        if self.cfg.memory == "forward":
+            self._remember(torch.cat([v.z1, v.z2]).detach())
         t = self.orca_terms(model, v, batch, ctx)
         total = t["loss_x"] + t["loss_pair"] - t["entropy"]
         metrics: dict[str, float] = {"margin": self.margin(ctx)}
@@ -252,6 +259,14 @@ class FedoSSL(ORCA):
         metrics.update({k: float(x.detach()) for k, x in t.items()})
         return total, metrics
 
+    def _remember(self, z: torch.Tensor) -> None:
+        """Append normalised features to the forward memory, keeping the last
+        ``client.memory_size`` rows (the reference's queue of recent features)."""
+        self._memory.append(F.normalize(z, dim=1).cpu())
+        size = self.cfg.memory_size
+        while sum(len(m) for m in self._memory) - len(self._memory[0]) >= size:
+            self._memory.pop(0)
+
     # -- after training ----------------------------------------------------------
     @torch.no_grad()
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict[str, np.ndarray]:
@@ -267,6 +282,9 @@ class FedoSSL(ORCA):
         if len(data.y_u):
             ctx.state["pred_counts"] = torch.bincount(
                 logits_mem.argmax(dim=1), minlength=self.num_classes).float()
+        if self.cfg.memory == "forward" and self._memory:  # the round's training passes
+            z_mem = torch.cat(self._memory)[-self.cfg.memory_size:]
+            self._memory = []
         if len(z_mem) == 0:
             return {}
 

@@ -38,6 +38,7 @@ SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean", "centroid_in_order")
+FEDOSSL_MEMORY = ("reembed", "forward")
 FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
@@ -128,6 +129,9 @@ class ClientConfig:
     cluster_temperature: float = key(0.1, "FedoSSL: temperature of the cluster softmax", gt=0)
     local_centroids: int = key(20, "FedoSSL: local k-means centroids per client", ge=1)
     memory_size: int = key(1024, "FedoSSL: feature memory per client", ge=1)
+    memory: str = key("reembed", "FedoSSL local clustering input: reembed = up to memory_size unlabeled "
+                      "samples embedded after training; forward = the last memory_size features of the "
+                      "round's training passes, both views (the reference)", choices=FEDOSSL_MEMORY)
     pretrain_rounds: int = key(1, "ORCA / FedoSSL: plain labeled CE rounds first", ge=0)
     # FedoSSL, issue 16 (docs/openworld.md): defaults follow cugzj/FedoSSL
     sinkhorn: str = key("reference", "FedoSSL Sinkhorn: reference (softmax first) or log (former)",
