@@ -121,7 +121,7 @@ class FedoSSL(ORCA):
     _class_weight: torch.Tensor | None = None  # [K] w_k, None before N_k exists
     _prototypes: torch.Tensor | None = None  # [S, D] labeled seen-class means ("prototype" guard)
     _has_prototype: torch.Tensor | None = None  # [S] bool: the client holds labels of class c
-    _memory: list[torch.Tensor] = []  # client.memory = "forward": recent features, oldest first
+    _memory: list[torch.Tensor] | None = None  # client.memory = "forward": recent features, oldest first
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         super().begin_round(model, ctx, data)
@@ -194,11 +194,15 @@ class FedoSSL(ORCA):
             z, _ = self._embed(model, data.x_l, device)
         finally:
             model.train(was_training)
-        y = data.y_l.long()
-        seen = y < self.num_seen
-        counts = torch.bincount(y[seen], minlength=self.num_seen)
-        sums = torch.zeros(self.num_seen, z.shape[1]).index_add_(0, y[seen], z[seen])
+        counts, sums = self._seen_class_sums(z, data.y_l)
         return F.normalize(sums, dim=1).to(device), (counts > 0).to(device)
+
+    def _seen_class_sums(self, z: torch.Tensor, y_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per seen class: the number of labeled samples [S] and the sum of their features [S, D]."""
+        y = y_l.long()
+        seen = y < self.num_seen
+        counts = torch.bincount(y[seen], minlength=self.num_seen).float()
+        return counts, torch.zeros(self.num_seen, z.shape[1]).index_add_(0, y[seen], z[seen])
 
     def _guard(self, pred: torch.Tensor, pseudo_label: torch.Tensor, slot: torch.Tensor,
                z: torch.Tensor) -> torch.Tensor:
@@ -296,10 +300,7 @@ class FedoSSL(ORCA):
                                              epsilon=self.cfg.sinkhorn_epsilon, sinkhorn=self.cfg.sinkhorn,
                                              init="random" if reference else "kmeans++")
 
-        y_l = data.y_l.long()
-        seen = y_l < self.num_seen
-        counts = torch.bincount(y_l[seen], minlength=self.num_seen).float()
-        sums = torch.zeros(self.num_seen, z_lab.shape[1]).index_add_(0, y_l[seen], z_lab[seen])
+        counts, sums = self._seen_class_sums(z_lab, data.y_l)
         class_means = sums / counts.clamp_min(1)[:, None]
         return {
             "local_centroids": local_centroids.numpy().astype(np.float32),
