@@ -145,6 +145,31 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch):
     assert metrics["mask"] == pytest.approx(2 / 3) and metrics["mix_lambda"] == pytest.approx(lam)
 
 
+def test_semifl_ema_teacher_labels_the_round_and_persists(monkeypatch):
+    """client.semifl_teacher = "ema": the round's fixed pseudo-labels come from the
+    client's persistent EMA teacher, not from the received model (the default)."""
+    import fedssl.algorithms.semifl as semifl_mod
+
+    monkeypatch.setattr(semifl_mod, "weak", lambda x, flip=True: x)
+    data = unlabeled_only()
+    torch.manual_seed(0)
+    model, teacher = build_model("cnn", 10), build_model("cnn", 10)
+    paper = build_algorithm(resolve(overrides={"client.algorithm": "semifl"}))
+    ema = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.semifl_teacher": "ema"}))
+    assert not paper.uses_teacher and ema.uses_teacher
+    ctx = RoundContext(1, teacher=teacher)
+    paper.begin_round(model, ctx, data)
+    ema.begin_round(model, ctx, data)
+    cpu = torch.device("cpu")
+    assert torch.equal(paper._probs, semifl_mod.global_pseudo_probs(model, data.x_u, False, cpu))
+    assert torch.equal(ema._probs, semifl_mod.global_pseudo_probs(teacher, data.x_u, False, cpu))
+    assert not torch.allclose(ema._probs, paper._probs)
+    cfg = resolve(overrides={"client.algorithm": "semifl", "client.semifl_teacher": "ema",
+                             "client.local_steps": 2, "client.batch_size": 4, "client.threshold": 0.05})
+    res = train_client(model, build_algorithm(cfg), data, cfg, server_round=1, partition_id=0, state=None)
+    assert any(k.startswith("teacher.") for k in res.state)  # kept for the client's next round
+
+
 def test_srip_of_scaled_orthonormal_rows_is_exact():
     q, _ = torch.linalg.qr(torch.randn(8, 3, dtype=torch.float64))
     w = math.sqrt(1.5) * q.t()  # rows orthonormal x sqrt(1.5): W W^T - I = 0.5 I

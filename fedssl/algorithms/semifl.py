@@ -29,6 +29,11 @@ Choices where our machinery differs from SemiFL's code, and why:
   of SemiFL's separate "mix" batch of confident samples.
 - A client with no confident sample still replies (unchanged weights); SemiFL leaves
   it out of the average. With tau = 0.95 on Fashion-MNIST this is rare.
+- ``client.semifl_teacher = "ema"`` (not SemiFL's) labels the round from the client's
+  persistent EMA teacher instead, the teacher of FixMatch and FedSTO here: it measures
+  the teacher choice inside SemiFL. With 10 % participation a client trains about
+  every 10th round, so under the default ``client.teacher_sync = 0.5`` its teacher is
+  almost the global model again (0.5^10); ``teacher_sync = 1`` keeps it local.
 - RandAugment is fedssl's (2 ops, magnitude 10, Cutout of half the side), not
   SemiFL's pool with its 100-px translations.
 """
@@ -48,16 +53,21 @@ from fedssl.data.augment import normalize, weak
 
 @register("semifl")
 class SemiFL(Algorithm):
-    uses_teacher = False
     equal_weight = True
     unlabeled_views = ("strong",)
     _x_u: torch.Tensor | None = None  # this round's shard and its fixed pseudo-label probabilities
     _probs: torch.Tensor | None = None
 
+    @property
+    def uses_teacher(self) -> bool:  # type: ignore[override]
+        return self.cfg.semifl_teacher == "ema"
+
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
-        """Fixed pseudo-labels for the whole shard from the received global model."""
+        """Fixed pseudo-labels for the whole shard from the received global model (or,
+        with ``client.semifl_teacher = "ema"``, from the client's EMA teacher)."""
         self._x_u, self._flip = data.x_u, data.flip
-        self._probs = global_pseudo_probs(model, data.x_u, data.flip, ctx.device)
+        teacher = ctx.teacher if self.uses_teacher and ctx.teacher is not None else model
+        self._probs = global_pseudo_probs(teacher, data.x_u, data.flip, ctx.device)
         model.train()
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:

@@ -38,6 +38,7 @@ SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean", "centroid_in_order")
+SEMIFL_TEACHERS = ("global", "ema")
 FEDOSSL_MEMORY = ("reembed", "forward")
 FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
@@ -147,6 +148,10 @@ class ClientConfig:
                             "to its centroid (hungarian) or the slot id itself (slot_id, the reference)",
                             choices=SLOT_MAPPINGS)
     mix_alpha: float = key(0.75, "SemiFL: mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
+    semifl_teacher: str = key("global", "SemiFL: the round's fixed pseudo-labels come from the received "
+                              "global model (global, the paper) or the client's persistent EMA teacher "
+                              "(ema, met with the global model by client.teacher_sync)",
+                              choices=SEMIFL_TEACHERS)
     selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
                                     ge=0, le=1)
     ortho_lambda: float = key(0.01, "FedSTO: weight of the SRIP orthogonality penalty on the head (phase 2)",
