@@ -17,7 +17,7 @@ from torch import nn
 from fedssl import runlog
 from fedssl.algorithms import Batch, RoundContext
 from fedssl.algorithms.fedsto import srip
-from fedssl.algorithms.semifl import semifl_loss
+from fedssl.algorithms.semifl import local_log_prior, semifl_loss
 from fedssl.config import ConfigError, DataConfig, resolve
 from fedssl.data import make_partition
 from fedssl.models import build_model
@@ -109,9 +109,11 @@ def test_semifl_loss_terms_by_hand():
     assert empty[0].item() == 0.0 and empty[1].item() == 0.0
 
 
-def test_semifl_client_loss_on_a_constructed_batch(monkeypatch):
+@pytest.mark.parametrize("tau", [0.0, 1.0])
+def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau):
     """Fixed global pseudo-labels, threshold, Beta-mixed weak views with partners from
-    all local samples and their argmax labels; a linear model so the math is explicit."""
+    all local samples and their argmax labels; a linear model so the math is explicit.
+    tau > 0: both terms see the logits plus tau x log(local pseudo-label prior)."""
     import fedssl.algorithms.semifl as semifl_mod
 
     monkeypatch.setattr(semifl_mod, "weak", lambda x, flip=True: x)  # identity weak view
@@ -121,8 +123,12 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch):
     probs = torch.tensor([[0.97, 0.02, 0.01], [0.5, 0.3, 0.2], [0.01, 0.98, 0.01],
                           [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]], dtype=torch.float64)
     alg = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.threshold": 0.95,
-                                             "client.lambda_u": 1.0}))
+                                             "client.lambda_u": 1.0, "client.logit_adjustment": tau}))
     alg._x_u, alg._flip, alg._probs = x_u, False, probs
+    # confident pseudo-labels 0 and 2 -> classes 0 and 1; one pseudo-count per class
+    prior = np.log(np.array([2.0, 2.0, 1.0]) / 5.0)
+    assert np.allclose(local_log_prior(probs, 0.95).numpy(), prior)
+    alg._log_prior = tau * local_log_prior(probs, 0.95) if tau else 0.0
     strong = torch.randn(3, 1, 2, 2, dtype=torch.float64)
     batch = Batch(x_l=[torch.zeros(0, 1, 2, 2, dtype=torch.float64)], y_l=torch.zeros(0, dtype=torch.long),
                   x_u=[strong], idx_u=torch.tensor([0, 1, 2]))
@@ -133,7 +139,7 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch):
     lam = float(torch.distributions.Beta(0.75, 0.75).sample())
     norm = lambda x: x.double() / 127.5 - 1.0  # noqa: E731
     w, b = model[1].weight.detach().numpy(), model[1].bias.detach().numpy()
-    f = lambda x: x.reshape(len(x), -1).numpy() @ w.T + b  # noqa: E731
+    f = lambda x: x.reshape(len(x), -1).numpy() @ w.T + b + tau * prior  # noqa: E731
     conf = [0, 2]  # samples 0 and 2 pass tau = 0.95; labels 0 and 1
     zs = f(strong[conf])
     zm = f(lam * norm(x_u[conf]) + (1 - lam) * norm(x_u[partner]))

@@ -34,6 +34,12 @@ Choices where our machinery differs from SemiFL's code, and why:
   the teacher choice inside SemiFL. With 10 % participation a client trains about
   every 10th round, so under the default ``client.teacher_sync = 0.5`` its teacher is
   almost the global model again (0.5^10); ``teacher_sync = 1`` keeps it local.
+- ``client.logit_adjustment = tau > 0`` (not SemiFL's) adds tau x log(prior) to the
+  logits of the Fix and Mix terms, the prior being the client's confident pseudo-label
+  frequencies this round (plus one per class). On a client whose shard holds two or
+  three classes, plain CE pushes the head toward them and down on every absent class;
+  the adjusted loss fits the pseudo-labels with balanced logits instead (logit
+  adjustment, Menon et al. 2021; FedLC, Zhang et al. 2022, for label skew).
 - RandAugment is fedssl's (2 ops, magnitude 10, Cutout of half the side), not
   SemiFL's pool with its 100-px translations.
 """
@@ -57,6 +63,7 @@ class SemiFL(Algorithm):
     unlabeled_views = ("strong",)
     _x_u: torch.Tensor | None = None  # this round's shard and its fixed pseudo-label probabilities
     _probs: torch.Tensor | None = None
+    _log_prior: torch.Tensor | float = 0.0  # tau x log(local pseudo-label prior), or 0 (off)
 
     @property
     def uses_teacher(self) -> bool:  # type: ignore[override]
@@ -68,6 +75,8 @@ class SemiFL(Algorithm):
         self._x_u, self._flip = data.x_u, data.flip
         teacher = ctx.teacher if self.uses_teacher and ctx.teacher is not None else model
         self._probs = global_pseudo_probs(teacher, data.x_u, data.flip, ctx.device)
+        tau = self.cfg.logit_adjustment
+        self._log_prior = tau * local_log_prior(self._probs, self.cfg.threshold) if tau > 0 else 0.0
         model.train()
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
@@ -92,7 +101,9 @@ class SemiFL(Algorithm):
         logits = model(torch.cat([batch.x_l[0], batch.x_u[0][mask], x_mix]))
         n_c = int(mask.sum())
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
-        loss_fix, loss_mix = semifl_loss(logits[n_l:n_l + n_c], logits[n_l + n_c:], y_hat[mask],
+        adj = self._log_prior  # 0.0 when off: the paper's loss, bit for bit
+        adj = adj.to(logits.device) if isinstance(adj, torch.Tensor) else adj
+        loss_fix, loss_mix = semifl_loss(logits[n_l:n_l + n_c] + adj, logits[n_l + n_c:] + adj, y_hat[mask],
                                          probs_all[partner].argmax(dim=1), lam)
         metrics = {"loss_x": loss_x.item(), "loss_fix": loss_fix.item(), "loss_mix": loss_mix.item(),
                    "mask": mask.float().mean().item(), "mix_lambda": lam}
@@ -101,6 +112,7 @@ class SemiFL(Algorithm):
         return loss_x + loss_fix + self.cfg.lambda_u * loss_mix, metrics
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
+        self._log_prior = 0.0
         self._x_u = self._probs = None  # do not keep a client's shard past its round
         return {}
 
@@ -114,6 +126,14 @@ def semifl_loss(logits_strong: torch.Tensor, logits_mix: torch.Tensor, y_hat: to
     fix = F.cross_entropy(logits_strong, y_hat)
     mix = lam * F.cross_entropy(logits_mix, y_hat) + (1 - lam) * F.cross_entropy(logits_mix, y_partner)
     return fix, mix
+
+
+def local_log_prior(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """log of the client's pseudo-label class frequencies (confident samples, one
+    pseudo-count per class so that absent classes stay finite)."""
+    conf, y = probs.max(dim=1)
+    counts = torch.bincount(y[conf >= threshold], minlength=probs.shape[1]).to(probs.dtype) + 1.0
+    return torch.log(counts / counts.sum())
 
 
 @torch.no_grad()

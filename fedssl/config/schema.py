@@ -152,6 +152,9 @@ class ClientConfig:
                               "global model (global, the paper) or the client's persistent EMA teacher "
                               "(ema, met with the global model by client.teacher_sync)",
                               choices=SEMIFL_TEACHERS)
+    logit_adjustment: float = key(0.0, "SemiFL: add tau x log(local pseudo-label prior) to the logits of "
+                                  "the unlabeled terms (FedLC-style balanced loss against label skew; "
+                                  "0 = off, the paper)", ge=0)
     selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
                                     ge=0, le=1)
     ortho_lambda: float = key(0.01, "FedSTO: weight of the SRIP orthogonality penalty on the head (phase 2)",
