@@ -170,6 +170,10 @@ def test_semifl_ema_teacher_labels_the_round_and_persists(monkeypatch):
     assert torch.equal(paper._probs, semifl_mod.global_pseudo_probs(model, data.x_u, False, cpu))
     assert torch.equal(ema._probs, semifl_mod.global_pseudo_probs(teacher, data.x_u, False, cpu))
     assert not torch.allclose(ema._probs, paper._probs)
+    adjusted = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.logit_adjustment": 0.5}))
+    adjusted.begin_round(model, ctx, data)  # the round's prior comes from its fixed pseudo-labels
+    assert paper._log_prior == 0.0
+    assert torch.equal(adjusted._log_prior, 0.5 * local_log_prior(paper._probs, 0.95))
     cfg = resolve(overrides={"client.algorithm": "semifl", "client.semifl_teacher": "ema",
                              "client.local_steps": 2, "client.batch_size": 4, "client.threshold": 0.05})
     res = train_client(model, build_algorithm(cfg), data, cfg, server_round=1, partition_id=0, state=None)

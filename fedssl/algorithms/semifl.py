@@ -101,9 +101,11 @@ class SemiFL(Algorithm):
         logits = model(torch.cat([batch.x_l[0], batch.x_u[0][mask], x_mix]))
         n_c = int(mask.sum())
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
-        adj = self._log_prior  # 0.0 when off: the paper's loss, bit for bit
-        adj = adj.to(logits.device) if isinstance(adj, torch.Tensor) else adj
-        loss_fix, loss_mix = semifl_loss(logits[n_l:n_l + n_c] + adj, logits[n_l + n_c:] + adj, y_hat[mask],
+        z_fix, z_mix = logits[n_l:n_l + n_c], logits[n_l + n_c:]
+        if isinstance(self._log_prior, torch.Tensor):  # logit adjustment on (off: the paper's loss)
+            adj = self._log_prior.to(logits.device)
+            z_fix, z_mix = z_fix + adj, z_mix + adj
+        loss_fix, loss_mix = semifl_loss(z_fix, z_mix, y_hat[mask],
                                          probs_all[partner].argmax(dim=1), lam)
         metrics = {"loss_x": loss_x.item(), "loss_fix": loss_fix.item(), "loss_mix": loss_mix.item(),
                    "mask": mask.float().mean().item(), "mix_lambda": lam}
