@@ -382,3 +382,30 @@ def test_kill9_then_resume_keeps_server_training_exact(tmp_path):
     got, want = rows(killed), rows(tmp_path / "straight")
     assert [r["round"] for r in got] == ["1", "2", "3", "4"]
     assert timeless(got) == timeless(want)
+
+
+def test_summary_pairs_each_variant_with_server_only_on_the_same_seed(tmp_path):
+    """benchmarks/labels_at_server_summary.py: per-seed gains, their mean, the gain by
+    round, and the gap to a reference; a seed without a finished run is left out."""
+    import subprocess
+    import sys
+
+    def put(variant: str, seed: int, accs: dict[int, float]) -> None:
+        d = tmp_path / "L10_dir0.3" / variant / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text("{}")
+        (d / "metrics.csv").write_text("round,acc_all\n" + "".join(f"{r},{a}\n" for r, a in accs.items()))
+
+    for s, base in ((0, 0.60), (1, 0.70)):
+        put("server_only", s, {10: base, 20: base})
+        put("semifl", s, {10: base + 0.02, 20: base + 0.05 + 0.01 * s})
+        put("central", s, {10: base + 0.05, 20: base + 0.10})
+    put("fedsto", 0, {10: 0.5, 20: 0.7})  # seed 1 unfinished
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "labels_at_server_summary.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path),
+                          "--variants", "semifl,fedsto,central", "--reference", "central", "--seeds", "0,1",
+                          "--rounds", "10,20"], capture_output=True, text=True, check=True).stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert "+5.0 / +6.0 | **+5.5** | +2.0 | +5.5 | -4.5 (2 seeds)" in rows["semifl"]
+    assert "| fedsto | 1 | 0.7000 | +10.0 | **+10.0** |" in rows["fedsto"]
+    assert "**+10.0** | +5.0 | +10.0 | +0.0 (2 seeds)" in rows["central"]
