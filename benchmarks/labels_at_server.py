@@ -17,7 +17,9 @@ holding ``labels`` samples per class and training on them after every aggregatio
                10 x local steps per round (as many steps per round as 10 clients), no
                server labels or server step
   central_alt  one client holding all the unlabeled data, FixMatch, 10 x local steps,
-               alternating with the server step (the federated pipeline with one client)
+               alternating with the server step (the federated pipeline with one client);
+               with ``--tag _semifl --set client.algorithm=semifl`` it is the centralized
+               SemiFL reference: the same labels, loss and steps per round, no partition
 
 The full grid of the issue (labels 10,50 x iid,dir0.3 x 3 seeds x 100 rounds):
 
