@@ -151,7 +151,8 @@ def torchvision_for(torch_spec: str) -> str:
 def requirements() -> dict[str, list[str]]:
     return {
         "flwr": [f"flwr=={FLWR}"],
-        "supernode": [_pin("numpy"), _pin("tomli-w")],
+        # psutil: `fedssl node` loads fedssl.deploy, whose process handling uses it.
+        "supernode": [_pin("numpy"), _pin("tomli-w"), _pin("psutil")],
         "serverapp": [TORCH, _pin("numpy"), _pin("scipy"), _pin("safetensors"), _pin("tomli-w")],
         "clientapp": [torchvision_for(TORCH), _pin("pillow")],
     }
@@ -255,10 +256,11 @@ def _image_id(engine: Engine, image: str) -> str:
 
 
 def build_image(engine: Engine, ctx: Path, dockerfile: Path, image: str, args: dict[str, str],
-                target: str | None, echo: Echo, with_fedssl: bool = True) -> bool:
-    """Build ``image`` unless one labelled with the same inputs exists (returns
-    whether it built). Inputs: the Dockerfile, build args (with the parent's image id),
-    the wheelhouse's wheels and requirement files, and (``with_fedssl``) fedssl's sources."""
+                target: str | None, echo: Echo, with_fedssl: bool = True) -> str | None:
+    """Build ``image`` unless one labelled with the same inputs exists. Returns the id of
+    the image the tag moved away from, if it built over one (None otherwise). Inputs: the
+    Dockerfile, build args (with the parent's image id), the wheelhouse's wheels and
+    requirement files, and (``with_fedssl``) fedssl's sources."""
     wheels = ctx / "wheels"
     files = sorted(p.name for p in wheels.glob("*.whl")) + [
         p.read_text() for p in sorted(wheels.glob("requirements-*.txt"))]
@@ -268,7 +270,8 @@ def build_image(engine: Engine, ctx: Path, dockerfile: Path, image: str, args: d
     parent = _image_id(engine, args["BASE_IMAGE"]) if args["BASE_IMAGE"].startswith("localhost/") else ""
     key = _digest(dockerfile.read_text(), args, parent, target, files)
     if _label(engine, image) == key:
-        return False
+        return None
+    stale = engine.run("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
     echo(f"building {image} ({dockerfile.name}{' --target ' + target if target else ''})")
     cmd = ["build", "-f", str(dockerfile), "-t", image, "--label", f"fedssl.inputs={key}"]
     if target:
@@ -281,7 +284,7 @@ def build_image(engine: Engine, ctx: Path, dockerfile: Path, image: str, args: d
     if res.returncode != 0:
         tail = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()][-2:]
         raise BuildError(f"building {image} failed: {' | '.join(tail)} (log: {log})")
-    return True
+    return stale if stale and stale != _image_id(engine, image) else None
 
 
 def build_images(engine: Engine, root: Path, echo: Echo, official: bool = False) -> dict[str, str]:
@@ -292,23 +295,33 @@ def build_images(engine: Engine, root: Path, echo: Echo, official: bool = False)
     ctx.mkdir(parents=True, exist_ok=True)
     extra = make_wheelhouse(root, ctx, echo)
     docker = root / "docker"
+    stale: list[str | None] = []
     if official:
         bases = {r: f"flwr/{'superexec' if r.endswith('app') else r}:{FLWR}" for r in ROLES}
         pip = {}
     else:
         base = tag("flwr").replace(VERSION, FLWR)
-        build_image(engine, ctx, docker / "flwr-base.Dockerfile", base,
-                    {"BASE_IMAGE": debian_base(engine, ctx, echo)}, None, echo, with_fedssl=False)
+        stale.append(build_image(engine, ctx, docker / "flwr-base.Dockerfile", base,
+                                 {"BASE_IMAGE": debian_base(engine, ctx, echo)}, None, echo, with_fedssl=False))
         bases = dict.fromkeys(ROLES, base)
         pip = {"PIP_ARGS": "--no-index"}
-    build_image(engine, ctx, docker / "superlink.Dockerfile", tag("superlink"),
-                {"BASE_IMAGE": bases["superlink"]}, None, echo, with_fedssl=False)
-    build_image(engine, ctx, docker / "supernode.Dockerfile", tag("supernode"),
-                {"BASE_IMAGE": bases["supernode"], **pip}, None, echo)
+    stale.append(build_image(engine, ctx, docker / "superlink.Dockerfile", tag("superlink"),
+                             {"BASE_IMAGE": bases["superlink"]}, None, echo, with_fedssl=False))
+    stale.append(build_image(engine, ctx, docker / "supernode.Dockerfile", tag("supernode"),
+                             {"BASE_IMAGE": bases["supernode"], **pip}, None, echo))
     for role in ("serverapp", "clientapp"):
-        build_image(engine, ctx, docker / "superexec.Dockerfile", tag(role),
-                    {"BASE_IMAGE": bases[role], **pip, **extra}, role, echo)
+        stale.append(build_image(engine, ctx, docker / "superexec.Dockerfile", tag(role),
+                                 {"BASE_IMAGE": bases[role], **pip, **extra}, role, echo))
+    remove_stale(engine, stale)
     return {r: tag(r) for r in ROLES}
+
+
+def remove_stale(engine: Engine, stale: list[str | None]) -> None:
+    """Remove the images that rebuilt tags left untagged, children first. Each source
+    change leaves about 1 GB behind otherwise, which fills a long-lived CI machine's
+    disk. ``rmi`` fails harmlessly on one that a container still uses."""
+    for image_id in reversed([s for s in stale if s]):
+        engine.run("rmi", image_id, check=False)
 
 
 def image_sizes(engine: Engine) -> dict[str, int]:

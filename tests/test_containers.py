@@ -23,11 +23,15 @@ import pytest
 from fedssl.config import ConfigError, resolve
 from fedssl.container_run import ContainerFederation
 from fedssl.containers import (
+    FLWR,
     ROLES,
+    VERSION,
     BuildError,
+    build_image,
     build_images,
     find_engine,
     image_sizes,
+    remove_stale,
     tag,
 )
 from fedssl.data.export import export_shards
@@ -79,6 +83,27 @@ def engine():
     print(f"engine {eng.describe()}: images ready in {time.time() - t0:.0f} s; sizes (MB): "
           + ", ".join(f"{r}={s / 1e6:.0f}" for r, s in image_sizes(eng).items()))
     return eng
+
+
+def test_rebuilt_tag_leaves_no_untagged_image(engine, tmp_path):
+    """A rebuild (new inputs, same tag) hands back the old image's id, and remove_stale
+    deletes it, so source changes do not pile up gigabytes in the image store."""
+    (tmp_path / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG N\nRUN echo $N > /tmp/n\n")
+    image, base = "localhost/fedssl-stalecheck:test", tag("flwr").replace(VERSION, FLWR)
+    try:
+        build_image(engine, tmp_path, tmp_path / "Dockerfile", image, {"BASE_IMAGE": base, "N": "1"}, None,
+                    print, with_fedssl=False)
+        first = engine.run("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+        assert build_image(engine, tmp_path, tmp_path / "Dockerfile", image, {"BASE_IMAGE": base, "N": "1"},
+                           None, print, with_fedssl=False) is None  # same inputs: reused
+        stale = build_image(engine, tmp_path, tmp_path / "Dockerfile", image, {"BASE_IMAGE": base, "N": "2"},
+                            None, print, with_fedssl=False)
+        assert stale == first
+        remove_stale(engine, [None, stale])
+        assert engine.run("image", "inspect", first, check=False).returncode != 0
+        assert engine.run("image", "inspect", base, check=False).returncode == 0  # the parent stays
+    finally:
+        engine.run("rmi", image, check=False)
 
 
 def test_missing_engine_is_a_one_line_error(tmp_path):
