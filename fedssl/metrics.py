@@ -111,9 +111,13 @@ def evaluate(
     global_unseen: Sequence[int] = (),
 ) -> dict[str, float]:
     """Metrics of ``model`` on a held-out split. ``loss`` is cross-entropy on the
-    seen-class samples (cluster ids of unseen classes carry no fixed label)."""
+    seen-class samples (cluster ids of unseen classes carry no fixed label).
+    ``top_class_share`` is the share of samples given the most frequent prediction: near
+    1 the model has collapsed to one output, which the loss alone does not reveal."""
     y_pred, logits = predict(model, x)
     y_t = torch.as_tensor(y, dtype=torch.long)
     seen = y_t < num_seen
     loss = float(F.cross_entropy(logits[seen], y_t[seen])) if seen.any() else float("nan")
-    return {"loss": loss, **openworld_accuracy(y, y_pred, num_classes, num_seen, local_unseen, global_unseen)}
+    top = float(np.bincount(y_pred).max() / len(y_pred)) if len(y_pred) else float("nan")
+    return {"loss": loss, **openworld_accuracy(y, y_pred, num_classes, num_seen, local_unseen, global_unseen),
+            "top_class_share": top}

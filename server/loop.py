@@ -45,6 +45,8 @@ from strategies.wrapper import FedSSLStrategy, is_simulation_grid
 log = logging.getLogger("fedssl")
 
 REPLY_POLL_S = 0.005
+COLLAPSE_SHARE = 0.95  # a trained 10-class model never gives one answer this often
+VARIED_SHARE = 0.5  # ...and has once given varied answers (an untrained one often does not)
 
 #: An optional server step after aggregation: (aggregated arrays, round) -> arrays
 #: (e.g. training on a labeled set the server holds).
@@ -67,6 +69,7 @@ class ServerRunner:
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
+        self._collapse_warned, self._init_share = False, math.nan
         pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
@@ -110,7 +113,8 @@ class ServerRunner:
         if self.server_trainer is not None and st.start_round == 1:  # warm-up before round 1
             arrays = self.server_step(0, arrays, {})
         if not math.isfinite(st.best_loss):  # the initial model's loss anchors divergence checks
-            st.best_loss = self.evaluate(0, arrays)["loss"]
+            init = self.evaluate(0, arrays)
+            st.best_loss, self._init_share = init["loss"], init["top_class_share"]
         t_start = time.time()
         rounds = cfg.federation.rounds
         progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
@@ -129,6 +133,7 @@ class ServerRunner:
                     row["round_s"] = time.time() - t_round
                     st.rows.append(row)
                     runlog.write_metrics(out, st.rows)
+                    self._warn_collapse(rnd, row, st)
                     if self._diverged(rnd, row, st):
                         break
                     progress.update(task, description=f"acc {row['acc_all']:.4f}  loss {row['loss']:.4f}")
@@ -184,6 +189,22 @@ class ServerRunner:
         self.console.print(f"[red]stopped: global model diverged at round {rnd} (loss {loss}); "
                            f"last good checkpoint: round {st.last_ckpt}")
         return True
+
+    def _warn_collapse(self, rnd: int, row: dict[str, Any], st: _State) -> None:
+        """Warn once when the global model, after it has given varied answers, gives one
+        answer to (nearly) every test sample: a finite, unremarkable loss hides this
+        from the divergence stop."""
+        share = row.get("top_class_share", math.nan)
+        varied = self._init_share < VARIED_SHARE or any(
+            r.get("top_class_share", 1.0) < VARIED_SHARE for r in st.rows[:-1])
+        if self._collapse_warned or not varied or not share >= COLLAPSE_SHARE:
+            return
+        self._collapse_warned = True
+        msg = (f"round {rnd}: the global model predicts one class for {share:.0%} of the test split "
+               f"(acc_all {row['acc_all']:.3f}): it has collapsed. The usual cause is a client learning "
+               f"rate too high for the model (client.lr = {self.cfg.client.lr:g}); try a lower one.")
+        log.warning(msg)
+        self.console.print(f"[yellow]warning: {msg}")
 
     # -- checkpoint / resume / summary ------------------------------------------------
     @property

@@ -112,6 +112,26 @@ def test_diverging_model_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path):
     assert ckpt is None or ckpt["round"] < int(rs[-1]["round"])
 
 
+def test_collapse_after_learning_is_reported_once(tmp_path, caplog):
+    """A model that learned (rounds 1-3) and then gives one answer to every test sample
+    gets one warning, although its finite loss is no divergence here. An untrained
+    model's one-class answers at round 1 are no collapse."""
+    caplog.set_level("WARNING", logger="fedssl")
+    summary = run_experiment(resolve(overrides=learnable(tmp_path / "c", **{
+        "faults.mode": "scale", "faults.scale": -8.0, "faults.clients": "0,1,2,3,4", "faults.rate": 1.0,
+        "faults.start_round": 4, "server.divergence_factor": 1e9})), quiet=True)
+    assert summary["status"] == "ok"
+    share = [float(r["top_class_share"]) for r in rows(tmp_path / "c")]
+    assert max(share[:3]) < 0.5 and share[-1] >= 0.95, share
+    warned = [r.getMessage() for r in caplog.records if "collapsed" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("round 5:") and "client.lr = 0.05" in warned[0]
+
+    caplog.clear()
+    run_experiment(resolve(overrides=tiny(tmp_path / "t")), quiet=True)
+    assert float(rows(tmp_path / "t")[0]["top_class_share"]) >= 0.95  # untrained: one answer
+    assert not [r for r in caplog.records if "collapsed" in r.getMessage()]
+
+
 def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
     target = tmp_path / "metrics.csv"
     runlog.write_atomic(target, "old\n")
