@@ -203,8 +203,7 @@ class ServerRunner:
         msg = (f"round {rnd}: the global model predicts one class for {share:.0%} of the test split "
                f"(acc_all {row['acc_all']:.3f}): it has collapsed. The usual cause is a client learning "
                f"rate too high for the model (client.lr = {self.cfg.client.lr:g}); try a lower one.")
-        log.warning(msg)
-        self.console.print(f"[yellow]warning: {msg}")
+        log.warning(msg)  # shown under --quiet too
 
     # -- checkpoint / resume / summary ------------------------------------------------
     @property
