@@ -317,9 +317,10 @@ def build_images(engine: Engine, root: Path, echo: Echo, official: bool = False)
 
 
 def remove_stale(engine: Engine, stale: list[str | None]) -> None:
-    """Remove the images that rebuilt tags left untagged, children first. Each source
-    change leaves about 1 GB behind otherwise, which fills a long-lived CI machine's
-    disk. ``rmi`` fails harmlessly on one that a container still uses."""
+    """Remove the images that rebuilt tags left untagged, children first; otherwise each
+    source change leaves one more set behind on a long-lived machine (the engine's layer
+    cache shares torch's layer, so each set is mostly the fedssl layers). ``rmi`` fails
+    harmlessly on one that a container still uses."""
     for image_id in reversed([s for s in stale if s]):
         engine.run("rmi", image_id, check=False)
 

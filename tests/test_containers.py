@@ -87,7 +87,7 @@ def engine():
 
 def test_rebuilt_tag_leaves_no_untagged_image(engine, tmp_path):
     """A rebuild (new inputs, same tag) hands back the old image's id, and remove_stale
-    deletes it, so source changes do not pile up gigabytes in the image store."""
+    deletes it, so source changes do not pile up untagged images."""
     (tmp_path / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nARG N\nRUN echo $N > /tmp/n\n")
     image, base = "localhost/fedssl-stalecheck:test", tag("flwr").replace(VERSION, FLWR)
     try:
