@@ -62,6 +62,7 @@ Differences, and why:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,7 @@ def class_thresholds(status: torch.Tensor, class_conf: torch.Tensor) -> torch.Te
     return status * class_conf / class_conf.max()
 
 
-def perturbation(named: list[tuple[str, torch.Tensor]], grads: list[torch.Tensor | None], rho: float,
+def perturbation(named: Sequence[tuple[str, torch.Tensor]], grads: Sequence[torch.Tensor | None], rho: float,
                  eta: float, adaptive: bool) -> list[torch.Tensor | None]:
     """(A)SAM's ascent step per parameter: rho * T^2 g / ||T g|| with T = |w| + eta on
     tensors whose name ends in ``weight`` (ASAM), T = 1 elsewhere and for plain SAM;
