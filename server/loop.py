@@ -34,7 +34,7 @@ from fedssl.config import Config
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
 from fedssl.data.augment import normalize
-from fedssl.metrics import evaluate
+from fedssl.metrics import confusion_matrix, evaluate_logits, predict
 from fedssl.models import build_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
@@ -70,6 +70,7 @@ class ServerRunner:
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
         self._collapse_warned, self._init_share = False, math.nan
+        self.confusion: dict[str, list] | None = None  # of the last evaluation (open world)
         pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
@@ -93,8 +94,10 @@ class ServerRunner:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         local, glob = self.unseen_classes()
-        return evaluate(self.model, self.test_x, self.test_y, self.cfg.num_classes, self.cfg.num_seen,
-                        local, glob)
+        y_pred, logits = predict(self.model, self.test_x)
+        if self.cfg.num_seen < self.cfg.num_classes:
+            self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes)
+        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
 
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
@@ -241,6 +244,7 @@ class ServerRunner:
             "seen_classes": list(range(cfg.num_seen)),
             "local_unseen_classes": local,
             "global_unseen_classes": glob,
+            **({"confusion_matrix": self.confusion} if self.confusion is not None else {}),
             "rounds_completed": final.get("round", 0),
             "elapsed_s": elapsed,
             "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
