@@ -108,7 +108,7 @@ def rescore(run_dir: Path, summary: dict) -> dict:
     final = evaluate_logits(logits, y, cfg.num_classes, cfg.num_seen, summary["local_unseen_classes"],
                             summary["global_unseen_classes"])
     summary = {**summary, "final": {**summary["final"], **final},
-               "confusion_matrix": confusion_matrix(y, y_pred, cfg.num_classes)}
+               "confusion_matrix": confusion_matrix(y, y_pred, cfg.num_classes, cfg.num_seen)}
     write_json(cached, summary)
     return summary
 

@@ -96,7 +96,7 @@ class ServerRunner:
         local, glob = self.unseen_classes()
         y_pred, logits = predict(self.model, self.test_x)
         if self.cfg.num_seen < self.cfg.num_classes:
-            self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes)
+            self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes, self.cfg.num_seen)
         return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
 
     def run(self) -> dict[str, Any]:

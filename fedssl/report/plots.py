@@ -280,8 +280,8 @@ def run_per_class(m, summary: dict[str, Any]):
 
 
 def _confusion_axes(ax, share, names: list[str], seen: set[int], title: str) -> None:
-    """Row-normalised confusion matrix (true class x output, outputs in the all-sample
-    matching's order: the diagonal is what acc_all counts)."""
+    """Row-normalised confusion matrix (true class x output, outputs in the order of
+    ``fedssl.metrics.confusion_matrix``: seen outputs first, as their classes)."""
     k = share.shape[0]
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ticks = [n + ("" if j in seen else " *") for j, n in enumerate(names)]

@@ -52,9 +52,10 @@ def _bench_figures(bench: Bench, results) -> list[tuple[str, Path | None, str]]:
          ("Final per-class accuracy; globally-unseen classes (present on a single client) are "
           "outlined in red.")),
         ("Confusion matrix", plots.plot_confusion(bench, groups, plots_dir / "confusion.png"),
-         ("Final model, true class (rows) x predicted output (columns, in the order of the "
-          "all-sample matching, so the diagonal is what acc_all counts); shares of each true "
-          "class, mean over seeds. Mass of an unseen class in a seen class's column is absorption.")),
+         ("Final model, true class (rows) x predicted output (columns: each seen class's own "
+          "output, then the outputs matched to the unseen classes over all samples, so the "
+          "diagonal is what acc_seen and acc_unseen_strict count); shares of each true class, "
+          "mean over seeds. An unseen row's mass in seen columns is its absorption.")),
         ("Accuracy vs wall time",
          plots.plot_curves(bench, groups, plots_dir / "accuracy_vs_wall_time.png", x="wall"),
          "Test accuracy against training time (seconds since the first round, mean over seeds)."),
@@ -120,8 +121,9 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     confusion = plots.save(cm_fig, run_dir / PLOTS / "confusion.png") if cm_fig is not None else None
     if confusion is not None:
         sections.append(html.image_section(
-            "Confusion matrix", "True class (rows) x predicted output (columns, ordered by the "
-            "all-sample matching: the diagonal is what acc_all counts).", confusion))
+            "Confusion matrix", "True class (rows) x predicted output (columns: each seen class's "
+            "own output, then the outputs matched to the unseen classes over all samples; the "
+            "diagonal is what acc_seen and acc_unseen_strict count).", confusion))
     write_atomic(run_dir / REPORT_HTML, html.page(title, f"{run_dir} · status: {status}", sections))
     out = {"report": run_dir / REPORT_HTML, "curve": curve}
     if per_class is not None:
