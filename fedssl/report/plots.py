@@ -279,7 +279,7 @@ def run_per_class(m, summary: dict[str, Any]):
     return fig
 
 
-def _confusion_axes(ax, share, names: list[str], seen: set[int], title: str) -> None:
+def confusion_axes(ax, share, names: list[str], seen: set[int], title: str) -> None:
     """Row-normalised confusion matrix (true class x output, outputs in the order of
     ``fedssl.metrics.confusion_matrix``: seen outputs first, as their classes)."""
     k = share.shape[0]
@@ -323,18 +323,25 @@ def plot_confusion(bench: Bench, groups: list[Group], path: Path) -> Path | None
     fig = _figure(cols * (0.35 * k + 2.5), rows * (0.35 * k + 2.3))
     for i, (g, share) in enumerate(shown):
         seen = set(_class_sets([c.summary or {} for c in g.done])[0])
-        _confusion_axes(fig.add_subplot(rows, cols, i + 1), share, names, seen, g.label)
+        confusion_axes(fig.add_subplot(rows, cols, i + 1), share, names, seen, g.label)
     fig.suptitle("Confusion of the final model (share of each true class; * unseen class)", fontsize=11)
     return save(fig, path)
 
 
-def run_confusion(summary: dict[str, Any]):
-    share = _confusion_share([summary])
-    if share is None:
+def confusion_panels(summaries: list[dict[str, Any]], titles: list[str]):
+    """One confusion-matrix panel per run summary (None when a summary holds none)."""
+    shares = [_confusion_share([s]) for s in summaries]
+    if not shares or any(sh is None for sh in shares):
         return None
-    k = share.shape[0]
-    fig = _figure(0.35 * k + 3.0, 0.35 * k + 2.6)
-    names = _class_names(((summary.get("config") or {}).get("data") or {}).get("dataset"), k)
-    _confusion_axes(fig.add_subplot(), share, names, set(summary.get("seen_classes") or []),
-                    "Confusion of the final model (share of each true class; * unseen class)")
+    k = shares[0].shape[0]
+    names = _class_names(((summaries[0].get("config") or {}).get("data") or {}).get("dataset"), k)
+    fig = _figure(len(shares) * (0.35 * k + 2.8), 0.35 * k + 2.8)
+    for i, (s, share, title) in enumerate(zip(summaries, shares, titles)):
+        confusion_axes(fig.add_subplot(1, len(shares), i + 1), share, names, set(s.get("seen_classes") or []),
+                       title)
+    fig.suptitle("Confusion of the final model (share of each true class; * unseen class)", fontsize=11)
     return fig
+
+
+def run_confusion(summary: dict[str, Any]):
+    return confusion_panels([summary], [""])
