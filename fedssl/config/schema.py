@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedssl.plugins import absolute_spec, is_import_path
+from fedssl.plugins import PluginError, absolute_spec, is_import_path, load_callable, load_dataset
 from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
@@ -51,6 +51,26 @@ def _strategy_name(value: str) -> str | None:
     return f"unknown strategy {value!r} (choose from {', '.join(STRATEGY_NAMES)}, or give 'module:Class')"
 
 
+def _dataset_plugin(value: str) -> str | None:
+    """A user's dataset function must load and return well-formed arrays."""
+    try:
+        if is_import_path(value):
+            load_dataset(value)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
+def _model_plugin(value: str) -> str | None:
+    """A user's model function must import and be callable (its model is checked when built)."""
+    try:
+        if is_import_path(value):
+            load_callable(value)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
 def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         gt: float | None = None, ge: float | None = None, lt: float | None = None,
         le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
@@ -72,7 +92,9 @@ def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequen
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = key("fashion-mnist", "dataset to learn", choices=DATASETS)
+    dataset: str = key("fashion-mnist", "dataset to learn: a built-in name, or 'module:function' returning "
+                       "(train_x, train_y, test_x, test_y, class_names) as numpy arrays", choices=DATASETS,
+                       plugin=True, check=_dataset_plugin)
     root: str = key("", "dataset directory; empty = the dataset's default location")
     partition: str = key("dirichlet", "how labels are split over clients", choices=PARTITIONS)
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
@@ -161,7 +183,9 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = key("cnn", "network", choices=MODELS)
+    name: str = key("cnn", "network: a built-in name, or 'module:function' called as f(num_classes=, "
+                    "in_channels=, image_size=, cosine_head=) returning a torch.nn.Module with features() "
+                    "and head", choices=MODELS, plugin=True, check=_model_plugin)
 
 
 @dataclass(frozen=True)
@@ -281,6 +305,9 @@ class Config:
 
 
 def num_classes_of(dataset: str) -> int:
+    """Classes of a dataset (a user's: the length of its class_names)."""
+    if is_import_path(dataset):
+        return len(load_dataset(dataset)[4])
     return {"cifar100": 100}.get(dataset, 10)
 
 
