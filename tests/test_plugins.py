@@ -111,6 +111,7 @@ def test_user_algorithm_model_and_dataset_run_in_a_flower_simulation(tmp_path, p
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["config"]["client"]["scaledce"] == {"scale": 2.5}
     assert summary["config"]["data"]["dataset"] == f"{plugin}:blobs"
+    assert summary["versions"]["flwr"].startswith("1.42") and "git_commit" in summary
     m = pd.read_csv(out / "metrics.csv")
     assert (m["train_scale"] == 2.5).all()  # the parameter reached every client's loss
     assert m["acc_all"].iloc[-1] > 0.6  # the user's model learned the user's 3 classes (chance 1/3)
