@@ -169,3 +169,21 @@ def test_a_user_algorithms_keys_travel_in_flowers_run_config(plugin):
     packed = pack_own_keys(cfg)
     assert packed[OWN_KEYS] == "{ scale = 2.5 }" and "client.scaledce.scale" not in packed
     assert config_from_run_config(packed) == cfg
+
+
+def test_the_readme_algorithm_declares_its_section_and_its_lr(tmp_path):
+    """The README's user algorithm, as printed: its section, and its own default of a
+    shared key, shown as such in `fedssl config`."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    code = text.split("```python\n# my_loss.py")[1].split("```")[0]
+    (tmp_path / "my_loss.py").write_text("# my_loss.py" + code)
+    proc = run_cli("config", "--set", f"client.algorithm={tmp_path / 'my_loss.py'}:ScaledCE",
+                   "--set", "client.scaledce.scale=2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    j = lines.index("lr = 0.01")
+    assert lines[j - 1] == "# scaledce's default: 0.01 (shared default 0.03)"
+    i = lines.index("[client.scaledce]")
+    assert lines[i + 2] == "scale = 2.0" and "threshold = 0.9" in lines[i:]

@@ -74,14 +74,14 @@ def _model_plugin(value: str) -> str | None:
 def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         gt: float | None = None, ge: float | None = None, lt: float | None = None,
         le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
-        check: Callable[[Any], str | None] | None = None, flwr: Any = None, plugin: bool = False) -> Any:
+        check: Callable[[Any], str | None] | None = None, flwr: Any = None, plugin: str = "") -> Any:
     """Declare one key. ``choices``: allowed values (or a function returning them);
     ``each``: the value is a comma-separated list, each item in ``choices``;
     ``gt/ge/lt/le``: the numeric range; ``norm``: normalises the value once, at
     validation, so every reader sees the same form; ``check``: any other test of the value
     alone, returning an error text (or None when fine), e.g. an import path that must
     resolve; ``flwr``: a different default in ``[tool.flwr.app.config]``; ``plugin``: besides
-    ``choices``, a user's ``"module:name"`` (see :mod:`fedssl.plugins`; a relative file
+    ``choices``, a user's ``"module:<plugin>"`` (e.g. ``plugin="Class"``) (see :mod:`fedssl.plugins`; a relative file
     path is made absolute)."""
     if plugin:
         norm = absolute_spec
@@ -94,7 +94,7 @@ def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequen
 class DataConfig:
     dataset: str = key("fashion-mnist", "dataset to learn: a built-in name, or 'module:function' returning "
                        "(train_x, train_y, test_x, test_y, class_names) as numpy arrays", choices=DATASETS,
-                       plugin=True, check=_dataset_plugin)
+                       plugin="function", check=_dataset_plugin)
     root: str = key("", "dataset directory; empty = the dataset's default location")
     partition: str = key("dirichlet", "how labels are split over clients", choices=PARTITIONS)
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
@@ -125,7 +125,7 @@ class FederationConfig:
 @dataclass(frozen=True)
 class ClientConfig:
     algorithm: str = key("fixmatch", "local SSL objective; its own keys are in [client.<algorithm>]",
-                         choices=lambda: tuple(ALGORITHMS), plugin=True)
+                         choices=lambda: tuple(ALGORITHMS), plugin="Class")
     local_epochs: int = key(2, "local epochs per round (over the labeled set)", ge=0)
     local_steps: int = key(0, "fixed local steps per round; overrides epochs when > 0", ge=0)
     batch_size: int = key(32, "labeled batch size", ge=2)
@@ -185,7 +185,7 @@ class ServerConfig:
 class ModelConfig:
     name: str = key("cnn", "network: a built-in name, or 'module:function' called as f(num_classes=, "
                     "in_channels=, image_size=, cosine_head=) returning a torch.nn.Module with features() "
-                    "and head", choices=MODELS, plugin=True, check=_model_plugin)
+                    "and head", choices=MODELS, plugin="function", check=_model_plugin)
 
 
 @dataclass(frozen=True)
