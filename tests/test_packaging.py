@@ -1,5 +1,6 @@
-"""The version is written once (fedssl/__init__.py): the distribution, `fedssl --version`
-and summary.json read it from there."""
+"""The version is written once, in pyproject.toml (Flower's app config requires it
+there): fedssl.__version__ (from the installed metadata), `fedssl --version` and
+summary.json read it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from tests.conftest import ROOT, run_cli
 
 
 def test_version_is_single_sourced():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "fedssl.__version__"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["version"] == fedssl.__version__ and "dynamic" not in project
+    assert not re.search(r"^__version__ = ['\"]", (ROOT / "fedssl" / "__init__.py").read_text(), re.M)
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"fedssl {fedssl.__version__}"
     assert f"## {fedssl.__version__}" in (ROOT / "CHANGELOG.md").read_text()
