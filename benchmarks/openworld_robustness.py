@@ -52,7 +52,9 @@ def method_of(cfg: dict) -> str:
     name = f"{s['strategy']}+{c['algorithm']}"
     if c["algorithm"] == "fedossl":
         for section, key, default in VARIANT_KEYS:
-            value = cfg[section].get(key, BEFORE_KEY.get(key, default))
+            # an algorithm's own keys sit in its section ([client.fedossl]); older runs: flat
+            own = cfg[section].get(c["algorithm"], {}) if section == "client" else {}
+            value = own.get(key, cfg[section].get(key, BEFORE_KEY.get(key, default)))
             if value != default:
                 name += f"+{key}={value}" if not isinstance(value, str) else f"+{value}"
     return name
@@ -89,8 +91,7 @@ def rescore(run_dir: Path, summary: dict) -> dict:
         return json.loads(cached.read_text())
     import torch
 
-    from fedssl.algorithms import ALGORITHMS
-    from fedssl.config import resolve
+    from fedssl.config import ConfigError, resolve
     from fedssl.data.augment import normalize
     from fedssl.metrics import confusion_matrix, evaluate_logits, predict
     from fedssl.models import build_model
@@ -100,10 +101,14 @@ def rescore(run_dir: Path, summary: dict) -> dict:
     ckpt = load_checkpoint(run_dir)
     if ckpt is None or ckpt["round"] != summary.get("rounds_completed"):
         return summary
-    cfg = resolve(str(run_dir / "config.toml"))
+    try:
+        cfg = resolve(str(run_dir / "config.toml"))
+    except ConfigError as e:  # a config of keys this fedssl no longer reads
+        print(f"warning: {run_dir} not re-scored: {e}", file=sys.stderr)
+        return summary
     x, y = load_test_split(cfg)
     model = build_model(cfg.model.name, cfg.num_classes, in_channels=x.shape[-1], image_size=x.shape[1],
-                        cosine_head=ALGORITHMS[cfg.client.algorithm].open_world)
+                        cosine_head=cfg.algorithm_class.open_world)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt["arrays"].items()})
     y_pred, logits = predict(model, normalize(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))
     final = evaluate_logits(logits, y, cfg.num_classes, cfg.num_seen, summary["local_unseen_classes"],
