@@ -145,7 +145,7 @@ def plot_bars(bench: Bench, groups: list[Group], results, path: Path) -> Path | 
     ax.set_xticks(xs, [g.label for g in shown], rotation=35 if len(shown) > 4 else 0,
                   ha="right" if len(shown) > 4 else "center", fontsize=8)
     _acc_axes(ax, "final accuracy")
-    ax.legend(fontsize=8, ncols=len(metrics), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+    ax.legend(fontsize=8, ncols=min(3, len(metrics)), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
     fig.suptitle("Final accuracy: all / unseen (all-sample matching) / seen / unseen (ORCA protocol) "
                  "(mean ± std over seeds)", fontsize=11)
