@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from conftest import tiny
 from fedssl.config import resolve
@@ -31,8 +32,10 @@ def test_fedossl_payload_round_trip(tmp_path):
     # N_k from round 1 persisted in the client state -> suppressed loss in round 2
     assert rows[0]["train_loss_sup"] == "" and float(rows[1]["train_loss_sup"]) > 0
     for r in rows:
-        for col in ("acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen"):
+        for col in ("acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "acc_unseen_strict",
+                    *(f"absorbed_{k}" for k in range(6, 10))):
             assert 0.0 <= float(r[col]) <= 1.0
+        assert float(r["discovered"]) in {0, 1, 2, 3, 4}
 
     # the server kept calibrated centroids from the clients' payloads (checkpointed)
     centroids = load_checkpoint(tmp_path)["strategy"]["inner"]["global_centroids"]
@@ -43,6 +46,11 @@ def test_fedossl_payload_round_trip(tmp_path):
     assert sorted(per_class, key=int) == [str(k) for k in range(10)]
     assert all(v is not None for v in per_class.values())
     assert summary["global_unseen_classes"] and summary["local_unseen_classes"]
+    # the final model's confusion matrix, columns in the all-sample matching's order
+    cm = np.asarray(summary["confusion_matrix"]["counts"])
+    assert cm.shape == (10, 10) and cm.sum() == 400
+    assert sorted(summary["confusion_matrix"]["output_of_class"]) == list(range(10))
+    assert np.trace(cm) / cm.sum() == pytest.approx(float(rows[-1]["acc_all"]))
 
 
 def test_fedossl_algorithm_with_another_strategy_warns_once_and_runs(tmp_path):
