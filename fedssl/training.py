@@ -53,6 +53,8 @@ class TrainResult:
     payload: dict[str, np.ndarray] = field(default_factory=dict)
     num_examples: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    sample_passes: int = 0  # samples in this round's training batches (each counted once per step)
+    stream: dict[str, float] = field(default_factory=dict)  # [stream]: the client's memory figures
 
 
 class _Sampler:
@@ -151,6 +153,8 @@ def train_client(
     payload: dict[str, np.ndarray] | None = None,
     proximal_mu: float = 0.0,
     device: torch.device | None = None,
+    stage: int = 0,
+    prev_model: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` (holding the global weights) for one round in place. ``state``: what
     :class:`fedssl.state.ClientStateStore` returned (None the first time). Returns the new
@@ -163,6 +167,7 @@ def train_client(
     gen = torch.Generator().manual_seed(seed)
     ctx = _round_context(model, algorithm, state, payload, device, c.teacher_sync, server_round)
     ctx.total_steps = steps = num_local_steps(cfg, data, algorithm)
+    ctx.stage, ctx.prev_model = stage, prev_model
     model.train()
     algorithm.begin_round(model, ctx, data)
     opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
@@ -176,6 +181,7 @@ def train_client(
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
     counts: dict[str, int] = {}
     t_data = t_train = 0.0
+    passes = 0
     for step in range(steps):
         ctx.step = step
         t1 = time.perf_counter()
@@ -189,6 +195,7 @@ def train_client(
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
+        passes += batch.y_l.numel() + (len(batch.x_u[0]) if batch.x_u else 0)
         _accumulate(sums, counts, _sgd_step(model, algorithm, batch, ctx, opt, prox_ref, proximal_mu,
                                             c.ema_decay))
         t_data += t2 - t1
@@ -196,7 +203,7 @@ def train_client(
     out_payload = algorithm.end_round(model, ctx, data)
     metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
-    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings)
+    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings, passes)
 
 
 def _new_state(ctx: RoundContext) -> dict[str, torch.Tensor]:

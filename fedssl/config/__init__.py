@@ -28,6 +28,7 @@ from fedssl.config.schema import (
     ModelConfig,
     RunConfig,
     ServerConfig,
+    StreamConfig,
     key,
     keys,
     num_classes_of,
