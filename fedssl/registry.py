@@ -70,6 +70,11 @@ ALGORITHM_NAMES: dict[str, bool] = {
     "shrinkmatch": False,
     "semifl": False,
     "fedsto": False,
+    "replay": False,
+    "retrain": False,
+    "lwf": False,
+    "ewc": False,
+    "fedmobile": False,
     "orca": True,
     "fedossl": True,
 }

@@ -52,7 +52,7 @@ from fedssl.config.validate import (
 __all__ = [
     "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "PSEUDO_LABEL_SLOTS", "SECTIONS",
     "ClientConfig", "Config", "ConfigError", "DataConfig", "check_class_counts", "FaultsConfig", "FederationConfig", "Key",
-    "ModelConfig", "RunConfig", "ServerConfig", "check_key", "checked_keys", "coerce", "fault_clients",
+    "ModelConfig", "RunConfig", "ServerConfig", "StreamConfig", "check_key", "checked_keys", "coerce", "fault_clients",
     "flatten", "from_flat", "key", "keys", "num_classes_of", "parse_set", "read_toml", "resolve",
     "suggest", "unknown_key",
 ]
