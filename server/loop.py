@@ -29,7 +29,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedssl import protocol as P
 from fedssl import runlog
-from fedssl.algorithms import ALGORITHMS
 from fedssl.config import Config
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
@@ -65,7 +64,7 @@ class ServerRunner:
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, num_classes=cfg.num_classes, in_channels=test_x.shape[-1],
                                  image_size=test_x.shape[1],
-                                 cosine_head=ALGORITHMS[cfg.client.algorithm].open_world)
+                                 cosine_head=cfg.algorithm_class.open_world)
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
@@ -74,7 +73,7 @@ class ServerRunner:
             splits, idx = server_index(cfg)
             self._server_set = (splits.train_x[idx], idx)
         self._collapse_warned, self._init_share = False, math.nan
-        pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
+        pairs_with = cfg.algorithm_class.pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
                         "get no server payload and train without it", cfg.client.algorithm,

@@ -21,18 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext, StepMetrics
+from fedssl.algorithms.base import F, Algorithm, Batch, Params, RoundContext, StepMetrics, nn, param, register, torch
 
 
 @dataclass(frozen=True)
-class EWCParams:
-    lambda_ewc: float = 1000.0  # TARGET's lamda
-    fisher_max: float = 1e-4  # TARGET's fishermax
+class EWCParams(Params):
+    lambda_ewc: float = param(1000.0, "weight of the EWC penalty (TARGET's lamda)", ge=0)
+    fisher_max: float = param(1e-4, "clip of each Fisher entry (TARGET's fishermax)", gt=0)
 
 
 def fisher_diagonal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -59,10 +54,11 @@ def ewc_penalty(model: nn.Module, fisher: dict[str, torch.Tensor], anchor: dict[
 
 @register("ewc")
 class EWC(Algorithm):
+    params_class = EWCParams
+    metric_keys = ("loss", "loss_x", "loss_ewc")
     uses_prev_model = True
     uses_unlabeled = False
     unlabeled_views = ()
-    params = EWCParams()
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Entering a new stage: fold the last Fisher estimate of the earlier stage in."""

@@ -18,18 +18,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from fedssl.algorithms import register
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext, StepMetrics
+from fedssl.algorithms.base import F, Algorithm, Batch, Params, RoundContext, StepMetrics, nn, param, register, torch
 
 
 @dataclass(frozen=True)
-class LwFParams:
-    temperature: float = 2.0  # TARGET's T
-    lambda_kd: float = 3.0  # TARGET's lamda
+class LwFParams(Params):
+    temperature: float = param(2.0, "distillation temperature T (TARGET's T)", gt=0)
+    lambda_kd: float = param(3.0, "weight of the distillation term (TARGET's lamda)", ge=0)
 
 
 def kd_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -41,9 +36,10 @@ def kd_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) 
 
 @register("lwf")
 class LwF(Algorithm):
+    params_class = LwFParams
+    metric_keys = ("loss", "loss_x", "loss_kd")
     uses_prev_model = True
     unlabeled_views = ("weak",)
-    params = LwFParams()
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         x = torch.cat([batch.x_l[0], *batch.x_u[:1]])

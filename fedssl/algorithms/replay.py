@@ -11,7 +11,7 @@ the policy; the bound is the runtime's (``fedssl.stream.memory``).
 
 from __future__ import annotations
 
-from fedssl.algorithms import register
+from fedssl.algorithms.base import register
 from fedssl.algorithms.fixmatch import FixMatch
 
 

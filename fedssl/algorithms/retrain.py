@@ -10,7 +10,7 @@ the data; with ``client.local_steps`` they do not, and the comparison is at equa
 
 from __future__ import annotations
 
-from fedssl.algorithms import register
+from fedssl.algorithms.base import register
 from fedssl.algorithms.fixmatch import FixMatch
 
 
