@@ -69,11 +69,11 @@ def corrupt(x: np.ndarray, domain: str, severity: int, *, seed: int, split: int,
         raise ValueError(f"unknown domain {domain!r} (choose from {', '.join(DOMAINS)})")
     if domain == "identity" or len(x) == 0:
         return np.array(x, dtype=np.uint8)
+    if domain == "inverse":  # the reference's 255 - x, exact on the 0..255 scale
+        return (255 - x.astype(np.int16)).astype(np.uint8)
     c = SEVERITY[domain][severity - 1]
     f = x.astype(np.float64) / 255.0
-    if domain == "inverse":
-        out = 1.0 - f
-    elif domain == "contrast":
+    if domain == "contrast":
         means = f.mean(axis=(1, 2), keepdims=True)
         out = (f - means) * c + means
     elif domain == "gaussian_noise":
