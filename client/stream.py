@@ -9,6 +9,7 @@ applied here, whatever the algorithm: the algorithm only declares a policy.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,10 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
+@functools.lru_cache(maxsize=32)
 def stage_data(cfg: Config, partition_id: int, stage: int) -> ClientData:
-    """The client's samples of ``stage``, in the stage's domain."""
+    """The client's samples of ``stage``, in the stage's domain (cached: a client trains
+    several rounds in one stage; never modified by its users)."""
     x_l, y_l, _, x_u, y_u, _ = client_stage(cfg, partition_id, stage)
     return ClientData(_nchw(x_l), torch.from_numpy(y_l), _nchw(x_u), torch.from_numpy(y_u))
 
