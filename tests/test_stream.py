@@ -164,8 +164,9 @@ def test_metrics_against_a_hand_computed_matrix():
 
 
 def test_metrics_match_gem_confusion_matrix():
-    """GEM's metrics.py (facebookresearch/GradientEpisodicMemory), its arithmetic restated:
-    fwt[t] = result[t-1, t] - baseline[t]; bwt = result[T-1] - diag; both summed / (T-1)."""
+    """GEM's metrics/metrics.py (facebookresearch/GradientEpisodicMemory), restated:
+    bwt = result[T-1] - diag, fwt[t] = result[t-1, t] - baseline[t], reported as
+    ``.mean()`` over T tasks; the paper's (and ours) divide the same sums by T-1."""
     result, baseline = torch.tensor(R), torch.tensor(B)
     nt = 3
     acc = result.diag()
@@ -174,8 +175,8 @@ def test_metrics_match_gem_confusion_matrix():
     for t in range(1, nt):
         fwt[t] = result[t - 1, t] - baseline[t]
     got = M.summarize(R, B)
-    assert got["bwt"] == pytest.approx(float(bwt.sum() / (nt - 1)))
-    assert got["fwt"] == pytest.approx(float(fwt.sum() / (nt - 1)))
+    assert got["bwt"] * (nt - 1) / nt == pytest.approx(float(bwt.mean()))
+    assert got["fwt"] * (nt - 1) / nt == pytest.approx(float(fwt.mean()))
     assert got["final_avg_acc"] == pytest.approx(float(result[nt - 1].mean()))
 
 

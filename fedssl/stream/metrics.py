@@ -12,8 +12,9 @@ domain j. T stages, all indices 0-based.
 - backward transfer (Lopez-Paz & Ranzato, 2017, GEM): sum_{j<T-1} (R[T-1][j] - R[j][j]) / (T-1)
 - forward transfer (GEM): sum_{j>=1} (R[j-1][j] - b[j]) / (T-1)
 
-BWT and FWT follow GEM's ``metrics.py`` (``confusion_matrix``), whose sums run over
-every task with a zero term for the first (FWT) or last (BWT) and divide by T-1.
+BWT and FWT are the GEM paper's equations (divided by T-1). GEM's code
+(``metrics/metrics.py``, ``confusion_matrix``) takes ``bwt.mean()`` / ``fwt.mean()``
+over all T tasks, zero terms included, i.e. (T-1)/T of these figures.
 With T = 1 the transfer and forgetting figures are undefined (NaN).
 """
 
