@@ -189,6 +189,9 @@ class ServerRunner:
 
     def _diverged(self, rnd: int, row: dict[str, Any], st: _State) -> bool:
         loss = row["loss"]
+        if (self.stream is not None and math.isfinite(loss) and len(st.rows) > 1
+                and row.get("stage") != st.rows[-2].get("stage")):
+            st.best_loss = loss  # a new stage is a new domain: its loss anchors the check
         if math.isfinite(loss) and loss <= self.cfg.server.divergence_factor * max(st.best_loss, 1e-3):
             st.best_loss = min(st.best_loss, loss)
             return False
