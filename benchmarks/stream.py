@@ -50,7 +50,9 @@ def overrides(method: str, seed: int, args: argparse.Namespace) -> dict:
          "stream.stages": args.stages, "stream.rounds_per_stage": args.rounds_per_stage, "stream.buffer": args.buffer,
          "client.algorithm": METHODS[method], "client.local_steps": args.local_steps,
          "client.batch_size": args.batch_size, "client.uratio": args.uratio, "client.lr_schedule": "constant",
-         "run.seed": seed, "run.checkpoint_every": 0}
+         "run.seed": seed, "run.checkpoint_every": 0,
+         # a loaded machine can take minutes to start Ray's actors: the first round must not time out
+         "federation.round_timeout": 3600.0}
     if args.labels_at_server:
         o.update({"data.server_labels_per_class": args.labels_at_server, "data.labeled_ratio": 0.0})
     return o
