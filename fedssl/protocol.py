@@ -28,7 +28,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedssl.config import Config, from_flat, keys
+import tomllib
+
+from fedssl.config import Config, ConfigError, from_flat, keys
+from fedssl.config.render import OWN_KEYS, toml_value
 
 PIDS_KEY = "fedssl.pids"
 FAILED_KEY = "fedssl.failed"
@@ -68,4 +71,29 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> Config:
     algorithm's key at a value other than its default is the usual error."""
     declared = keys()
     flat = {k: v for k, v in run_config.items() if k in declared and v != declared[k].flwr_default}
-    return from_flat(flat, source="run config")
+    return from_flat({**flat, **unpack_own_keys(run_config)}, source="run config")
+
+
+def pack_own_keys(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as flat run-config keys: the app's declared keys as they are, a user
+    algorithm's own keys packed into :data:`OWN_KEYS` (Flower's ``--run-config`` takes
+    only keys that ``[tool.flwr.app.config]`` declares)."""
+    declared, flat = keys(), cfg.to_flat()
+    own = {k.rpartition(".")[2]: v for k, v in flat.items() if k not in declared}
+    out = {k: v for k, v in flat.items() if k in declared}
+    if own:
+        out[OWN_KEYS] = "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in own.items()) + " }"
+    return out
+
+
+def unpack_own_keys(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``client.<name>.<key>`` entries that :func:`pack_own_keys` packed."""
+    text = str(run_config.get(OWN_KEYS, "") or "")
+    if not text:
+        return {}
+    try:
+        own = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"{OWN_KEYS}: expected an inline table {{key = value, ...}}, got {text!r}") from None
+    section = from_flat({k: v for k, v in run_config.items() if k == "client.algorithm"}).algorithm_section
+    return {f"{section}.{k}": v for k, v in own.items()}

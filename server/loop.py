@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedssl import protocol as P
 from fedssl import runlog
+from fedssl.versions import provenance
 from fedssl.config import Config
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
@@ -58,6 +59,7 @@ class ServerRunner:
         self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
         self.server_update = server_update
         self.out = Path(cfg.run.out_dir)
+        self.provenance = provenance()  # once: it asks git
         self.console = Console(stderr=True, quiet=quiet)
         test_x, self.test_y = load_test_split(cfg)
         self.test_x = normalize(torch.from_numpy(np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))))
@@ -262,6 +264,7 @@ class ServerRunner:
             "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
             "config": cfg.to_dict(),
             **({"stream": self.stream.summary()} if self.stream else {}),
+            **self.provenance,  # versions of fedssl, flwr, torch, ray; the git commit
         }
         runlog.write_json(self.out / "summary.json", summary)
         return summary

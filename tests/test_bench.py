@@ -536,4 +536,4 @@ def test_openworld_robustness_grids_are_valid_and_pin_their_fedossl_mode(tmp_pat
     g = bench.load_grid(path, tmp_path / "out")
     assert g.cells and all(c.cfg.data.partition == "openworld" for c in g.cells)
     if any(c.cfg.client.algorithm == "fedossl" for c in g.cells):
-        assert "client.pseudo_label_guard" in text and "server.fedossl_rampup" in text
+        assert "client.fedossl.pseudo_label_guard" in text and "server.fedossl_rampup" in text

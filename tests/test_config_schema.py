@@ -16,7 +16,7 @@ from tests.conftest import ROOT, assert_bad_input, run_cli
 
 def test_pyproject_table_matches_schema():
     table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    want = {k.name: k.flwr_default for k in keys().values()}
+    want = {k.name: k.flwr_default for k in keys().values()} | {render.OWN_KEYS: ""}
     assert flatten(table) == want, "run `python -m fedssl.config --write` to regenerate pyproject.toml"
     assert render.replace_pyproject((ROOT / "pyproject.toml").read_text()) == (ROOT / "pyproject.toml").read_text()
 
@@ -33,7 +33,7 @@ def test_replace_pyproject_rewrites_a_stale_table():
     new = render.replace_pyproject(stale)
     assert new.startswith('[project]\nname = "x"\n\n[tool.flwr.app.config]\n')
     assert "old.key" not in new and flatten(tomllib.loads(new)["tool"]["flwr"]["app"]["config"]) == {
-        k.name: k.flwr_default for k in keys().values()}
+        k.name: k.flwr_default for k in keys().values()} | {render.OWN_KEYS: ""}
 
 
 def test_config_import_needs_no_torch_or_flower():

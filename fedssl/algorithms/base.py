@@ -56,6 +56,9 @@ if not TYPE_CHECKING:
 #: ``@register("name")`` adds an algorithm class to the registry under ``name``
 register = ALGORITHMS.register
 
+__all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "RoundContext", "StepMetrics", "lazy", "nn", "np",
+           "param", "register", "torch"]
+
 
 #: per-step metrics: detached 0-d tensors (summed on the device, read once per
 #: round) or plain floats

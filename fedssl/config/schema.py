@@ -25,7 +25,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+<<<<<<< HEAD
 from fedssl.plugins import absolute_spec
+=======
+from fedssl.plugins import PluginError, absolute_spec, is_import_path, load_callable, load_dataset
+>>>>>>> plugins
 from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
@@ -52,17 +56,37 @@ def _strategy_name(value: str) -> str | None:
     return f"unknown strategy {value!r} (choose from {', '.join(STRATEGY_NAMES)}, or give 'module:Class')"
 
 
+def _dataset_plugin(value: str) -> str | None:
+    """A user's dataset function must load and return well-formed arrays."""
+    try:
+        if is_import_path(value):
+            load_dataset(value)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
+def _model_plugin(value: str) -> str | None:
+    """A user's model function must import and be callable (its model is checked when built)."""
+    try:
+        if is_import_path(value):
+            load_callable(value)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
 def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         gt: float | None = None, ge: float | None = None, lt: float | None = None,
         le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
-        check: Callable[[Any], str | None] | None = None, flwr: Any = None, plugin: bool = False) -> Any:
+        check: Callable[[Any], str | None] | None = None, flwr: Any = None, plugin: str = "") -> Any:
     """Declare one key. ``choices``: allowed values (or a function returning them);
     ``each``: the value is a comma-separated list, each item in ``choices``;
     ``gt/ge/lt/le``: the numeric range; ``norm``: normalises the value once, at
     validation, so every reader sees the same form; ``check``: any other test of the value
     alone, returning an error text (or None when fine), e.g. an import path that must
     resolve; ``flwr``: a different default in ``[tool.flwr.app.config]``; ``plugin``: besides
-    ``choices``, a user's ``"module:name"`` (see :mod:`fedssl.plugins`; a relative file
+    ``choices``, a user's ``"module:<plugin>"`` (e.g. ``plugin="Class"``) (see :mod:`fedssl.plugins`; a relative file
     path is made absolute)."""
     if plugin:
         norm = absolute_spec
@@ -73,7 +97,9 @@ def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequen
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = key("fashion-mnist", "dataset to learn", choices=DATASETS)
+    dataset: str = key("fashion-mnist", "dataset to learn: a built-in name, or 'module:function' returning "
+                       "(train_x, train_y, test_x, test_y, class_names) as numpy arrays", choices=DATASETS,
+                       plugin="function", check=_dataset_plugin)
     root: str = key("", "dataset directory; empty = the dataset's default location")
     partition: str = key("dirichlet", "how labels are split over clients", choices=PARTITIONS)
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
@@ -104,7 +130,7 @@ class FederationConfig:
 @dataclass(frozen=True)
 class ClientConfig:
     algorithm: str = key("fixmatch", "local SSL objective; its own keys are in [client.<algorithm>]",
-                         choices=lambda: tuple(ALGORITHMS), plugin=True)
+                         choices=lambda: tuple(ALGORITHMS), plugin="Class")
     local_epochs: int = key(2, "local epochs per round (over the labeled set)", ge=0)
     local_steps: int = key(0, "fixed local steps per round; overrides epochs when > 0", ge=0)
     batch_size: int = key(32, "labeled batch size", ge=2)
@@ -162,7 +188,9 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = key("cnn", "network", choices=MODELS)
+    name: str = key("cnn", "network: a built-in name, or 'module:function' called as f(num_classes=, "
+                    "in_channels=, image_size=, cosine_head=) returning a torch.nn.Module with features() "
+                    "and head", choices=MODELS, plugin="function", check=_model_plugin)
 
 
 @dataclass(frozen=True)
@@ -296,6 +324,9 @@ class Config:
 
 
 def num_classes_of(dataset: str) -> int:
+    """Classes of a dataset (a user's: the length of its class_names)."""
+    if is_import_path(dataset):
+        return len(load_dataset(dataset)[4])
     return {"cifar100": 100}.get(dataset, 10)
 
 

@@ -208,6 +208,10 @@ def _foreign_key(name: str, own: str, algorithm: str, source: str) -> ConfigErro
     """The error for ``client.<x>.<key>`` outside the chosen algorithm's declared keys."""
     where = f" in {source}" if source else ""
     section = name.rpartition(".")[0]
+    if section == "client":  # e.g. client.threshold for client.fixmatch.threshold
+        mine = f"{own}.{name.partition('.')[2]}"
+        hint = f" (did you mean {mine!r}?)" if mine in algorithm_keys(ALGORITHMS.load(algorithm)) else ""
+        return ConfigError(f"unknown config key {name!r}{where}{hint or suggest(name, shared_keys())}")
     if section == own:
         return ConfigError(f"unknown config key {name!r}{where}{suggest(name, keys())}"
                            f" ([{own}] is {algorithm!r}'s own section)")
@@ -231,6 +235,8 @@ def from_flat(flat: dict[str, Any], source: str = "") -> Config:
             sections[section][short] = check_key(shared[name], value, source)
         elif name.startswith("client.") and name.count(".") == 2:
             own_flat[name] = value
+        elif name.startswith("client.") and name.count(".") == 1:
+            own_flat[name] = value  # perhaps one of the algorithm's keys without its section
         else:
             raise unknown_key(name, source)
     name = sections["client"].get("algorithm", ClientConfig.algorithm)
@@ -286,7 +292,7 @@ def checked_keys(flat: dict[str, Any], source: str) -> dict[str, Any]:
     ``client.<name>.<key>`` is checked later, against the chosen algorithm."""
     declared = shared_keys()
     for name in flat:
-        if name not in declared and not (name.startswith("client.") and name.count(".") == 2):
+        if name not in declared and not name.startswith("client."):
             raise unknown_key(name, source)
     return flat
 
