@@ -25,11 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-<<<<<<< HEAD
-from fedssl.plugins import absolute_spec
-=======
 from fedssl.plugins import PluginError, absolute_spec, is_import_path, load_callable, load_dataset
->>>>>>> plugins
 from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
