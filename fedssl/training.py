@@ -154,8 +154,7 @@ def train_client(
     payload: dict[str, np.ndarray] | None = None,
     proximal_mu: float = 0.0,
     device: torch.device | None = None,
-    stage: int = 0,
-    prev_model: nn.Module | None = None,
+    stage: int = 0, prev_model: nn.Module | None = None,  # [stream]: ctx.stage, ctx.prev_model
 ) -> TrainResult:
     """Train ``model`` (holding the global weights) for one round in place. ``state``: what
     :class:`fedssl.state.ClientStateStore` returned (None the first time). Returns the new
@@ -167,22 +166,19 @@ def train_client(
     seed_torch(seed)  # augmentation, dropout
     gen = torch.Generator().manual_seed(seed)
     ctx = _round_context(model, algorithm, state, payload, device, c.teacher_sync, server_round)
-    ctx.total_steps = steps = num_local_steps(cfg, data, algorithm)
-    ctx.stage, ctx.prev_model = stage, prev_model
+    ctx.total_steps, ctx.stage, ctx.prev_model = (steps := num_local_steps(cfg, data, algorithm)), stage, prev_model
     model.train()
     algorithm.begin_round(model, ctx, data)
     opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     lab, unl = _Sampler(len(data.y_l), gen), _Sampler(len(data.y_u), gen)
-    # The shard goes to the device once per round, as uint8 (a quarter of float32's
-    # bytes); batches are sampled and augmented there. Index draws stay on the CPU RNG.
+    # the shard goes to the device once per round as uint8, batches are augmented there; index draws stay on the CPU
     x_l, y_l, x_u, y_u = (t.to(device, non_blocking=True) for t in (data.x_l, data.y_l, data.x_u, data.y_u))
     use_unlabeled = algorithm.uses_unlabeled and len(data.y_u) > 0
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
     counts: dict[str, int] = {}
     t_data = t_train = 0.0
-    passes = 0
     for step in range(steps):
         ctx.step = step
         t1 = time.perf_counter()
@@ -196,7 +192,6 @@ def train_client(
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
-        passes += batch.y_l.numel() + (len(batch.x_u[0]) if batch.x_u else 0)
         _accumulate(sums, counts, _sgd_step(model, algorithm, batch, ctx, opt, prox_ref, proximal_mu,
                                             c.ema_decay))
         t_data += t2 - t1
@@ -204,6 +199,8 @@ def train_client(
     out_payload = algorithm.end_round(model, ctx, data)
     metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
+    # samples in the round's batches: the samplers never run dry, so each step draws full batches
+    passes = counts.get("loss", 0) * ((c.batch_size if len(data.y_l) else 0) + c.batch_size * c.uratio * use_unlabeled)
     return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings, passes)
 
 
