@@ -270,6 +270,14 @@ class Config:
             raise TypeError(f"algo_params is {type(self.algo_params).__name__}, "
                             f"{self.client.algorithm} takes {wanted.__name__}")
 
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as its keys and rebuilt by validation: a user algorithm's parameters
+        are an instance of a class from a file, which another process (a Ray worker)
+        can only import by the path in ``client.algorithm``."""
+        from fedssl.config.validate import from_flat
+
+        return from_flat, (self.to_flat(),)
+
     @property
     def algorithm_class(self) -> Any:
         """The class ``client.algorithm`` names (built-in or the user's)."""
