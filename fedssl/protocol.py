@@ -66,11 +66,11 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> Config:
     """Config from Flower's run config (``flwr run --run-config``), declared keys only.
 
     The run config holds every key of ``[tool.flwr.app.config]``, set or not, so a
-    value equal to the app's declared default counts as not set: the chosen
-    algorithm's own defaults (``client_defaults``, its section) then apply. Another
-    algorithm's key at a value other than its default is the usual error."""
+    value equal to fedssl's default counts as not set: the chosen algorithm's own
+    defaults (``client_defaults``, its section) then apply. Another algorithm's key at
+    a value other than its default is the usual error."""
     declared = keys()
-    flat = {k: v for k, v in run_config.items() if k in declared and v != declared[k].flwr_default}
+    flat = {k: v for k, v in run_config.items() if k in declared and v != declared[k].default}
     return from_flat({**flat, **unpack_own_keys(run_config)}, source="run config")
 
 

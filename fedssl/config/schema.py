@@ -374,7 +374,7 @@ def _fields(section: str, cls: type) -> dict[str, Key]:
     out = {}
     for f in dataclasses.fields(cls):
         typ = f.type if isinstance(f.type, type) else _TYPES.get(str(f.type))
-        if typ not in _TYPES.values() or "help" not in f.metadata:
+        if typ is None or typ not in _TYPES.values() or "help" not in f.metadata:
             raise TypeError(f"{cls.__qualname__}.{f.name}: declare it as `name: str|int|float|bool = "
                             f"param(default, help, ...)`")
         out[f"{section}.{f.name}"] = Key(f"{section}.{f.name}", typ, f.default, f.metadata["help"],
@@ -382,7 +382,7 @@ def _fields(section: str, cls: type) -> dict[str, Key]:
     return out
 
 
-def algorithm_keys(algorithm: type) -> dict[str, Key]:
+def algorithm_keys(algorithm: Any) -> dict[str, Key]:
     """The keys of one algorithm's own section, ``client.<name>.<key>``."""
     return _fields(f"client.{section_of(algorithm)}", algorithm.params_class)
 
