@@ -38,6 +38,12 @@ def test_each_domain_is_deterministic_and_per_image(domain):
         assert not np.array_equal(other, corrupt(x, domain, 5, seed=3, split=0, index=idx))
 
 
+def test_config_names_every_domain():
+    from fedssl.config import keys
+
+    assert set(keys()["stream.domains"].choices) == set(SEVERITY) == set(DEFAULT_SEVERITY)
+
+
 def test_domains_match_the_reference_formulas():
     x = _images(4)
     f = x.astype(np.float64) / 255

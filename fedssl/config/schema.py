@@ -37,7 +37,6 @@ FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean", "centroid_in_order")
 FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
-STREAM_DOMAINS = ("rotate", "contrast", "gaussian_noise", "gaussian_blur", "inverse", "identity")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
 
@@ -213,10 +212,9 @@ class StreamConfig:
     stages: int = key(0, "incremental stages T (each a new domain and new client samples); 0 = off", ge=0)
     rounds_per_stage: int = key(10, "rounds per stage; federation.rounds must be stages x this", ge=1)
     domains: str = key("rotate,gaussian_noise,contrast,gaussian_blur,inverse", "domain of each stage, in "
-                       "order (Fashion-MNIST-C corruptions; at least stages of them)", choices=STREAM_DOMAINS,
-                       each=True, norm=_no_spaces)
-    severities: str = key("", "severity 1..5 per domain (one value: all); empty = the reference's defaults",
-                          norm=_no_spaces)
+                       "order (Fashion-MNIST-C corruptions; at least stages of them)", each=True, norm=_no_spaces,
+                       choices=("rotate", "contrast", "gaussian_noise", "gaussian_blur", "inverse", "identity"))
+    severities: str = key("", "severity 1..5 per domain (one value: all); empty = the reference's", norm=_no_spaces)
     buffer: int = key(100, "replay buffer bound, samples per client (enforced by the client runtime)", ge=0)
 
 
