@@ -187,3 +187,20 @@ def test_the_readme_algorithm_declares_its_section_and_its_lr(tmp_path):
     assert lines[j - 1] == "# scaledce's default: 0.01 (shared default 0.03)"
     i = lines.index("[client.scaledce]")
     assert lines[i + 2] == "scale = 2.0" and "threshold = 0.9" in lines[i:]
+
+
+def test_run_config_keeps_flower_defaults_and_the_algorithms_own():
+    """From Flower's run config (every declared key, at pyproject's values): the app's
+    own defaults stay (run.out_dir), and another algorithm's keys at their defaults
+    are no error."""
+    import tomllib
+
+    from fedssl.config import flatten
+    from fedssl.protocol import config_from_run_config
+    from tests.conftest import ROOT
+
+    table = flatten(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    cfg = config_from_run_config({**table, "client.algorithm": "semifl", "client.semifl.threshold": 0.8})
+    assert cfg.run.out_dir == "runs/flwr" and cfg.algo_params.threshold == 0.8
+    with pytest.raises(Exception, match="is a key of algorithm 'fedossl'"):
+        config_from_run_config({**table, "client.algorithm": "semifl", "client.fedossl.suppress_beta": 0.3})
