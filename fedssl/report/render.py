@@ -118,7 +118,6 @@ def render_run(run_dir: Path) -> dict[str, Path]:
                 html.image_section("Curves", "", curve)]
     if per_class is not None:
         sections.append(html.image_section("Per-class accuracy", "", per_class))
-<<<<<<< HEAD
     cm_fig = plots.run_confusion(summary)
     confusion = plots.save(cm_fig, run_dir / PLOTS / "confusion.png") if cm_fig is not None else None
     if confusion is not None:
@@ -126,24 +125,19 @@ def render_run(run_dir: Path) -> dict[str, Path]:
             "Confusion matrix", "True class (rows) x predicted output (columns: each seen class's "
             "own output, then the outputs matched to the unseen classes over all samples; the "
             "diagonal is what acc_seen and acc_unseen_strict count).", confusion))
-=======
     stream_fig = stream_plots.run_stream(metrics, summary)
     png = plots.save(stream_fig, run_dir / PLOTS / "stream.png") if stream_fig is not None else None
     if png is not None:
         sections.append(html.image_section("Stages", "Accuracy matrix R (rows: after stage i; columns: test "
                                            "split in domain j) and accuracy per domain over rounds.", png))
->>>>>>> stream
     write_atomic(run_dir / REPORT_HTML, html.page(title, f"{run_dir} · status: {status}", sections))
     out = {"report": run_dir / REPORT_HTML, "curve": curve}
     if per_class is not None:
         out["per_class"] = per_class
-<<<<<<< HEAD
     if confusion is not None:
         out["confusion"] = confusion
-=======
     if png is not None:
         out["stream"] = png
->>>>>>> stream
     return out
 
 
