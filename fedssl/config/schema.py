@@ -207,6 +207,17 @@ class FaultsConfig:
     start_round: int = key(1, "faults begin in this round", ge=1)
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    stages: int = key(0, "incremental stages T (each a new domain and new client samples); 0 = off", ge=0)
+    rounds_per_stage: int = key(10, "rounds per stage; federation.rounds must be stages x this", ge=1)
+    domains: str = key("rotate,gaussian_noise,contrast,gaussian_blur,inverse", "domain of each stage, in "
+                       "order (Fashion-MNIST-C corruptions; at least stages of them)", each=True, norm=_no_spaces,
+                       choices=("rotate", "contrast", "gaussian_noise", "gaussian_blur", "inverse", "identity"))
+    severities: str = key("", "severity 1..5 per domain (one value: all); empty = the reference's", norm=_no_spaces)
+    buffer: int = key(100, "replay buffer bound, samples per client (enforced by the client runtime)", ge=0)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "federation": FederationConfig,
@@ -215,6 +226,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "run": RunConfig,
     "faults": FaultsConfig,
+    "stream": StreamConfig,
 }
 
 
@@ -244,6 +256,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     run: RunConfig = field(default_factory=RunConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     #: the chosen algorithm's own keys, ``[client.<name>]``; left out: its defaults
     algo_params: Params = field(default_factory=Params)
 

@@ -137,8 +137,36 @@ def _check_client(cfg: Config) -> None:
                  f"set data.seen_classes below {k} (got {cfg.num_seen})")
 
 
+def stream_lists(s: Any) -> tuple[list[str], list[int]]:
+    """(domains, severities as listed: empty, one for all, or one per domain) of a
+    ``[stream]`` section; ConfigError on a severity that is not an integer."""
+    domains = [d for d in s.domains.split(",") if d]
+    try:
+        sev = [int(v) for v in s.severities.split(",") if v]
+    except ValueError:
+        raise ConfigError(f"stream.severities: expected comma-separated integers 1..5, got {s.severities!r}") from None
+    return domains, sev
+
+
+def _check_stream(cfg: Config) -> None:
+    s = cfg.stream
+    if s.stages == 0:
+        return
+    domains, sev = stream_lists(s)
+    _require(len(domains) >= s.stages, f"stream.domains lists {len(domains)} domains for stream.stages="
+             f"{s.stages}; give at least one per stage")
+    _require(len(sev) in (0, 1, len(domains)) and all(1 <= v <= 5 for v in sev),
+             f"stream.severities={s.severities!r}: give one severity in 1..5, or one per domain "
+             f"({len(domains)}), or none for the reference's defaults")
+    _require(cfg.federation.rounds == s.stages * s.rounds_per_stage,
+             f"federation.rounds ({cfg.federation.rounds}) must equal stream.stages x stream.rounds_per_stage "
+             f"({s.stages} x {s.rounds_per_stage} = {s.stages * s.rounds_per_stage})")
+    _require(cfg.data.partition != "openworld", "stream.stages > 0 is not supported with "
+             "data.partition=openworld (unseen classes are not staged); use iid, dirichlet or pathological")
+
+
 # Checks that span keys; single-key checks come from the schema declarations.
-CROSS_CHECKS: list[Callable[[Config], None]] = [_check_classes, _check_clients, _check_client]
+CROSS_CHECKS: list[Callable[[Config], None]] = [_check_classes, _check_clients, _check_client, _check_stream]
 
 
 def fault_clients(cfg: Config) -> list[int]:
