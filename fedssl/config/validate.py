@@ -58,14 +58,33 @@ def coerce(name: str, value: Any, typ: type, source: str = "") -> Any:
     return value
 
 
+def list_value(name: str, value: Any, source: str = "") -> Any:
+    """A list, or the text of a TOML list, as one comma-separated string (Flower's run
+    config holds scalars only); anything else unchanged."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"{name}{' in ' + source if source else ''}: not a TOML list: {value!r}") from None
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        return ",".join(value)
+    return value
+
+
 def check_key(k: Key, value: Any, source: str = "") -> Any:
     """Coerce, normalise and range/choice-check one value; returns the stored form."""
+    if k.meta["each"]:  # a list key: a TOML list (in a file or --set) is stored comma-separated
+        value = list_value(k.name, value, source)
     value = coerce(k.name, value, k.type, source)
     if k.meta["norm"] is not None:
         value = k.meta["norm"](value)
     choices = k.choices
     if choices is not None:
         items = value.split(",") if k.meta["each"] else [value]
+        if k.meta["each"] and value == "" == k.default:  # an empty list, where the default is empty
+            items = []
         for item in items:
             if item not in choices:
                 raise ConfigError(f"{k.name}: unknown value {item!r}{suggest(item, choices)} "

@@ -112,11 +112,27 @@ def render_run(run_dir: Path) -> dict[str, Path]:
                 html.image_section("Curves", "", curve)]
     if per_class is not None:
         sections.append(html.image_section("Per-class accuracy", "", per_class))
+    partition = _partition_figure(run_dir)
+    if partition is not None:
+        sections.append(html.image_section("Partition", "Samples per class on each client "
+                                           "(hatched: labeled).", partition))
     write_atomic(run_dir / REPORT_HTML, html.page(title, f"{run_dir} · status: {status}", sections))
     out = {"report": run_dir / REPORT_HTML, "curve": curve}
     if per_class is not None:
         out["per_class"] = per_class
+    if partition is not None:
+        out["partition"] = partition
     return out
+
+
+def _partition_figure(run_dir: Path) -> Path | None:
+    """The label distribution from the run's partition.csv (absent under `flwr run`)."""
+    from fedssl.data.plot import PARTITION_CSV, label_distribution_figure, read_counts_csv
+
+    if not (run_dir / PARTITION_CSV).exists():
+        return None
+    return plots.save(label_distribution_figure(read_counts_csv(run_dir / PARTITION_CSV)),
+                      run_dir / PLOTS / "partition.png")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
