@@ -14,7 +14,9 @@ seconds to import, so it is imported only here, only when asked for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import io
 import logging
 import tempfile
@@ -78,7 +80,7 @@ def build_partitioner(cfg: DataConfig, seed: int) -> Any:
                               f"(it takes {', '.join(sorted(accepted - set(OWNED))) or 'none'})")
     fill = {"num_partitions": cfg.num_clients, "partition_by": "label",
             "seed": derive_seed(seed, "flwr-partition") % 2**32}
-    kwargs = {k: v for k, v in fill.items() if k in accepted and k not in params} | params
+    kwargs = {k: v for k, v in fill.items() if k in accepted and k not in params} | _arrays(cls, params)
     missing = sorted(required_params(cls) - set(kwargs))
     if missing:
         raise ConfigError(f"data.partition_params: {name} needs {', '.join(missing)}")
@@ -86,6 +88,14 @@ def build_partitioner(cfg: DataConfig, seed: int) -> Any:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"data.partition={cfg.partition}: {_first_line(e)}") from None
+
+
+def _arrays(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """TOML lists as numpy arrays where the signature asks for one (e.g. a
+    DistributionPartitioner's ``distribution_array``)."""
+    sig = inspect.signature(cls.__init__).parameters
+    return {k: np.asarray(v) if isinstance(v, list) and "ndarray" in str(sig[k].annotation).lower() else v
+            for k, v in params.items()}
 
 
 def flwr_owner(labels: np.ndarray, cfg: DataConfig, seed: int) -> np.ndarray:
@@ -117,7 +127,8 @@ def _compute_owner(labels: np.ndarray, cfg: DataConfig, seed: int) -> np.ndarray
     part = build_partitioner(cfg, seed)
     part.dataset = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
     try:
-        with warnings.catch_warnings():  # pyarrow/datasets deprecation notices: not the user's concern
+        # pyarrow/datasets deprecation notices and progress bars: not the user's concern
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             return _owner(part, cfg, len(labels))
     except ConfigError:
