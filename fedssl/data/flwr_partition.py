@@ -143,8 +143,15 @@ def _owner(part: Any, cfg: DataConfig, n: int) -> np.ndarray:
         raise ConfigError(f"data.partition={cfg.partition} makes {count} partitions but "
                           f"data.num_clients is {cfg.num_clients}; set it to {count}")
     owner = np.full(n, -1, dtype=np.int64)
+    first = np.asarray(part.load_partition(0)["idx"], dtype=np.int64)
+    # load_partition builds a Dataset per client (~0.1 s each). Most partitioners keep
+    # the indices they select in _partition_id_to_indices: read them there when they
+    # agree with the public call for client 0, else ask for every client.
+    known = getattr(part, "_partition_id_to_indices", None)
+    fast = isinstance(known, dict) and len(known) == count and np.array_equal(np.asarray(known[0]), first)
     for client in range(count):
-        idx = np.asarray(part.load_partition(client)["idx"], dtype=np.int64)
+        idx = (np.asarray(known[client], dtype=np.int64) if fast  # type: ignore[index]
+               else first if client == 0 else np.asarray(part.load_partition(client)["idx"], dtype=np.int64))
         if (owner[idx] >= 0).any():
             raise ConfigError(f"data.partition={cfg.partition}: partitions overlap "
                               f"(client {client} shares samples with another)")
