@@ -7,17 +7,17 @@ Every error a command reports as ``error: ...`` (exit 2) is raised here as
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedssl.bench.api import bench
 from fedssl.config import Config, ConfigError, flatten, resolve
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Result", "bench", "prepare_fresh", "run"]
+__all__ = ["Result", "bench", "load_result", "run"]
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,6 @@ def _overrides(config: str | Path | Config | dict[str, Any] | None,
     return (str(config) if config is not None else None), flat
 
 
-def prepare_fresh(cfg: Config, overwrite: bool = False) -> Config:
-    """``cfg`` with an absolute ``run.out_dir`` that holds no run (an existing one is an
-    error, or removed when ``overwrite``)."""
-    from fedssl.runlog import holds_run
-
-    out = Path(cfg.run.out_dir).resolve()
-    if holds_run(out):
-        if not overwrite:
-            raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it "
-                              f"or --resume {out} to continue it")
-        shutil.rmtree(out)
-    return cfg.replace(**{"run.out_dir": str(out)})
-
-
 def run(config: str | Path | Config | dict[str, Any] | None = None, *, overwrite: bool = False,
         quiet: bool = True, **overrides: Any) -> Result:
     """Run one experiment as a Flower simulation, as ``fedssl run`` does, and return it.
@@ -77,6 +63,7 @@ def run(config: str | Path | Config | dict[str, Any] | None = None, *, overwrite
     ``run__out_dir`` is the run's directory. ``overwrite``: replace a run already there.
     Raises :class:`fedssl.ConfigError` (one line, as the CLI's ``error:``) on bad input.
     """
+    from fedssl.runlog import prepare_fresh
     from fedssl.simulation import run_experiment
 
     file, flat = _overrides(config, overrides)
@@ -98,26 +85,3 @@ def load_result(out_dir: str | Path, summary: dict[str, Any] | None = None) -> R
     except (OSError, ValueError) as e:
         raise ConfigError(f"{out}: not a finished fedssl run ({e})") from None
     return Result(summary=summary, metrics=metrics, out_dir=out)
-
-
-def bench(grid: str | Path, out: str | Path, *, quiet: bool = True, skip_failed: bool = False,
-          fresh_process: bool = False) -> pd.DataFrame:
-    """Run (or resume) the grid file ``grid`` into ``out``, as ``fedssl bench``, and return
-    results.csv: one row per cell with its varied keys, status and final metrics. Failed
-    cells are rows with status ``failed`` (rerun to retry them); bad input raises
-    :class:`fedssl.ConfigError`."""
-    import pandas as pd
-
-    from fedssl.bench.grid import load_grid
-    from fedssl.bench.runner import BenchRunner
-    from fedssl.bench.state import check_out_dir, exclusive
-    from fedssl.report.model import RESULTS_CSV
-
-    g = load_grid(grid, out)
-    check_out_dir(g)
-    g.out.mkdir(parents=True, exist_ok=True)
-    with exclusive(g.out):
-        runner = BenchRunner(g, quiet=quiet, skip_failed=skip_failed, fresh=fresh_process)
-        runner.prepare()
-        runner.run()
-    return pd.read_csv(g.out / RESULTS_CSV)

@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides = parse_set(args.set or [])
         if args.out:
             overrides["run.out_dir"] = args.out
-        from fedssl.api import prepare_fresh
+        from fedssl.runlog import prepare_fresh
 
         cfg = prepare_fresh(resolve(args.config, overrides), args.overwrite)
         summary = run_experiment(cfg, quiet=args.quiet)

@@ -83,7 +83,7 @@ class _CallableBench(types.ModuleType):
     must answer ``fedssl.bench(grid, out)``."""
 
     def __call__(self, grid: Any, out: Any, **kwargs: Any) -> Any:
-        from fedssl.api import bench
+        from fedssl.bench.api import bench
 
         return bench(grid, out, **kwargs)
 

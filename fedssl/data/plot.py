@@ -85,7 +85,6 @@ def label_distribution_figure(counts: np.ndarray, title: str = ""):
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from fedssl.config import parse_set, resolve
-    from fedssl.report.plots import save
     from fedssl.runlog import write_atomic
 
     cfg = resolve(args.config, parse_set(args.set or []))
@@ -95,7 +94,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     counts = config_counts(cfg)
     d = cfg.data
     title = f"{d.dataset}, partition={d.partition} ({d.num_clients} clients, seed {cfg.run.seed})"
-    save(label_distribution_figure(counts, title), out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    label_distribution_figure(counts, title).savefig(out, format="png", metadata={"Software": None})
     write_atomic(out.with_suffix(".csv"), counts_csv(counts))
     if not args.quiet:
         print(f"wrote {out} and {out.with_suffix('.csv')}")
