@@ -2,7 +2,7 @@
 
 Used by ``server.params`` (a strategy's arguments) and ``data.partition_params`` (a
 Flower Datasets partitioner's), which are checked against the class's signature by
-:func:`check_params`. Values are TOML values, so nested lists (a Flower
+:func:`accepted_params` and :func:`required_params`. Values are TOML values, so nested lists (a Flower
 ``DistributionPartitioner``'s ``distribution_array``) work too.
 """
 
@@ -45,7 +45,7 @@ def accepted_params(cls: type) -> set[str]:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
             continue
-        params = inspect.signature(klass.__init__).parameters.values()
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
         names |= {p.name for p in params if p.name != "self"
                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if not any(p.kind is p.VAR_KEYWORD for p in params):
@@ -55,6 +55,6 @@ def accepted_params(cls: type) -> set[str]:
 
 def required_params(cls: type) -> set[str]:
     """Arguments of ``cls.__init__`` without a default."""
-    params = inspect.signature(cls.__init__).parameters.values()
+    params = inspect.signature(cls).parameters.values()
     return {p.name for p in params if p.name != "self" and p.default is p.empty
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

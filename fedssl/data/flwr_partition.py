@@ -93,7 +93,7 @@ def build_partitioner(cfg: DataConfig, seed: int) -> Any:
 def _arrays(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     """TOML lists as numpy arrays where the signature asks for one (e.g. a
     DistributionPartitioner's ``distribution_array``)."""
-    sig = inspect.signature(cls.__init__).parameters
+    sig = inspect.signature(cls).parameters
     return {k: np.asarray(v) if isinstance(v, list) and "ndarray" in str(sig[k].annotation).lower() else v
             for k, v in params.items()}
 
