@@ -97,14 +97,17 @@ def test_one_run_feeds_tensorboard_and_mlflow_every_metric_of_every_round(tmp_pa
                                   b.drop(columns=[c for c in b if c in TIMING or c.startswith("t_")]))
 
 
-def test_a_grid_is_one_mlflow_experiment_with_one_run_per_cell(tmp_path, mlflow_server):
+def test_a_grid_is_one_mlflow_experiment_with_one_run_per_cell(tmp_path, mlflow_server, monkeypatch):
+    """Through the Python API: fedssl.bench returns results.csv as a DataFrame."""
+    import fedssl
+
     uri, _ = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     grid = tmp_path / "grid.toml"
     grid.write_text('[base]\n"data.dataset" = "synthetic"\n"run.tracking" = ["mlflow"]\n' + TINY_GRID_BASE
                     + '\n[axes]\n"client.algorithm" = ["supervised", "fixmatch"]\n')
-    proc = run_cli("bench", "--grid", str(grid), "--out", str(tmp_path / "bench"), "--quiet",
-                   env={"MLFLOW_TRACKING_URI": uri})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = fedssl.bench(grid, tmp_path / "bench")
+    assert sorted(table["client.algorithm"]) == ["fixmatch", "supervised"] and (table["status"] == "ok").all()
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(f"fedssl bench {(tmp_path / 'bench').resolve()}")
     assert exp is not None
