@@ -48,7 +48,11 @@ def mlflow_server(tmp_path_factory):
     yield uri, proc
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # uvicorn's workers can outlive a SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 def csv_metrics(out: Path) -> dict[tuple[str, int], float]:
