@@ -25,11 +25,16 @@ def test_the_notebook_and_its_text_form_hold_the_same_cells():
     assert not any(c.get("outputs") for c in nbformat.read(NOTEBOOK, as_version=4).cells), "commit it without outputs"
 
 
+def run_notebook(path, cwd):
+    """Execute the notebook at ``path`` in a real Jupyter kernel started in ``cwd``."""
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=1500, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
 def test_the_quickstart_notebook_runs_and_shows_what_ssl_gains(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the notebook's local default, in tmp_path
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=1500, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = run_notebook(NOTEBOOK, tmp_path)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     m = re.search(r"semifl vs supervised ([+-]\d+\.\d) points of acc_all after round (\d+)", text)
     assert m, text[-3000:]
