@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedssl.bench.grid import load_grid
 from fedssl.config import ConfigError, resolve
 from fedssl.deploy import free_ports
 from fedssl.protocol import config_from_run_config
@@ -151,6 +152,9 @@ def test_tracking_takes_a_list_in_toml_set_and_flowers_run_config(tmp_path):
     flat = {k: v for k, v in resolve().to_flat().items()}
     assert config_from_run_config({**flat, "run.tracking": "tensorboard,mlflow"}).run.tracking == \
         "tensorboard,mlflow"
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[base]\n"run.tracking" = ["mlflow"]\n[axes]\n"run.seed" = [0, 1]\n')
+    assert {c.cfg.run.tracking for c in load_grid(grid, tmp_path / "bench").cells} == {"mlflow"}
     with pytest.raises(ConfigError, match="unknown value 'wandb'"):
         resolve(None, {"run.tracking": '["wandb"]'})
     with pytest.raises(ConfigError, match="expected a list of strings"):
