@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedssl import __version__
 from fedssl.config import ConfigError, parse_set, resolve
 
 EXIT_BAD_INPUT = 2
@@ -72,14 +73,22 @@ def print_summary(summary: dict[str, Any], out_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fedssl.report.model import FINAL, ORCA_PROTOCOL
+
     final = summary.get("final", {})
     cfg = summary.get("config", {})
     table = Table(title=f"{cfg.get('server', {}).get('strategy')} + "
                         f"{cfg.get('client', {}).get('algorithm')} after round {final.get('round')}")
-    for col in ("acc_all", "acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "loss"):
-        table.add_column(col, justify="right")
-    table.add_row(*[("-" if final.get(c) is None else f"{final[c]:.4f}") for c in
-                    ("acc_all", "acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "loss")])
+    # open world: all-class accuracy and the all-sample matching's columns lead, the ORCA
+    # protocol's follow; a closed-world run shows no unseen column
+    cols = [c for c in FINAL if c in ("acc_all", "acc_seen", "loss") or final.get(c) is not None]
+    for col in cols:
+        table.add_column(col.removeprefix("acc_").replace("_", " ") + (" ¹" if col in ORCA_PROTOCOL else ""),
+                         justify="right")
+    if any(c in ORCA_PROTOCOL for c in cols):
+        table.caption = "¹ ORCA protocol: matched on the unseen samples alone (credits absorption)"
+    table.add_row(*[("-" if final.get(c) is None else f"{final[c]:.0f}" if c == "discovered"
+                     else f"{final[c]:.4f}") for c in cols])
     console = Console()
     console.print(table)
     console.print(f"status: {summary.get('status')}   elapsed: {summary.get('elapsed_s', 0):.1f} s   "
@@ -99,6 +108,7 @@ SUBCOMMAND_MODULES = ("fedssl.bench.cli", "fedssl.report.cli", "fedssl.deploy.cl
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedssl", description="Federated semi-supervised learning on Flower + Ray.")
+    p.add_argument("--version", action="version", version=f"fedssl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run one experiment as a Flower simulation (Ray backend)")

@@ -29,12 +29,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedssl import protocol as P
 from fedssl import runlog
-from fedssl.algorithms import ALGORITHMS
+from fedssl.versions import provenance
 from fedssl.config import Config
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
 from fedssl.data.augment import normalize
-from fedssl.metrics import evaluate
+from fedssl.metrics import confusion_matrix, evaluate_logits, predict
 from fedssl.models import build_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
@@ -60,18 +60,24 @@ class ServerRunner:
         self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
         self.server_update = server_update
         self.out = Path(cfg.run.out_dir)
+        self.provenance = provenance()  # once: it asks git
         self.console = Console(stderr=True, quiet=quiet)
         test_x, self.test_y = load_test_split(cfg)
         self.test_x = normalize(torch.from_numpy(np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))))
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, num_classes=cfg.num_classes, in_channels=test_x.shape[-1],
                                  image_size=test_x.shape[1],
-                                 cosine_head=ALGORITHMS[cfg.client.algorithm].open_world)
+                                 cosine_head=cfg.algorithm_class.open_world)
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
+        self.stream = _stream_tracker(cfg, self.test_y)  # incremental runs only
+        if self.stream is not None and self.server_trainer is not None:
+            splits, idx = server_index(cfg)
+            self._server_set = (splits.train_x[idx], idx)
         self._collapse_warned, self._init_share = False, math.nan
-        pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
+        self.confusion: dict[str, list] | None = None  # of the last evaluation (open world)
+        pairs_with = cfg.algorithm_class.pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
                         "get no server payload and train without it", cfg.client.algorithm,
@@ -94,8 +100,12 @@ class ServerRunner:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         local, glob = self.unseen_classes()
-        return evaluate(self.model, self.test_x, self.test_y, self.cfg.num_classes, self.cfg.num_seen,
-                        local, glob)
+        if self.stream is not None:
+            return self.stream.evaluate(self.model, server_round, local, glob)
+        y_pred, logits = predict(self.model, self.test_x)
+        if self.cfg.num_seen < self.cfg.num_classes:
+            self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes, self.cfg.num_seen)
+        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
 
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
@@ -129,7 +139,7 @@ class ServerRunner:
                 arrays, info = self._round(rnd, arrays, st.last_ckpt)
                 st.train_s.append(time.time() - t_round)
                 row: dict[str, Any] = {"round": rnd, **info}
-                if rnd % cfg.run.eval_every == 0 or rnd == rounds:
+                if rnd % cfg.run.eval_every == 0 or rnd == rounds or (self.stream and self.stream.must_evaluate(rnd)):
                     row.update(self.evaluate(rnd, arrays))
                     row["wall_s"] = st.wall_offset + time.time() - t_start
                     row["round_s"] = time.time() - t_round
@@ -150,7 +160,8 @@ class ServerRunner:
     def _round(self, rnd: int, arrays: ArrayRecord, keep_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
         """One round through Flower's strategy verbs."""
         timeout = self.cfg.federation.round_timeout
-        config = ConfigRecord({P.KEEP_ROUND_KEY: keep_round, RUN_ID_KEY: self.run_id})
+        config = ConfigRecord({P.KEEP_ROUND_KEY: keep_round, RUN_ID_KEY: self.run_id,
+                               **(self.stream.round_config(rnd) if self.stream else {})})
         messages = list(self.strategy.configure_train(rnd, arrays, config, self.grid))
         t0 = time.time()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
@@ -158,6 +169,8 @@ class ServerRunner:
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         info: dict[str, Any] = dict(metrics or {})
         info["t_round_trip_s"] = t_send
+        if self.stream is not None:
+            self.stream.observe(info, self.strategy.last_round.get("stream_clients", {}))
         eval_messages = list(self.strategy.configure_evaluate(rnd, new_arrays or arrays, ConfigRecord(),
                                                               self.grid))
         if eval_messages:
@@ -178,12 +191,17 @@ class ServerRunner:
         """Train the global model on the server's labeled set (SemiFL's alternate
         training, ``fedssl.server_training``); round 0 is the warm-up before round 1."""
         assert self.server_trainer is not None
+        if self.stream is not None:  # the server's labels in the current stage's domain
+            self.server_trainer.x = self.stream.server_images(*self._server_set, server_round)
         self.model.load_state_dict(arrays.to_torch_state_dict())
         info.update(self.server_trainer.step(self.model, server_round))
         return ArrayRecord(self.model.state_dict())
 
     def _diverged(self, rnd: int, row: dict[str, Any], st: _State) -> bool:
         loss = row["loss"]
+        if (self.stream is not None and math.isfinite(loss) and len(st.rows) > 1
+                and row.get("stage") != st.rows[-2].get("stage")):
+            st.best_loss = loss  # a new stage is a new domain: its loss anchors the check
         if math.isfinite(loss) and loss <= self.cfg.server.divergence_factor * max(st.best_loss, 1e-3):
             st.best_loss = min(st.best_loss, loss)
             return False
@@ -221,6 +239,7 @@ class ServerRunner:
             "strategy": self.strategy.state_dict(), "rows": st.rows, "wall_s": wall_s,
             "best_loss": st.best_loss, "run_id": self.run_id,
             **({"server_training": self.server_trainer.state_dict()} if self.server_trainer else {}),
+            **({"stream": self.stream.state_dict()} if self.stream else {}),
         })
         st.last_ckpt = rnd
 
@@ -228,6 +247,8 @@ class ServerRunner:
         self.strategy.load_state_dict(ckpt["strategy"])
         if self.server_trainer is not None:
             self.server_trainer.load_state_dict(ckpt.get("server_training", {}))
+        if self.stream is not None:
+            self.stream.load_state_dict(ckpt["stream"])
         st.rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
         st.start_round, st.wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
         st.best_loss, st.last_ckpt = ckpt["best_loss"], ckpt["round"]
@@ -246,10 +267,13 @@ class ServerRunner:
             "seen_classes": list(range(cfg.num_seen)),
             "local_unseen_classes": local,
             "global_unseen_classes": glob,
+            **({"confusion_matrix": self.confusion} if self.confusion is not None else {}),
             "rounds_completed": final.get("round", 0),
             "elapsed_s": elapsed,
             "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
             "config": cfg.to_dict(),
+            **({"stream": self.stream.summary()} if self.stream else {}),
+            **self.provenance,  # versions of fedssl, flwr, torch, ray; the git commit
         }
         runlog.write_json(self.out / "summary.json", summary)
         return summary
@@ -265,15 +289,29 @@ class _State:
         self.train_s: list[float] = []  # per round: sample, send, train, validate, aggregate
 
 
+def _stream_tracker(cfg: Config, test_y: np.ndarray) -> Any:
+    if not cfg.stream.stages:
+        return None
+    from server.stream import StreamTracker
+
+    return StreamTracker(cfg, test_y)
+
+
 def load_server_trainer(cfg: Config) -> ServerTrainer | None:
     """Labels at server: the trainer on the server's own labeled set, drawn from the
     train split exactly as the clients' partition sets it aside (None when off)."""
-    m = cfg.data.server_labels_per_class
-    if m <= 0:
+    if cfg.data.server_labels_per_class <= 0:
         return None
-    splits = load_dataset(cfg.data, cfg.run.seed)
-    idx = server_labeled(np.asarray(splits.train_y).astype(np.int64), m, splits.num_classes, cfg.run.seed, cfg.data.partition)
+    splits, idx = server_index(cfg)
     return build_server_trainer(cfg, splits.train_x, splits.train_y, idx)
+
+
+def server_index(cfg: Config) -> tuple[Any, np.ndarray]:
+    """(dataset splits, train positions of the server's labeled samples)."""
+    splits = load_dataset(cfg.data, cfg.run.seed)
+    m = cfg.data.server_labels_per_class
+    return splits, server_labeled(np.asarray(splits.train_y).astype(np.int64), m, splits.num_classes, cfg.run.seed,
+                                  cfg.data.partition)
 
 
 def load_test_split(cfg: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
+from fedssl.stream.stages import check_stages
 from fedssl.simulation import WARM_RAY_ENV, RunError, local_ray_resources
 from fedssl.training import model_kwargs
 from strategies import inner_strategy
@@ -91,6 +92,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
 
         load_checkpoint(Path(cfg.run.out_dir))
     splits, _ = client_shard(cfg.data, cfg.run.seed, 0)
+    check_stages(cfg)  # an incremental run's stages must fit the dataset
     write_partition_counts(cfg, splits)
     model_bytes = state_nbytes(build_model(cfg.model.name, **model_kwargs(cfg, splits)))
     inner_strategy(cfg)

@@ -267,10 +267,14 @@ class _Tally:
         self.updates: list[tuple[int, RecordDict]] = []
         self.timing: dict[str, float] = {}
         self.train: dict[str, list[float]] = {}
+        self.stream: dict[int, dict[str, float]] = {}  # [stream]: each client's memory report
 
     def accept(self, pid: int, content: RecordDict) -> None:
         self.updates.append((pid, content))
         m = content["metrics"]
+        report = {k: float(m[k]) for k in m.keys() if k.startswith("stream_")}  # type: ignore[arg-type]
+        if report:
+            self.stream[pid] = report
         names = sorted(k for k in m.keys() if k.startswith("train_") and k != P.PRESENT_KEY)
         present = m.get(P.PRESENT_KEY)
         if not (isinstance(present, list) and len(present) == len(names)):
@@ -290,6 +294,7 @@ class _Tally:
         # sorted: replies arrive in any order, and float sums depend on it (exact resume)
         out.update({k: float(np.mean(sorted(v))) for k, v in self.train.items()})
         out.update({k: v / max(1, len(self.updates)) for k, v in self.timing.items()})
+        out["stream_clients"] = self.stream  # not a number: kept in last_round, not in the MetricRecord
         return out
 
 
