@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedssl.config.schema import (SECTIONS, ClientConfig, Config, DataConfig, Key, Params, algorithm_keys, keys,
+from fedssl.config.schema import (PARTITIONS, SECTIONS, ClientConfig, Config, DataConfig, Key, Params, algorithm_keys, keys,
                                   section_of, shared_keys)
 from fedssl.plugins import PluginError, is_import_path
 from fedssl.registry import ALGORITHMS
@@ -73,7 +73,7 @@ def list_value(name: str, value: Any, source: str = "") -> Any:
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
         return ",".join(value)
-    return value
+    return ",".join(v.strip() for v in value.split(",")) if isinstance(value, str) else value
 
 
 def check_key(k: Key, value: Any, source: str = "") -> Any:
@@ -117,6 +117,18 @@ def check_class_counts(d: DataConfig, k: int) -> None:
     unseen = k - (d.seen_classes or k)
     _require(0 <= d.globally_unseen <= unseen, f"data.globally_unseen must be in [0, {unseen}] (the number "
              f"of unseen classes), got {d.globally_unseen}")
+
+
+FLWR_PARTITION = "flwr:"  # data.partition = "flwr:<Flower Datasets partitioner class>"
+
+
+def _check_partition(cfg: Config) -> None:
+    """fedssl's own scheme, or a Flower Datasets partitioner whose class and arguments are
+    checked when the data is split (importing flwr-datasets here would slow ``fedssl config``)."""
+    p = cfg.data.partition
+    _require(p in PARTITIONS or (p.startswith(FLWR_PARTITION) and p[len(FLWR_PARTITION):].isidentifier()),
+             f"data.partition: unknown partition {p!r} (choose from {', '.join(PARTITIONS)}, "
+             f"or give 'flwr:<PartitionerClass>')")
 
 
 def _check_classes(cfg: Config) -> None:
@@ -185,7 +197,8 @@ def _check_stream(cfg: Config) -> None:
 
 
 # Checks that span keys; single-key checks come from the schema declarations.
-CROSS_CHECKS: list[Callable[[Config], None]] = [_check_classes, _check_clients, _check_client, _check_stream]
+CROSS_CHECKS: list[Callable[[Config], None]] = [_check_partition, _check_classes, _check_clients, _check_client,
+                                                _check_stream]
 
 
 def fault_clients(cfg: Config) -> list[int]:

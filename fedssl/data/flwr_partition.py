@@ -28,7 +28,7 @@ import numpy as np
 
 from fedssl.config import ConfigError, DataConfig
 from fedssl.config.params import accepted_params, parse_params, required_params
-from fedssl.config.schema import FLWR_PARTITION
+from fedssl.config.validate import FLWR_PARTITION
 from fedssl.runlog import write_atomic
 from fedssl.seeding import derive_seed
 
