@@ -29,7 +29,7 @@ from fedssl.registry import ALGORITHM_NAMES, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
-MODELS = ("cnn", "resnet18")
+MODELS = ("cnn", "cnn_bn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 PSEUDO_LABEL_SLOTS = ("all", "unseen")
 PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen", "no_seen_swap", "prototype")
