@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 OUT     ?= runs/quickstart
 
-.PHONY: setup data containers run test bench-sim bench-openworld clean
+.PHONY: setup data containers run test test-fast bench-sim bench-openworld clean
 
 $(BIN)/fedssl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15
+
+# unit tests only (no federation, process or server; tests/conftest.py marks those `system`)
+test-fast: $(BIN)/fedssl
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not system" --timeout=300 --durations=10
 
 bench-sim: setup
 	$(BIN)/python benchmarks/sim_overhead.py

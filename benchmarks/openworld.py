@@ -28,7 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
-from fedssl.config import resolve
+from fedssl.config import own_keys_only, resolve
 from fedssl.simulation import run_experiment
 
 SETTING = {
@@ -36,7 +36,7 @@ SETTING = {
     "data.globally_unseen": 1, "data.num_clients": 5, "data.labeled_ratio": 0.5,
     # ORCA/FedoSSL from a random init need a supervised warm start: with 1 round of
     # 10 steps, 1 seed in 3 collapsed to a constant output (see fedssl/algorithms/orca.py)
-    "client.pretrain_rounds": 3,
+    "client.orca.pretrain_rounds": 3, "client.fedossl.pretrain_rounds": 3,
 }
 METHODS = {  # name -> (server.strategy, client.algorithm)
     "fedavg+supervised": ("fedavg", "supervised"),
@@ -52,7 +52,7 @@ def run_one(run_dir: Path, overrides: dict[str, object]) -> dict[str, object]:
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    return run_experiment(resolve(overrides={**overrides, "run.out_dir": str(run_dir)}), quiet=True)
+    return run_experiment(resolve(overrides=own_keys_only({**overrides, "run.out_dir": str(run_dir)})), quiet=True)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedssl import __version__
 from fedssl.config import ConfigError, parse_set, resolve
 
 EXIT_BAD_INPUT = 2
@@ -108,6 +109,7 @@ SUBCOMMAND_MODULES = ("fedssl.bench.cli", "fedssl.report.cli", "fedssl.deploy.cl
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedssl", description="Federated semi-supervised learning on Flower + Ray.")
+    p.add_argument("--version", action="version", version=f"fedssl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run one experiment as a Flower simulation (Ray backend)")

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedssl import protocol as P
 from fedssl import runlog
-from fedssl.algorithms import ALGORITHMS
+from fedssl.versions import provenance
 from fedssl.config import Config
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
@@ -61,18 +61,19 @@ class ServerRunner:
         self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
         self.server_update = server_update
         self.out = Path(cfg.run.out_dir)
+        self.provenance = provenance()  # once: it asks git
         self.console = Console(stderr=True, quiet=quiet)
         test_x, self.test_y = load_test_split(cfg)
         self.test_x = normalize(torch.from_numpy(np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))))
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, num_classes=cfg.num_classes, in_channels=test_x.shape[-1],
                                  image_size=test_x.shape[1],
-                                 cosine_head=ALGORITHMS[cfg.client.algorithm].open_world)
+                                 cosine_head=cfg.algorithm_class.open_world)
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
         self._collapse_warned, self._init_share = False, math.nan
-        pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
+        pairs_with = cfg.algorithm_class.pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
                         "get no server payload and train without it", cfg.client.algorithm,
@@ -247,6 +248,7 @@ class ServerRunner:
             "elapsed_s": elapsed,
             "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
             "config": cfg.to_dict(),
+            **self.provenance,  # versions of fedssl, flwr, torch, ray; the git commit
         }
         runlog.write_json(self.out / "summary.json", summary)
         return summary

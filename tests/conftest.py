@@ -134,3 +134,46 @@ def wait_for(cond, timeout: float, what: str):
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
+
+
+# -- test tiers ---------------------------------------------------------------
+#: Names whose use makes a test a system test: it starts a federation, a process or a
+#: server. `make test-fast` deselects those (`-m "not system"`); `make test` runs all.
+SYSTEM_NAMES = frozenset({"run_cli", "run_experiment", "subprocess", "kill9_after_checkpoint", "run_simulation",
+                          "LocalFederation", "ContainerFederation", "BenchRunner", "Popen", "run_notebook",
+                          "mlflow_server", "fedssl_run", "run_api"})
+
+
+def _names(code, found: set[str]) -> None:
+    found.update(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            _names(c, found)
+
+
+def _starts_system(fn, seen: set[int]) -> bool:
+    """Whether ``fn``, or a function or fixture of the test modules it calls, names a
+    :data:`SYSTEM_NAMES` entry (followed through module globals, so helpers count)."""
+    fn = getattr(fn, "__wrapped__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    names: set[str] = set()
+    _names(code, names)
+    if names & SYSTEM_NAMES:
+        return True
+    glb = getattr(fn, "__globals__", {})
+    return any(_starts_system(glb[n], seen) for n in names
+               if n in glb and callable(glb[n]) and getattr(glb[n], "__module__", "").startswith(("test", "conftest")))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark system tests from what they use (their code, helpers and fixtures), never by hand."""
+    for item in items:
+        fns = [getattr(item, "function", None)]
+        for defs in getattr(item, "_fixtureinfo", None).name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else ():
+            fns += [d.func for d in defs]
+        seen: set[int] = set()
+        if any(f is not None and _starts_system(f, seen) for f in fns):
+            item.add_marker(pytest.mark.system)

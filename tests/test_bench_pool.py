@@ -37,7 +37,6 @@ def _non_timing(run: Path) -> tuple[pd.DataFrame, dict]:
     return m, {k: v for k, v in final.items() if k not in TIMING and not k.startswith("t_")}
 
 
-@pytest.mark.slow
 def test_pooled_cells_equal_isolated_runs(tmp_path):
     """Three cells through one warm worker (two algorithms, two seeds: caches, RNG and
     client state of one cell would show in the next) against each cell's config run
@@ -89,7 +88,6 @@ def _cell_process(bench_pid: int, cell_log: Path) -> tuple[int, int] | None:
     return None
 
 
-@pytest.mark.slow
 def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     """Cell 1's process gets SIGSEGV, the worker running cell 2 gets SIGKILL: both are
     recorded as failed like a crashed `fedssl run`, nothing of theirs is left running,
@@ -140,7 +138,6 @@ def test_killed_cell_and_killed_worker_are_isolated(tmp_path):
     assert all(report.read_json(out / "cells" / f"{c.id}.json")["status"] == "ok" for c in g.cells)
 
 
-@pytest.mark.slow
 def test_fresh_process_flag_runs_cells_without_the_worker(tmp_path):
     """--fresh-process: each cell is its own `fedssl run` child, as before the pool."""
     grid = _grid(tmp_path, '"client.algorithm" = ["supervised"]')

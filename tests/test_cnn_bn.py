@@ -52,9 +52,10 @@ CASES = [(n, 6) for n in sorted(ALGORITHMS)] + [(n, 0) for n in sorted(ALGORITHM
 
 @pytest.mark.parametrize("name, labeled", CASES)
 def test_every_algorithm_trains_cnn_bn(name, labeled):
+    # a low threshold, so that an untrained model's pseudo-labels pass it
+    low = {f"client.{name}.threshold": 0.05} if "threshold" in ALGORITHMS[name].params_class.__dataclass_fields__ else {}
     cfg = resolve(overrides={"client.algorithm": name, "client.local_steps": 2, "client.batch_size": 4,
-                             "client.uratio": 2, "client.threshold": 0.05, "federation.rounds": 4,
-                             "model.name": "cnn_bn",
+                             "client.uratio": 2, "federation.rounds": 4, "model.name": "cnn_bn", **low,
                              **({"data.seen_classes": 6} if ALGORITHMS[name].open_world else {})})
     model = build_model("cnn_bn", cfg.num_classes, cosine_head=ALGORITHMS[name].open_world)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -78,7 +79,7 @@ def test_labels_at_server_with_cnn_bn_recomputes_bn_on_server_data(tmp_path):
     from server.loop import load_server_trainer
 
     over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                             "client.algorithm": "semifl", "client.threshold": 0.3, "model.name": "cnn_bn",
+                             "client.algorithm": "semifl", "client.semifl.threshold": 0.3, "model.name": "cnn_bn",
                              "server.strategy": "fedavgm", "server.server_momentum": 0.5,
                              "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1})
     cfg = resolve(overrides=over)

@@ -37,7 +37,6 @@ from fedssl.containers import (
 from fedssl.data.export import export_shards
 from tests.conftest import FMNIST, ROOT, assert_bad_input, run_cli
 
-pytestmark = pytest.mark.slow
 
 SMALL = {
     "data.dataset": "synthetic", "data.partition": "iid", "data.num_clients": 3,

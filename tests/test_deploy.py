@@ -251,7 +251,6 @@ def _metrics(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow
 @needs_flower
 def test_deploy_local_matches_simulation(tmp_path):
     """(a) `fedssl deploy local`: real flower-superlink + 3 flower-supernode (insecure,
@@ -296,7 +295,6 @@ def test_deploy_local_matches_simulation(tmp_path):
     print(f"deploy local: {t_dep:.0f} s")
 
 
-@pytest.mark.slow
 @needs_flower
 def test_tls_and_supernode_auth_refuse_an_unregistered_node(tmp_path):
     """(b) TLS + SuperNode authentication: a node whose key is not registered is
@@ -324,7 +322,6 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_node(tmp_path):
     assert "root-certificates" in conn and "insecure" not in conn
 
 
-@pytest.mark.slow
 @needs_flower
 def test_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
     """(c) a SuperNode killed during round 2: the round waits federation.round_timeout,
@@ -356,7 +353,6 @@ def test_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
     assert dropped and any(("did not reply within" in ln) or ("failed" in ln) for ln in dropped), log[-3000:]
 
 
-@pytest.mark.slow
 @needs_flower
 def test_late_supernode_is_used_from_the_next_round(tmp_path):
     """A SuperNode that joins while round 1 runs is sampled from a later round on."""
@@ -421,7 +417,6 @@ def veth_namespaces():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-@pytest.mark.slow
 @needs_flower
 def test_superlink_and_supernodes_in_separate_network_namespaces(tmp_path, veth_namespaces):
     """(d) SuperLink in one network namespace, SuperNodes and the CLI in another, joined

@@ -18,7 +18,7 @@ def test_fedossl_payload_round_trip(tmp_path):
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
         "data.num_clients": 3, "federation.rounds": 2, "client.local_steps": 3,
         "client.algorithm": "fedossl", "server.strategy": "fedossl",
-        "client.warmup_rounds": 1, "client.pretrain_rounds": 0}))
+        "client.fedossl.warmup_rounds": 1, "client.fedossl.pretrain_rounds": 0}))
     summary = run_experiment(cfg, quiet=True)
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2
 
@@ -51,7 +51,7 @@ def test_fedossl_algorithm_with_another_strategy_warns_once_and_runs(tmp_path):
     over = tiny(tmp_path / "r", **{
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
         "data.num_clients": 3, "federation.rounds": 2, "client.local_steps": 2,
-        "client.algorithm": "fedossl", "server.strategy": "fedavg", "client.pretrain_rounds": 0})
+        "client.algorithm": "fedossl", "server.strategy": "fedavg", "client.fedossl.pretrain_rounds": 0})
     proc = run_cli("run", "--quiet", *as_set_flags(over))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -70,7 +70,7 @@ def test_fedossl_kill9_then_resume_equals_uninterrupted(tmp_path):
     over = tiny(tmp_path / "killed", **{
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
         "data.num_clients": 3, "federation.rounds": 4, "client.local_steps": 20,
-        "client.algorithm": "fedossl", "server.strategy": "fedossl", "client.pretrain_rounds": 0,
+        "client.algorithm": "fedossl", "server.strategy": "fedossl", "client.fedossl.pretrain_rounds": 0,
         "server.fedossl_sgd_steps": 50, "run.checkpoint_every": 1})
     killed = tmp_path / "killed"
     kill9_after_checkpoint(over, killed)
