@@ -50,7 +50,9 @@ COLLAPSE_SHARE = 0.95  # a trained 10-class model never gives one answer this of
 VARIED_SHARE = 0.5  # ...and has once given varied answers (an untrained one often does not)
 
 #: An optional server step after aggregation: (aggregated arrays, round) -> arrays
-#: (e.g. training on a labeled set the server holds).
+#: (e.g. training on a labeled set the server holds). Its output is what the clients
+#: receive next round and the strategy's reference for their update
+#: (strategies/reference.py).
 ServerUpdate = Callable[[ArrayRecord, int], ArrayRecord]
 
 

@@ -30,7 +30,7 @@ from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
-MODELS = ("cnn", "resnet18")
+MODELS = ("cnn", "cnn_bn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
