@@ -9,7 +9,7 @@ holding ``labels`` samples per class and training on them after every aggregatio
                global model untouched; all learning is the server's (the baseline)
   fixmatch     FedAvg + FixMatch (per-client EMA teacher), + server step
   semifl       SemiFL: fixed global pseudo-labels, Fix + Mix loss, equal weights,
-               FedAvgM with lr 1 and momentum 0.5 (IID) / 0.1 (non-IID)
+               FedAvgM with lr 1 and momentum 0.5 in every partition (SemiFL's make.py)
   fedsto       FedSTO: backbone-only phase, then full training with SRIP on the head
   fl2          (FL)^2: client-specific adaptive thresholds, ASAM consistency on the
                confident samples, updates weighted by 1 - the client's mean confidence;
@@ -69,10 +69,7 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
         if method == "central":
             o.update({"data.server_labels_per_class": 0, "data.labeled_ratio": labels / TRAIN_PER_CLASS,
                       "server.train_steps": 0, "server.warmup_steps": 0})
-    if method == "semifl":  # SemiFL's global momentum: 0.5 IID, 0.1 non-IID, server lr 1
-        o.update({"server.strategy": "fedavgm", "server.server_lr": 1.0,
-                  "server.server_momentum": 0.5 if partition == "iid" else 0.1})
-    if method == "fl2":  # (FL)^2's code: global momentum 0.5, server lr 1, in every partition
+    if method in ("semifl", "fl2"):  # both codes: global momentum 0.5 in every partition, server lr 1
         o.update({"server.strategy": "fedavgm", "server.server_lr": 1.0, "server.server_momentum": 0.5})
     return o
 

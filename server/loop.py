@@ -39,6 +39,7 @@ from fedssl.models import build_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
+from fedssl.tracking import Trackers
 from strategies import build_strategy
 from strategies.wrapper import FedSSLStrategy, is_simulation_grid
 
@@ -49,7 +50,9 @@ COLLAPSE_SHARE = 0.95  # a trained 10-class model never gives one answer this of
 VARIED_SHARE = 0.5  # ...and has once given varied answers (an untrained one often does not)
 
 #: An optional server step after aggregation: (aggregated arrays, round) -> arrays
-#: (e.g. training on a labeled set the server holds).
+#: (e.g. training on a labeled set the server holds). Its output is what the clients
+#: receive next round and the strategy's reference for their update
+#: (strategies/reference.py).
 ServerUpdate = Callable[[ArrayRecord, int], ArrayRecord]
 
 
@@ -118,6 +121,7 @@ class ServerRunner:
         self.run_id = ckpt["run_id"] if ckpt is not None else runlog.new_run_id()
         ClientStateStore(self.state_dir).retain(self.run_id, ckpt["round"] if ckpt is not None else None)
         runlog.write_config(out, cfg.to_toml(), self.run_id)
+        trackers = Trackers(cfg, out, self.run_id)  # run.tracking: fed the rows of metrics.csv
         if ckpt is not None:
             arrays = self._resume(ckpt, st)
         if self.server_trainer is not None and st.start_round == 1:  # warm-up before round 1
@@ -143,6 +147,7 @@ class ServerRunner:
                     row["round_s"] = time.time() - t_round
                     st.rows.append(row)
                     runlog.write_metrics(out, st.rows)
+                    trackers.log_row(row)
                     self._warn_collapse(rnd, row, st)
                     if self._diverged(rnd, row, st):
                         break
@@ -150,7 +155,9 @@ class ServerRunner:
                 progress.advance(task)
                 if cfg.run.checkpoint_every and (rnd % cfg.run.checkpoint_every == 0 or rnd == rounds):
                     self._checkpoint(rnd, arrays, st, st.wall_offset + time.time() - t_start)
-        return self._summary(st, st.wall_offset + time.time() - t_start)
+        summary = self._summary(st, st.wall_offset + time.time() - t_start)
+        trackers.finish(st.status)
+        return summary
 
     def _round(self, rnd: int, arrays: ArrayRecord, keep_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
         """One round through Flower's strategy verbs."""

@@ -30,7 +30,7 @@ from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
-MODELS = ("cnn", "resnet18")
+MODELS = ("cnn", "cnn_bn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
@@ -96,7 +96,8 @@ class DataConfig:
                        "(train_x, train_y, test_x, test_y, class_names) as numpy arrays", choices=DATASETS,
                        plugin="function", check=_dataset_plugin)
     root: str = key("", "dataset directory; empty = the dataset's default location")
-    partition: str = key("dirichlet", "how labels are split over clients", choices=PARTITIONS)
+    partition: str = key("dirichlet", f"how samples are split over clients: {' | '.join(PARTITIONS)} | 'flwr:<Class>'")
+    partition_params: str = key("", "flwr:<Class>'s arguments: 'name = value, ...' (TOML values)")
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
     classes_per_client: int = key(2, "classes per client under partition=pathological", ge=1)
     num_clients: int = key(20, "number of clients (partitions)", ge=1)
@@ -194,6 +195,8 @@ class RunConfig:
     eval_every: int = key(1, "evaluate every N rounds (the last round always)", ge=1)
     checkpoint_every: int = key(1, "checkpoint every N rounds; 0 = never", ge=0)
     out_dir: str = key("runs/default", "output directory (--out sets it)", flwr="runs/flwr")
+    tracking: str = key("", "experiment trackers fed every round's metrics, a list; empty = off",
+                        choices=("tensorboard", "mlflow"), each=True)
 
 
 @dataclass(frozen=True)
@@ -219,14 +222,8 @@ class StreamConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "federation": FederationConfig,
-    "client": ClientConfig,
-    "server": ServerConfig,
-    "model": ModelConfig,
-    "run": RunConfig,
-    "faults": FaultsConfig,
-    "stream": StreamConfig,
+    "data": DataConfig, "federation": FederationConfig, "client": ClientConfig, "server": ServerConfig,
+    "model": ModelConfig, "run": RunConfig, "faults": FaultsConfig, "stream": StreamConfig,
 }
 
 

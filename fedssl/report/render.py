@@ -130,6 +130,10 @@ def render_run(run_dir: Path) -> dict[str, Path]:
     if png is not None:
         sections.append(html.image_section("Stages", "Accuracy matrix R (rows: after stage i; columns: test "
                                            "split in domain j) and accuracy per domain over rounds.", png))
+    partition = _partition_figure(run_dir)
+    if partition is not None:
+        sections.append(html.image_section("Partition", "Samples per class on each client "
+                                           "(hatched: labeled).", partition))
     write_atomic(run_dir / REPORT_HTML, html.page(title, f"{run_dir} · status: {status}", sections))
     out = {"report": run_dir / REPORT_HTML, "curve": curve}
     if per_class is not None:
@@ -138,7 +142,19 @@ def render_run(run_dir: Path) -> dict[str, Path]:
         out["confusion"] = confusion
     if png is not None:
         out["stream"] = png
+    if partition is not None:
+        out["partition"] = partition
     return out
+
+
+def _partition_figure(run_dir: Path) -> Path | None:
+    """The label distribution from the run's partition.csv (absent under `flwr run`)."""
+    from fedssl.data.plot import PARTITION_CSV, label_distribution_figure, read_counts_csv
+
+    if not (run_dir / PARTITION_CSV).exists():
+        return None
+    return plots.save(label_distribution_figure(read_counts_csv(run_dir / PARTITION_CSV)),
+                      run_dir / PLOTS / "partition.png")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
