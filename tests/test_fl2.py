@@ -185,7 +185,8 @@ def test_status_weights_by_hand_and_a_weightless_update_is_rejected(server_ident
 def las(out: Path, **extra) -> dict:
     return tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
                         "client.algorithm": "fl2", "client.local_steps": 4, "client.batch_size": 16,
-                        "client.uratio": 2, "server.strategy": "fedavgm", "server.server_momentum": 0.5,
+                        "client.uratio": 2, "client.fl2.sacr_threshold": 0.3,
+                        "server.strategy": "fedavgm", "server.server_momentum": 0.5,
                         "server.warmup_steps": 30, "server.train_steps": 10, **extra})
 
 
@@ -205,6 +206,7 @@ def test_fl2_runs_two_rounds_in_a_flower_simulation(tmp_path):
         status, weight = float(r["train_status"]), float(r["train_status_weight"])
         assert 0 < status < 1 and weight == pytest.approx(1 - status)
         assert float(r["train_mask"]) > 0 and float(r["acc_all"]) > 0.1
+        assert float(r["train_mask_sacr"]) > 0 and float(r["train_loss_sacr"]) > 0  # the SAM term ran
 
 
 def test_kill9_then_resume_keeps_the_client_status_exact(tmp_path):
@@ -229,8 +231,11 @@ def test_kill9_then_resume_keeps_the_client_status_exact(tmp_path):
     assert runlog.load_checkpoint(killed)["round"] == 4
 
 
-def test_saved_status_is_the_client_state():
-    cfg = resolve(overrides={"client.algorithm": "fl2", "client.local_steps": 2, "client.batch_size": 4})
+def test_a_cnn_client_round_runs_the_consistency_term_and_saves_its_status():
+    """Through the shared trainer on the CNN (whose backward needs the weights the
+    perturbed forward must not modify), with a low SACR threshold so the term runs."""
+    cfg = resolve(overrides={"client.algorithm": "fl2", "client.local_steps": 2, "client.batch_size": 4,
+                             "client.fl2.sacr_threshold": 0.01})
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8, generator=g)
     data = ClientData(x[:0], torch.zeros(0, dtype=torch.long), x, torch.randint(0, 10, (12,), generator=g),
@@ -240,4 +245,5 @@ def test_saved_status_is_the_client_state():
     model = build_model("cnn", 10)
     res = train_client(model, build_algorithm(cfg), data, cfg, server_round=1, partition_id=0, state=None)
     assert set(res.state) == {"algo.status", "algo.class_confidence"}
+    assert res.metrics["train_mask_sacr"] > 0 and 0 < res.metrics["train_loss_sacr"] < float("inf")
     assert res.metrics["train_status_weight"] == pytest.approx(1 - res.state["algo.status"].item())

@@ -23,10 +23,9 @@ on weight tensors (1 on biases; T = 1 everywhere for plain SAM):
 
 (the target z_i is detached; T = client.fl2.temperature divides the perturbed logits
 only, as in the reference). The loss handed to the shared trainer is
-
-    lambda_u * CE(z_S, y_S) + L_sa + <w, grad L_sa(w + eps)> - its value
-
-whose gradient is exactly the step gradient above and whose value is the objective.
+lambda_u * CE(z_S, y_S) + L_sa, with L_sa computed by calling the model with the
+weights w + eps (``torch.func.functional_call``, eps detached), so that its gradient
+is the step gradient above and the module's weights are never touched.
 
 Learning-status-aware aggregation: each client reports ``status_weight`` = 1 - tau_g
 (``train_status_weight`` in its reply); :attr:`weight_key` makes the server's
@@ -137,12 +136,12 @@ class FL2(Algorithm):
         x, y = batch.x_u[0][selected], y_hat[selected]
         logits = model(x)
         loss_u = F.cross_entropy(logits, y)
-        loss_sacr, link = sacr(model, x, logits, y, confident, self.params)
-        out.update(loss_u=loss_u.detach(), loss_sacr=loss_sacr)
+        loss_sacr = sacr(model, x, logits, y, confident, self.params)
+        out.update(loss_u=loss_u.detach(), loss_sacr=loss_sacr.detach())
         pl_acc = metrics_mod.pseudo_label_accuracy(y_hat, batch.y_u, selected)  # hidden labels: diagnostics
         if pl_acc is not None:
             out["pl_acc"] = pl_acc
-        return total + self.params.lambda_u * loss_u + loss_sacr + (link - link.detach()), out
+        return total + self.params.lambda_u * loss_u + loss_sacr, out
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
         self._probs = self._tau = None  # do not keep a client's predictions past its round
@@ -180,33 +179,20 @@ def perturbation(named: Sequence[tuple[str, torch.Tensor]], grads: Sequence[torc
 
 
 def sacr(model: nn.Module, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, confident: torch.Tensor,
-         p: FL2Params) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_sa, link) on the selected batch ``x`` with logits ``logits`` at w: L_sa's value
-    at w + eps (a detached scalar) and a term linear in the weights whose gradient is
-    grad L_sa(w + eps). Both zero when no selected sample is confident. The weights
-    are put back bit for bit."""
-    zero = logits.new_zeros(())
+         p: FL2Params) -> torch.Tensor:
+    """L_sa on the selected batch ``x`` whose logits at w are ``logits``: the model is
+    called with the weights w + eps (eps detached), so the gradient of the result with
+    respect to w is grad L_sa at w + eps, SAM's step gradient. The module's own weights
+    are never modified. Zero when no selected sample is confident."""
     if not confident.any():
-        return zero, zero
+        return logits.new_zeros(())
     named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
-    params = [q for _, q in named]
-    grads = torch.autograd.grad(F.cross_entropy(logits[confident], y[confident]), params, retain_graph=True,
-                                allow_unused=True)
-    eps = perturbation(named, list(grads), p.rho, p.eta, p.sam == "asam")
-    saved = [q.detach().clone() for q in params]
-    try:
-        with torch.no_grad():
-            for q, e in zip(params, eps):
-                if e is not None:
-                    q.add_(e)
-        value = sacr_kl(model(x), logits.detach(), confident, p.temperature)
-        kl_grads = torch.autograd.grad(value, params, allow_unused=True)
-    finally:
-        with torch.no_grad():
-            for q, s in zip(params, saved):
-                q.copy_(s)
-    link = sum(((q * g).sum() for q, g in zip(params, kl_grads) if g is not None), zero)
-    return value.detach(), link
+    grads = torch.autograd.grad(F.cross_entropy(logits[confident], y[confident]), [q for _, q in named],
+                                retain_graph=True, allow_unused=True)
+    eps = perturbation(named, grads, p.rho, p.eta, p.sam == "asam")
+    perturbed = {n: q if e is None else q + e for (n, q), e in zip(named, eps)}
+    z_hat = torch.func.functional_call(model, perturbed, (x,))
+    return sacr_kl(z_hat, logits.detach(), confident, p.temperature)
 
 
 def sacr_kl(perturbed: torch.Tensor, target: torch.Tensor, confident: torch.Tensor,
