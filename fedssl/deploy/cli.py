@@ -19,32 +19,42 @@ from fedssl.deploy.commands import (
 NODE_CONFIG_HELP = "also check the shard against this run config"
 
 
+def _federation_parser(dsub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand that brings a federation up: ``--clients`` first."""
+    p = dsub.add_parser(name, help=help, description=description)
+    p.add_argument("--clients", type=int, metavar="N", help="number of SuperNodes (sets data.num_clients)")
+    return p
+
+
+def _add_run_flags(p: argparse.ArgumentParser, quiet_help: str, func: Any) -> None:
+    """The flags that end every federation subcommand: its time limit, output and noise."""
+    p.add_argument("--timeout", type=float, help="give up when the run takes longer (seconds)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+    p.set_defaults(func=func)
+
+
 def _add_local(dsub: Any) -> None:
-    loc = dsub.add_parser("local", help="SuperLink + N SuperNodes on this machine, then `flwr run`",
-                          description="Start flower-superlink and N flower-supernode processes on "
-                                      "127.0.0.1 (one exported data shard each), run the experiment "
-                                      "with `flwr run --stream`, write metrics.csv, summary.json and "
-                                      "config.toml to --out, and stop every process.")
-    loc.add_argument("--clients", type=int, metavar="N", help="number of SuperNodes (sets data.num_clients)")
+    loc = _federation_parser(
+        dsub, "local", "SuperLink + N SuperNodes on this machine, then `flwr run`",
+        "Start flower-superlink and N flower-supernode processes on 127.0.0.1 (one exported data "
+        "shard each), run the experiment with `flwr run --stream`, write metrics.csv, summary.json "
+        "and config.toml to --out, and stop every process.")
     add_config_flags(loc)
     loc.add_argument("--out", help="output directory (sets run.out_dir); process logs go to OUT/deploy/logs")
     loc.add_argument("--tls", action="store_true", help="TLS between SuperNodes/CLI and SuperLink (fresh local CA)")
     loc.add_argument("--auth", action="store_true",
                      help="SuperNode authentication (implies --tls): register one key pair per node")
-    loc.add_argument("--timeout", type=float, help="give up when the run takes longer (seconds)")
-    loc.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    loc.add_argument("--quiet", action="store_true", help="no streamed logs; errors and the final table only")
-    loc.set_defaults(func=cmd_local)
+    _add_run_flags(loc, "no streamed logs; errors and the final table only", cmd_local)
 
 
 def _add_containers(dsub: Any) -> None:
-    c = dsub.add_parser("containers", help="SuperLink, N SuperNodes and the ServerApp in containers, then `flwr run`",
-                        description="Build (or reuse) fedssl's images offline, export one shard per SuperNode, "
-                                    "start a SuperLink, N SuperNode + ClientApp container pairs and the "
-                                    "ServerApp with podman-compose or docker compose, run the experiment with "
-                                    "`flwr run`, leave metrics.csv / summary.json in --out, and remove the "
-                                    "containers.")
-    c.add_argument("--clients", type=int, metavar="N", help="number of SuperNodes (sets data.num_clients)")
+    c = _federation_parser(
+        dsub, "containers", "SuperLink, N SuperNodes and the ServerApp in containers, then `flwr run`",
+        "Build (or reuse) fedssl's images offline, export one shard per SuperNode, start a SuperLink, "
+        "N SuperNode + ClientApp container pairs and the ServerApp with podman-compose or docker "
+        "compose, run the experiment with `flwr run`, leave metrics.csv / summary.json in --out, and "
+        "remove the containers.")
     c.add_argument("--engine", choices=["podman", "docker"], help="container engine (default: podman, else docker)")
     c.add_argument("--tls", action="store_true",
                    help="TLS (certificates as from `fedssl deploy certs`) + SuperNode authentication")
@@ -55,10 +65,7 @@ def _add_containers(dsub: Any) -> None:
                    help="build on Flower's official images from a registry, installing from the package "
                         "indexes (default: offline, local Debian base + host-built wheelhouse)")
     c.add_argument("--build-only", action="store_true", help="build the images and stop")
-    c.add_argument("--timeout", type=float, help="give up when the run takes longer (seconds)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    c.add_argument("--quiet", action="store_true", help="errors and the final table only")
-    c.set_defaults(func=cmd_containers)
+    _add_run_flags(c, "errors and the final table only", cmd_containers)
 
 
 def _add_certs(dsub: Any) -> None:
