@@ -134,9 +134,8 @@ class ContainerFederation(Federation):
         self.engine.run("kill", "--signal", "KILL", self.name(service))
 
     def stop(self) -> None:
-        """End the ``flwr`` CLI, save every container's log to logs/, remove containers,
-        networks and volumes, and hand the output files back to the invoking user."""
-        super().stop()
+        """Save every container's log to logs/, remove containers, networks and volumes,
+        end the ``flwr`` CLI, and hand the output files back to the invoking user."""
         if self.up:
             spec = json.loads((self.workdir / "compose.yml").read_text())
             for service in spec["services"]:
@@ -148,6 +147,7 @@ class ContainerFederation(Federation):
             self.engine.run("network", "rm", *(f"{self.project}_{n}" for n in spec["networks"]), check=False)
             self.engine.run("volume", "rm", *(f"{self.project}_{v}" for v in spec["volumes"]), check=False)
             self.up = False
+        super().stop()  # after the containers, so its sweep for tagged strays meets none of theirs
         if os.getuid() == 0:
             for path in (self.out, self.workdir):
                 _chown_tree(path, os.getuid(), os.getgid())

@@ -48,7 +48,8 @@ class LocalFederation(Federation):
         self.nodes: dict[str, Proc] = {}
         self.node_ids: dict[str, int] = {}
 
-    def _wait_log(self, proc: Proc, pattern: re.Pattern, what: str, offset: int = 0) -> re.Match:
+    def wait_log(self, proc: Proc, pattern: re.Pattern, what: str, offset: int = 0) -> re.Match:
+        """Wait until ``pattern`` shows up in ``proc``'s log (after byte ``offset``)."""
         def read() -> str:
             try:
                 return proc.log.read_text(errors="replace")[offset:]
@@ -81,7 +82,7 @@ class LocalFederation(Federation):
             offset = log.stat().st_size if log.exists() else 0
             link = self.procs.start("superlink", cmd, log, self.env(self.workdir / "home-superlink"), self.app)
             try:
-                self._wait_log(link, READY_LINK, "the SuperLink", offset)
+                self.wait_log(link, READY_LINK, "the SuperLink", offset)
                 break
             except DeployError:
                 if attempt == 2 or not PORT_TAKEN.search(log.read_text(errors="replace")[offset:]):
@@ -111,7 +112,7 @@ class LocalFederation(Federation):
                                 self.env(self.workdir / f"home-{name}"), self.app)
         self.nodes[name] = proc
         if wait:
-            m = self._wait_log(proc, READY_NODE, f"SuperNode {name}")
+            m = self.wait_log(proc, READY_NODE, f"SuperNode {name}")
             self.node_ids[name] = int(m.group(1))
         return proc
 
@@ -133,7 +134,7 @@ class LocalFederation(Federation):
             self.start_node(f"supernode-{i}", nc, keys.get(i), wait=False)
         for i in range(n):
             name = f"supernode-{i}"
-            m = self._wait_log(self.nodes[name], READY_NODE, f"SuperNode {name}")
+            m = self.wait_log(self.nodes[name], READY_NODE, f"SuperNode {name}")
             self.node_ids[name] = int(m.group(1))
         self._say(f"{n} SuperNodes joined: " + ", ".join(f"partition {i} = node {self.node_ids[f'supernode-{i}']}"
                                                          for i in range(n)))
