@@ -351,9 +351,11 @@ def test_tls_and_supernode_auth_refuse_an_unregistered_node(tmp_path):
 
 @needs_flower
 def test_killed_supernode_is_dropped_and_the_run_finishes(tmp_path):
-    """(c) a SuperNode killed during round 2: the round waits federation.round_timeout,
-    the run finishes with the other nodes, and the log names the dropped node."""
-    cfg = small_cfg(tmp_path / "out", **{"federation.round_timeout": 60.0, "federation.min_clients": 3})
+    """(c) a SuperNode killed during round 2: the round drops it (its missed heartbeats;
+    federation.round_timeout only bounds the wait), the run finishes with the other
+    nodes, and the log names the dropped node. The timeout is long because on a loaded
+    machine a healthy node's ClientApp can take over a minute to start."""
+    cfg = small_cfg(tmp_path / "out", **{"federation.round_timeout": 600.0, "federation.min_clients": 3})
     shards = [p.parent for p in export_shards(cfg, tmp_path / "shards")]
     with LocalFederation(cfg, tmp_path / "fed") as fed:
         fed.start_superlink()
