@@ -67,7 +67,7 @@ def bare_round(cfg, data, kw, device, steps: int) -> float:
             conf, pl = q.max(dim=1)
             logits = model(torch.cat([xl, xu]))
             loss = F.cross_entropy(logits[:nb], yl) + (
-                F.cross_entropy(logits[nb:], pl, reduction="none") * (conf >= c.threshold)).mean()
+                F.cross_entropy(logits[nb:], pl, reduction="none") * (conf >= getattr(cfg.algo_params, "threshold", 0.95))).mean()
         else:
             loss = F.cross_entropy(model(xl), yl)
         opt.zero_grad(set_to_none=True)

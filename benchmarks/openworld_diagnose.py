@@ -35,7 +35,7 @@ from server.loop import ServerRunner
 
 BASE = {
     "data.dataset": "fashion-mnist", "data.partition": "openworld", "data.labeled_ratio": 0.5,
-    "client.pretrain_rounds": 3, "server.strategy": "fedossl", "client.algorithm": "fedossl",
+    "client.fedossl.pretrain_rounds": 3, "server.strategy": "fedossl", "client.algorithm": "fedossl",
     "run.eval_every": 1, "run.checkpoint_every": 0,
 }
 

@@ -1,7 +1,11 @@
 """Summarise open-world robustness bench directories (examples/openworld_robustness*.toml).
 
 For every split (seen classes, clients, globally unseen) and method: mean +- std over
-seeds of the final seen / unseen / globally-unseen / all accuracy; the per-class
+seeds of the final all-class accuracy, unseen accuracy under the all-sample matching
+(``acc_unseen_strict``), discovered unseen classes and seen accuracy, then the ORCA
+protocol's unseen / globally-unseen accuracy (unseen-only matching, which credits an
+unseen class absorbed into a seen output); each unseen class's absorption
+(``absorbed_<k>``: share predicted as a seen output), seed by seed; the per-class
 accuracy of each globally unseen class, seed by seed; the mean accuracy of every
 class over the runs where it is seen; and the *collapses*: a
 (split, seed) whose FedoSSL final model leaves a globally unseen class below 5 %
@@ -10,6 +14,10 @@ end of the clients' warm start, its lowest point after it, final) and the grand 
 over splits and seeds.
 
     python benchmarks/openworld_robustness.py runs/ow_small [more bench dirs ...] [--methods a,b]
+
+A run measured before ``acc_unseen_strict`` existed is re-scored from its final
+checkpoint (``run.checkpoint_every`` = its rounds) into ``rescored.json`` beside it;
+without one its strict columns stay empty.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METRICS = ("acc_seen", "acc_unseen", "acc_global_unseen", "acc_all")
+METRICS = ("acc_all", "acc_unseen_strict", "discovered", "acc_seen", "acc_unseen", "acc_global_unseen")
+HEADER = ("all", "unseen (strict)", "discovered", "seen", "ORCA protocol: unseen", "globally unseen")
 
 
 # FedoSSL keys whose value, when not the reference's, names a variant: (section, key,
@@ -32,7 +41,8 @@ VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_lab
                 ("server", "fedossl_clustering", "sgd"), ("server", "fedossl_init", "random"),
                 ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "after_pretrain"),
                 ("server", "fedossl_rampup", 0), ("client", "local_centroids", 20),
-                ("client", "slot_mapping", "hungarian"), ("client", "memory", "reembed"))
+                ("client", "slot_mapping", "hungarian"), ("client", "memory", "reembed"),
+                ("client", "lambda_u", 1.0))
 # the value a key had in runs made before it existed
 BEFORE_KEY = {"fedossl_gates": "run"}
 
@@ -42,7 +52,9 @@ def method_of(cfg: dict) -> str:
     name = f"{s['strategy']}+{c['algorithm']}"
     if c["algorithm"] == "fedossl":
         for section, key, default in VARIANT_KEYS:
-            value = cfg[section].get(key, BEFORE_KEY.get(key, default))
+            # an algorithm's own keys sit in its section ([client.fedossl]); older runs: flat
+            own = cfg[section].get(c["algorithm"], {}) if section == "client" else {}
+            value = own.get(key, cfg[section].get(key, BEFORE_KEY.get(key, default)))
             if value != default:
                 name += f"+{key}={value}" if not isinstance(value, str) else f"+{value}"
     return name
@@ -55,6 +67,8 @@ def load(dirs: list[Path]) -> list[dict]:
             s = json.loads(path.read_text())
             if s.get("status") not in ("ok", "diverged"):
                 continue
+            if "acc_unseen_strict" not in s["final"]:
+                s = rescore(path.parent, s)
             cfg = s["config"]
             split = (cfg["data"]["seen_classes"], cfg["data"]["num_clients"], cfg["data"]["globally_unseen"])
             runs.append({"split": split, "seed": cfg["run"]["seed"], "method": method_of(cfg),
@@ -62,8 +76,47 @@ def load(dirs: list[Path]) -> list[dict]:
                          "warm": cfg["client"].get("pretrain_rounds", 0),
                          "gu": s.get("global_unseen_classes") or [],
                          "pc": {int(k): v for k, v in (s.get("per_class_accuracy") or {}).items()},
+                         "absorbed": {int(k.split("_")[1]): v for k, v in s["final"].items()
+                                      if k.startswith("absorbed_")},
                          **{m: s["final"].get(m) for m in METRICS}})
     return runs
+
+
+def rescore(run_dir: Path, summary: dict) -> dict:
+    """``summary`` with its final metrics and confusion matrix recomputed by the current
+    evaluation from the run's checkpoint, if that holds the last round (cached in
+    ``rescored.json``); unchanged otherwise."""
+    cached = run_dir / "rescored.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    import torch
+
+    from fedssl.config import ConfigError, resolve
+    from fedssl.data.augment import normalize
+    from fedssl.metrics import confusion_matrix, evaluate_logits, predict
+    from fedssl.models import build_model
+    from fedssl.runlog import load_checkpoint, write_json
+    from server.loop import load_test_split
+
+    ckpt = load_checkpoint(run_dir)
+    if ckpt is None or ckpt["round"] != summary.get("rounds_completed"):
+        return summary
+    try:
+        cfg = resolve(str(run_dir / "config.toml"))
+    except ConfigError as e:  # a config of keys this fedssl no longer reads
+        print(f"warning: {run_dir} not re-scored: {e}", file=sys.stderr)
+        return summary
+    x, y = load_test_split(cfg)
+    model = build_model(cfg.model.name, cfg.num_classes, in_channels=x.shape[-1], image_size=x.shape[1],
+                        cosine_head=cfg.algorithm_class.open_world)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt["arrays"].items()})
+    y_pred, logits = predict(model, normalize(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))
+    final = evaluate_logits(logits, y, cfg.num_classes, cfg.num_seen, summary["local_unseen_classes"],
+                            summary["global_unseen_classes"])
+    summary = {**summary, "final": {**summary["final"], **final},
+               "confusion_matrix": confusion_matrix(y, y_pred, cfg.num_classes, cfg.num_seen)}
+    write_json(cached, summary)
+    return summary
 
 
 def seen_curve(path: Path) -> dict[int, float]:
@@ -75,12 +128,16 @@ def seen_curve(path: Path) -> dict[int, float]:
                 if row.get("acc_seen") not in (None, "")}
 
 
-def fmt(vals: list[float]) -> str:
+def fmt(vals: list[float], scale: float = 100) -> str:
     vals = [v for v in vals if v is not None]
     if not vals:
         return "      -      "
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{100 * statistics.fmean(vals):5.1f} +-{100 * sd:4.1f}"
+    return f"{scale * statistics.fmean(vals):5.1f} +-{scale * sd:4.1f}"
+
+
+def row_cells(rs: list[dict]) -> str:
+    return " | ".join(fmt([r[k] for r in rs], 1 if k == "discovered" else 100) for k in METRICS)
 
 
 def main() -> None:
@@ -100,12 +157,19 @@ def main() -> None:
     by = defaultdict(list)
     for r in runs:
         by[(r["split"], r["method"])].append(r)
-    print("split (seen, clients, globally unseen) | method | n | " + " | ".join(METRICS))
+    print("split (seen, clients, globally unseen) | method | n | " + " | ".join(HEADER))
     for split in sorted({r["split"] for r in runs}):
         for m in methods:
             rs = by.get((split, m), [])
             if rs:
-                print(f"{split} | {m:24} | {len(rs)} | " + " | ".join(fmt([r[k] for r in rs]) for k in METRICS))
+                print(f"{split} | {m:24} | {len(rs)} | {row_cells(rs)}")
+    print("\nabsorbed: share (%) of each unseen class predicted as a seen output, seed by seed")
+    for split in sorted({r["split"] for r in runs}):
+        for m in methods:
+            for r in sorted(by.get((split, m), []), key=lambda r: r["seed"]):
+                shares = " ".join(f"c{k}={100 * v:5.1f}" if v is not None else f"c{k}=    -"
+                                  for k, v in sorted(r["absorbed"].items()))
+                print(f"{split} | {m:24} | seed {r['seed']} | {shares}")
     print("\nper-class accuracy of globally unseen classes (%), seed by seed")
     for split in sorted({r["split"] for r in runs}):
         for m in methods:
@@ -142,7 +206,7 @@ def main() -> None:
     done = set.intersection(*[{(r["split"], r["seed"]) for r in runs if r["method"] == m} for m in methods])
     for m in methods:
         rs = [r for r in runs if r["method"] == m and (r["split"], r["seed"]) in done]
-        print(f"{m:24} | n={len(rs)} | " + " | ".join(f"{k} {fmt([r[k] for r in rs])}" for k in METRICS))
+        print(f"{m:24} | n={len(rs)} | {row_cells(rs)}")
 
 
 if __name__ == "__main__":

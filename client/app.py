@@ -84,7 +84,7 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
         P.CLASS_PRESENT_KEY: _class_present(rt, pid),
         # the same keys every round and client: Flower's strategies refuse replies
         # whose MetricRecords differ in keys
-        **P.fill_train_metrics(cfg.client.algorithm, {k: float(v) for k, v in result.metrics.items()}),
+        **P.fill_train_metrics(cfg.algorithm_class.metric_keys, {k: float(v) for k, v in result.metrics.items()}),
         "t_state_s": (t2 - t1) + (t4 - t3),
         "t_data_s": result.timings["data_s"],
         "t_train_s": result.timings["train_s"],

@@ -107,7 +107,5 @@ class ClientRuntime:
 
 
 def model_kwargs_from_shape(cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
-    from fedssl.algorithms import ALGORITHMS
-
     return {"num_classes": cfg.num_classes, "in_channels": shape[1], "image_size": shape[2],
-            "cosine_head": ALGORITHMS[cfg.client.algorithm].open_world}
+            "cosine_head": cfg.algorithm_class.open_world}

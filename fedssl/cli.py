@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from fedssl import __version__
 from fedssl.config import ConfigError, parse_set, resolve
 from fedssl.console import add_config_flags, config_from_flags, print_summary
 
@@ -103,6 +104,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fedssl", description="Federated semi-supervised learning on Flower + Ray.")
+    p.add_argument("--version", action="version", version=f"fedssl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run one experiment as a Flower simulation (Ray backend)")

@@ -17,9 +17,9 @@ record per trained partition, plus a ``metrics`` record listing them (``PIDS_KEY
 and those that failed (``FAILED_KEY``). An unpacked reply is a plain Flower reply
 whose metrics name its ``PARTITION_KEY``.
 
-Every reply's metrics carry the same keys every round (:data:`TRAIN_METRIC_KEYS` of
-the algorithm, missing ones sent as 0 with ``<key>_n = 0``), because Flower's stock
-strategies refuse replies whose MetricRecords differ in keys.
+Every reply's metrics carry the same keys every round (the algorithm's declared
+``metric_keys``, missing ones sent as 0 and flagged in ``train_present``), because
+Flower's stock strategies refuse replies whose MetricRecords differ in keys.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from fedssl.config import Config, from_flat
+import tomllib
+
+from fedssl.config import Config, ConfigError, from_flat, keys
+from fedssl.config.render import OWN_KEYS, toml_value
 
 PIDS_KEY = "fedssl.pids"
 FAILED_KEY = "fedssl.failed"
@@ -47,33 +50,48 @@ def packed_key(record: str, pid: int) -> str:
     return f"{record}.{pid}"
 
 
-#: The train_* metrics each algorithm's client sends every round (``train_`` + key;
-#: a key its loss did not produce this round is sent as 0 and flagged 0 in
-#: ``train_present``). An algorithm not listed sends what it produced.
-TRAIN_METRIC_KEYS: dict[str, tuple[str, ...]] = {
-    "supervised": ("loss", "loss_x"),
-    "fixmatch": ("loss", "loss_x", "loss_u", "mask", "pl_acc"),
-    "uda": ("loss", "loss_x", "loss_u", "mask", "pl_acc"),
-    "meanteacher": ("loss", "loss_x", "loss_u", "rampup"),
-    "shrinkmatch": ("loss", "loss_x", "loss_u", "mask", "loss_shrink", "shrink_mask", "certain_ratio",
-                    "removed", "pl_acc"),
-    "orca": ("loss", "loss_x", "loss_pair", "entropy", "margin"),
-    "fedossl": ("loss", "loss_x", "loss_pair", "entropy", "margin", "loss_sup", "loss_cluster",
-                "loss_pl", "mask"),
-}
-
-
-def fill_train_metrics(algorithm: str, metrics: dict[str, float]) -> dict[str, float | list[int]]:
-    """The same train_* keys every round: ``metrics`` plus the algorithm's declared keys
-    it lacks as 0.0, and ``train_present`` (per sorted key: 1 measured, 0 filled)."""
-    declared = {f"train_{k}" for k in TRAIN_METRIC_KEYS.get(algorithm, ())}
+def fill_train_metrics(metric_keys: tuple[str, ...], metrics: dict[str, float]) -> dict[str, float | list[int]]:
+    """The same train_* keys every round: ``metrics`` plus the algorithm's declared
+    ``metric_keys`` (``train_`` + key) it lacks as 0.0, and ``train_present`` (per
+    sorted key: 1 measured, 0 filled)."""
+    declared = {f"train_{k}" for k in metric_keys}
     out: dict[str, float | list[int]] = {k: float(metrics.get(k, 0.0)) for k in sorted(declared | set(metrics))}
     out[PRESENT_KEY] = [int(k in metrics) for k in sorted(declared | set(metrics))]
     return out
 
 
 def config_from_run_config(run_config: Mapping[str, Any]) -> Config:
-    """Config from Flower's run config (``flwr run --run-config``), known keys only."""
-    defaults = Config().to_flat()
-    flat = {k: v for k, v in run_config.items() if k in defaults}
-    return from_flat({**defaults, **flat}, source="run config")
+    """Config from Flower's run config (``flwr run --run-config``), declared keys only.
+
+    The run config holds every key of ``[tool.flwr.app.config]``, set or not, so a
+    value equal to the app's declared default counts as not set: the chosen
+    algorithm's own defaults (``client_defaults``, its section) then apply. Another
+    algorithm's key at a value other than its default is the usual error."""
+    declared = keys()
+    flat = {k: v for k, v in run_config.items() if k in declared and v != declared[k].flwr_default}
+    return from_flat({**flat, **unpack_own_keys(run_config)}, source="run config")
+
+
+def pack_own_keys(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as flat run-config keys: the app's declared keys as they are, a user
+    algorithm's own keys packed into :data:`OWN_KEYS` (Flower's ``--run-config`` takes
+    only keys that ``[tool.flwr.app.config]`` declares)."""
+    declared, flat = keys(), cfg.to_flat()
+    own = {k.rpartition(".")[2]: v for k, v in flat.items() if k not in declared}
+    out = {k: v for k, v in flat.items() if k in declared}
+    if own:
+        out[OWN_KEYS] = "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in own.items()) + " }"
+    return out
+
+
+def unpack_own_keys(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``client.<name>.<key>`` entries that :func:`pack_own_keys` packed."""
+    text = str(run_config.get(OWN_KEYS, "") or "")
+    if not text:
+        return {}
+    try:
+        own = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"{OWN_KEYS}: expected an inline table {{key = value, ...}}, got {text!r}") from None
+    section = from_flat({k: v for k, v in run_config.items() if k == "client.algorithm"}).algorithm_section
+    return {f"{section}.{k}": v for k, v in own.items()}

@@ -1,4 +1,8 @@
-"""Name -> class registries. Adding an algorithm or a strategy is adding one file."""
+"""Name -> class registries. Adding an algorithm or a strategy is adding one file.
+
+Importing this module imports neither torch nor Flower: the registries import their
+packages by name on first lookup (and an algorithm file imports no torch either).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from fedssl.plugins import PluginError, is_import_path, load_object
 
 
 class Registry(Mapping[str, Any]):
@@ -15,9 +21,10 @@ class Registry(Mapping[str, Any]):
     without editing any list.
     """
 
-    def __init__(self, kind: str, package: str) -> None:
+    def __init__(self, kind: str, package: str, base: str = "") -> None:
         self.kind = kind
         self.package = package
+        self.base = base  # "module:Class" that a user's class must subclass
         self._items: dict[str, Any] = {}
         self._loaded = False
 
@@ -44,6 +51,20 @@ class Registry(Mapping[str, Any]):
         self._load()
         return self._items[name]
 
+    def load(self, name: str) -> Any:
+        """A registered name, or a user's ``"module:Class"`` (see :mod:`fedssl.plugins`);
+        :class:`~fedssl.plugins.PluginError` (one line) when neither resolves."""
+        if not is_import_path(name):
+            if name not in self:
+                raise PluginError(f"unknown {self.kind} {name!r} (choose from {', '.join(self)}, "
+                                  "or give 'module:Class')")
+            return self[name]
+        obj = load_object(name)
+        base = load_object(self.base) if self.base else object
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise PluginError(f"{name!r} is not a subclass of {base.__module__}.{base.__qualname__}")
+        return obj
+
     def __iter__(self) -> Iterator[str]:
         self._load()
         return iter(sorted(self._items))
@@ -58,18 +79,6 @@ class Registry(Mapping[str, Any]):
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedossl", "fedadagrad",
                   "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "qfedavg")
 
-# Algorithm names, with whether each needs unseen classes (open world), declared here
-# so a config validates without importing torch. Each name is one file in
-# `fedssl/algorithms/`, registered by the same name; tests/test_config_schema.py checks
-# that this table and the registry agree.
-ALGORITHM_NAMES: dict[str, bool] = {
-    "supervised": False,
-    "fixmatch": False,
-    "meanteacher": False,
-    "uda": False,
-    "shrinkmatch": False,
-    "semifl": False,
-    "fedsto": False,
-    "orca": True,
-    "fedossl": True,
-}
+#: Local SSL algorithms: one file each in ``fedssl/algorithms/``, which declares
+#: everything about it (see :class:`fedssl.algorithms.base.Algorithm`).
+ALGORITHMS = Registry("algorithm", "fedssl.algorithms", base="fedssl.algorithms.base:Algorithm")

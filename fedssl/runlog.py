@@ -29,6 +29,9 @@ from fedssl.config import ConfigError
 
 METRIC_COLUMNS = ["round", "loss", "acc_all", "acc_seen", "acc_unseen", "acc_local_unseen",
                   "acc_global_unseen", "wall_s", "clients", "rejected_updates", "status"]
+# open world under one matching over all samples (fedssl.metrics.strict_openworld): first
+# after the contract columns, since the unseen-only matching above can credit absorption
+STRICT_COLUMNS = ("acc_unseen_strict", "discovered", "absorbed_")
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "fedssl-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -59,9 +62,14 @@ def _cell(v: Any) -> Any:
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV text with the contract columns first, then per-class accuracies."""
-    extra = sorted({k for r in rows for k in r if k not in METRIC_COLUMNS},
-                   key=lambda k: (not k.startswith("acc_class_"), len(k), k))
+    """CSV text with the contract columns first, then the all-sample matching's
+    open-world columns, then per-class accuracies."""
+    def order(k: str) -> tuple[int, int, str]:
+        strict = next((i for i, p in enumerate(STRICT_COLUMNS) if k.startswith(p)), None)
+        return (strict if strict is not None else len(STRICT_COLUMNS) + (not k.startswith("acc_class_")),
+                len(k), k)
+
+    extra = sorted({k for r in rows for k in r if k not in METRIC_COLUMNS}, key=order)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + extra, extrasaction="ignore",
                        lineterminator="\n")

@@ -25,8 +25,9 @@ Choices (SemiFL's code unless noted):
   in train mode with cumulative averaging (SemiFL's "server only" sBN), so the
   clients' averaged BN buffers never reach the global model. The ``cnn`` model has no
   batch norm; ``resnet18`` has.
-- Penalties: an algorithm may define ``server_penalty(model, server_round)`` (FedSTO
-  adds its orthogonality term in phase 2); it is added to the server's loss too.
+- Penalties: the algorithm's hook ``Algorithm.server_penalty(model, server_round)``
+  (None by default; FedSTO adds its orthogonality term in phase 2) is added to the
+  server's loss.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from torch import nn
 from fedssl.config import Config
 from fedssl.data.augment import normalize, weak
 from fedssl.threads import one_thread
-from fedssl.training import derive_seed
+from fedssl.training import build_algorithm, derive_seed
 
 Penalty = Callable[[nn.Module, int], "torch.Tensor | None"]
 
@@ -173,13 +174,5 @@ def build_server_trainer(cfg: Config, train_x: np.ndarray, train_y: np.ndarray,
     server holds no labels). The algorithm may contribute a penalty (FedSTO)."""
     if len(idx) == 0:
         return None
-    from fedssl.algorithms import ALGORITHMS
-
-    algo = ALGORITHMS[cfg.client.algorithm]
-    penalty = None
-    if hasattr(algo, "server_penalty"):
-        inst = algo(cfg.client, cfg.num_classes, cfg.num_seen)
-        inst.rounds = cfg.federation.rounds
-        penalty = inst.server_penalty
     x, y = server_labeled_data(train_x, train_y, idx)
-    return ServerTrainer(cfg, x, y, penalty)
+    return ServerTrainer(cfg, x, y, build_algorithm(cfg).server_penalty)

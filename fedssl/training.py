@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedssl.algorithms import ALGORITHMS, Algorithm, Batch, RoundContext
+from fedssl.algorithms import Algorithm, Batch, RoundContext
 from fedssl.config import Config
 from fedssl.data.augment import VIEWS, normalize
 from fedssl.seeding import derive_seed  # noqa: F401 - re-exported for callers
@@ -77,8 +77,9 @@ class _Sampler:
 
 
 def build_algorithm(cfg: Config) -> Algorithm:
-    algo = ALGORITHMS[cfg.client.algorithm](cfg.client, cfg.num_classes, cfg.num_seen)
-    algo.rounds = cfg.federation.rounds  # for schedules over the run (FedSTO's phases)
+    """The algorithm ``cfg`` names, with its own parameters and the run's rounds."""
+    algo: Algorithm = cfg.algorithm_class(cfg.client, cfg.num_classes, cfg.num_seen, params=cfg.algo_params,
+                                          rounds=cfg.federation.rounds)
     return algo
 
 
@@ -285,5 +286,5 @@ def model_kwargs(cfg: Config, splits: Any) -> dict[str, Any]:
         "num_classes": cfg.num_classes,
         "in_channels": splits.train_x.shape[-1],
         "image_size": splits.train_x.shape[1],
-        "cosine_head": ALGORITHMS[cfg.client.algorithm].open_world,
+        "cosine_head": cfg.algorithm_class.open_world,
     }

@@ -29,12 +29,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedssl import protocol as P
 from fedssl import runlog
-from fedssl.algorithms import ALGORITHMS
+from fedssl.versions import provenance
 from fedssl.config import Config
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
 from fedssl.data.augment import normalize
-from fedssl.metrics import evaluate
+from fedssl.metrics import confusion_matrix, evaluate_logits, predict
 from fedssl.models import build_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
@@ -59,18 +59,20 @@ class ServerRunner:
         self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
         self.server_update = server_update
         self.out = Path(cfg.run.out_dir)
+        self.provenance = provenance()  # once: it asks git
         self.console = Console(stderr=True, quiet=quiet)
         test_x, self.test_y = load_test_split(cfg)
         self.test_x = normalize(torch.from_numpy(np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))))
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = build_model(cfg.model.name, num_classes=cfg.num_classes, in_channels=test_x.shape[-1],
                                  image_size=test_x.shape[1],
-                                 cosine_head=ALGORITHMS[cfg.client.algorithm].open_world)
+                                 cosine_head=cfg.algorithm_class.open_world)
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
         self._collapse_warned, self._init_share = False, math.nan
-        pairs_with = ALGORITHMS[cfg.client.algorithm].pairs_with
+        self.confusion: dict[str, list] | None = None  # of the last evaluation (open world)
+        pairs_with = cfg.algorithm_class.pairs_with
         if pairs_with and cfg.server.strategy != pairs_with:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
                         "get no server payload and train without it", cfg.client.algorithm,
@@ -93,8 +95,10 @@ class ServerRunner:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         local, glob = self.unseen_classes()
-        return evaluate(self.model, self.test_x, self.test_y, self.cfg.num_classes, self.cfg.num_seen,
-                        local, glob)
+        y_pred, logits = predict(self.model, self.test_x)
+        if self.cfg.num_seen < self.cfg.num_classes:
+            self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes, self.cfg.num_seen)
+        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
 
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
@@ -241,10 +245,12 @@ class ServerRunner:
             "seen_classes": list(range(cfg.num_seen)),
             "local_unseen_classes": local,
             "global_unseen_classes": glob,
+            **({"confusion_matrix": self.confusion} if self.confusion is not None else {}),
             "rounds_completed": final.get("round", 0),
             "elapsed_s": elapsed,
             "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
             "config": cfg.to_dict(),
+            **self.provenance,  # versions of fedssl, flwr, torch, ray; the git commit
         }
         runlog.write_json(self.out / "summary.json", summary)
         return summary

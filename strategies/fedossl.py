@@ -31,7 +31,7 @@ go to every client with ``fedossl_stage`` (0: ORCA only, 1: + cluster loss, 2: +
 centroid pseudo-labels), the reference's round gates as fractions of the run
 (``cluster_start`` = 5/40 and ``pseudo_label_start`` = 7/40: its loss terms start in
 the 6th and 8th of 40 rounds). The reference starts from a SimCLR-pretrained backbone;
-fedssl's clients replace it by ``client.pretrain_rounds`` of labeled warm start.
+fedssl's clients replace it by ``client.fedossl.pretrain_rounds`` of labeled warm start.
 ``server.fedossl_gates = "after_pretrain"`` (the default; ``gate_offset`` here) counts
 the fractions over the rounds after the warm start, keeping the reference's ORCA-only
 phase; ``"run"`` counts the whole run, where the warm start eats that phase (12 rounds,
@@ -68,6 +68,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedssl.algorithms.fedossl import FedoSSLParams
 from fedssl.config.schema import FEDOSSL_INIT, FEDOSSL_SEEN_SLOTS
 from fedssl.global_clustering import init_centroids, refine_centroids
 from fedssl.openworld import anchor_seen_slots, calibrate, calibrate_in_order, global_clustering
@@ -112,16 +113,22 @@ class FedoSSL(FedAvg):
     @staticmethod
     def config_kwargs(cfg: Any) -> dict[str, Any]:
         """The constructor arguments a :class:`fedssl.config.Config` sets (also used by
-        :func:`strategies.mapped_kwargs`, so both ways of building it agree)."""
-        s = cfg.server
+        :func:`strategies.mapped_kwargs`, so both ways of building it agree). The client
+        keys it shares with the clients come from the algorithm's own section when it
+        has them (``client.fedossl.*``), else from FedoSSL's defaults."""
+        s, default = cfg.server, FedoSSLParams()
+
+        def client(name: str) -> Any:
+            return getattr(cfg.algo_params, name, getattr(default, name))
+
         return {"num_classes": cfg.num_classes, "num_seen": cfg.num_seen, "seed": cfg.run.seed,
                 "num_rounds": cfg.federation.rounds, "clustering": s.fedossl_clustering,
                 "sgd_steps": s.fedossl_sgd_steps, "init": s.fedossl_init, "seen_slots": s.fedossl_seen_slots,
                 "weighting": s.fedossl_weighting, "cluster_start": s.fedossl_cluster_start,
                 "pseudo_label_start": s.fedossl_pseudo_label_start,
-                "gate_offset": cfg.client.pretrain_rounds if s.fedossl_gates == "after_pretrain" else 0,
-                "rampup": s.fedossl_rampup, "cluster_temperature": cfg.client.cluster_temperature,
-                "sinkhorn_epsilon": cfg.client.sinkhorn_epsilon, "sinkhorn": cfg.client.sinkhorn}
+                "gate_offset": client("pretrain_rounds") if s.fedossl_gates == "after_pretrain" else 0,
+                "rampup": s.fedossl_rampup, "cluster_temperature": client("cluster_temperature"),
+                "sinkhorn_epsilon": client("sinkhorn_epsilon"), "sinkhorn": client("sinkhorn")}
 
     @classmethod
     def from_config(cls, cfg: Any, **fedavg_kwargs: Any) -> FedoSSL:

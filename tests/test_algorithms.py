@@ -36,8 +36,9 @@ def ids(*i: int) -> torch.Tensor:
     return torch.tensor(i, dtype=torch.float64)[:, None]
 
 
-def algorithm(name: str, **client: object):
-    cfg = resolve(overrides={"client.algorithm": name, **{f"client.{k}": v for k, v in client.items()}})
+def algorithm(name: str, **params: object):
+    """The algorithm with its own keys ([client.<name>]) set."""
+    cfg = resolve(overrides={"client.algorithm": name, **{f"client.{name}.{k}": v for k, v in params.items()}})
     return build_algorithm(cfg)
 
 
@@ -237,7 +238,7 @@ def test_shrinkmatch_loss_and_reweighting():
 def test_shrinkmatch_certain_ratio_persists_in_client_state(tmp_path):
     """Principle 2's EMA lives in the client's saved state and resumes next round."""
     cfg = resolve(overrides={"client.algorithm": "shrinkmatch", "client.local_steps": 2,
-                             "client.batch_size": 4, "client.uratio": 1, "client.threshold": 0.99})
+                             "client.batch_size": 4, "client.uratio": 1, "client.shrinkmatch.threshold": 0.99})
     alg, data, store = build_algorithm(cfg), random_data(), ClientStateStore(tmp_path)
     res1 = train_client(build_model("cnn", 10), alg, data, cfg, server_round=1, partition_id=0, state=None)
     assert res1.metrics["train_mask"] == 0, "an untrained model is never 99% confident"

@@ -70,7 +70,8 @@ def fake_bench(tmp: Path, open_world: bool = True, fail: bool = True, rounds: in
             row = {"round": rnd, "loss": 2.0 / rnd + rng.random() * 0.1, "wall_s": 3.0 * rnd + rng.random(),
                    "clients": 5, "rejected_updates": 0, "status": "", "acc_all": acc, "acc_seen": acc + 0.04}
             if open_world:
-                row.update(acc_unseen=acc - 0.1, acc_local_unseen=acc - 0.05, acc_global_unseen=acc - 0.15)
+                row.update(acc_unseen=acc - 0.1, acc_local_unseen=acc - 0.05, acc_global_unseen=acc - 0.15,
+                           acc_unseen_strict=acc - 0.2, discovered=float(rnd % 3))
             row.update({f"acc_class_{k}": min(1.0, max(0.0, acc + rng.uniform(-0.2, 0.2))) for k in range(10)})
             rows.append(row)
         runlog.write_metrics(run, rows)
@@ -82,7 +83,10 @@ def fake_bench(tmp: Path, open_world: bool = True, fail: bool = True, rounds: in
             "seen_classes": list(range(6 if open_world else 10)),
             "local_unseen_classes": [6, 7] if open_world else [],
             "global_unseen_classes": [8, 9] if open_world else [],
-            "rounds_completed": rounds, "elapsed_s": final["wall_s"] + 1, "config": c.cfg.to_dict()})
+            "rounds_completed": rounds, "elapsed_s": final["wall_s"] + 1, "config": c.cfg.to_dict(),
+            **({"confusion_matrix": {"output_of_class": list(range(10)), "counts": [
+                [40 if j == k else rng.randrange(5) for j in range(10)] for k in range(10)]}}
+               if open_world else {})})
         runner._write_record(c, status="ok", exit_code=0, error="", cell_s=final["wall_s"] + 5)
     return out
 
@@ -256,7 +260,10 @@ def test_report_from_files(tmp_path, capsys):
     assert "±" in md
     header = next(ln for ln in md.splitlines() if ln.startswith("| server.strategy"))
     cols = [c.strip() for c in header.strip("|").split("|")]
-    for col in ("acc_all", "acc_unseen", "acc_global_unseen", "loss"):
+    # all-class accuracy and the all-sample matching's columns lead; the ORCA protocol's follow, labelled
+    assert cols[3:8] == ["acc_all", "acc_unseen_strict", "discovered", "acc_seen", "acc_unseen (ORCA protocol)"]
+    for col in ("acc_all", "acc_unseen_strict", "discovered", "acc_unseen (ORCA protocol)",
+                "acc_global_unseen (ORCA protocol)", "loss"):
         j = cols.index(col)
         cells = [[c.strip() for c in row.strip("|").split("|")][j] for row in table]
         assert sum(c.startswith("**") for c in cells) >= 1, (col, cells)
@@ -270,10 +277,10 @@ def test_report_from_files(tmp_path, capsys):
     assert main(["report", str(out), "--quiet"]) == 0
     assert ((out / "summary.md").read_bytes(), (out / "results.csv").read_bytes()) == first
 
-    assert check_html_images(out / "report.html") == 4
+    assert check_html_images(out / "report.html") == 5
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert pngs == ["accuracy_bars.png", "accuracy_vs_round.png", "accuracy_vs_wall_time.png",
-                    "per_class_heatmap.png"]
+                    "confusion.png", "per_class_heatmap.png"]
     assert all(p.read_bytes().startswith(PNG) for p in (out / "plots").glob("*.png"))
     text = (out / "report.html").read_text()
     assert "globally-unseen" in text and "fedprox" in text
@@ -290,8 +297,9 @@ def test_report_single_run(tmp_path, capsys):
     out = fake_bench(tmp_path)
     run = next(p for p in (out / "runs").iterdir() if (p / "summary.json").exists())
     assert main(["report", str(run)]) == 0
-    assert check_html_images(run / "report.html") == 2
+    assert check_html_images(run / "report.html") == 3
     assert (run / "plots" / "curve.png").exists() and (run / "plots" / "per_class.png").exists()
+    assert (run / "plots" / "confusion.png").read_bytes().startswith(PNG)
     # a run still in progress (no summary.json): curve and per-class from metrics.csv
     (run / "summary.json").unlink()
     kind, files = report.render(run)
@@ -536,4 +544,4 @@ def test_openworld_robustness_grids_are_valid_and_pin_their_fedossl_mode(tmp_pat
     g = bench.load_grid(path, tmp_path / "out")
     assert g.cells and all(c.cfg.data.partition == "openworld" for c in g.cells)
     if any(c.cfg.client.algorithm == "fedossl" for c in g.cells):
-        assert "client.pseudo_label_guard" in text and "server.fedossl_rampup" in text
+        assert "client.fedossl.pseudo_label_guard" in text and "server.fedossl_rampup" in text

@@ -25,7 +25,7 @@ from tests.conftest import FMNIST, as_set_flags, assert_bad_input, run_cli, tiny
     ("data.labeled_ratio=0", "data.labeled_ratio"),
     ("faults.clients=a,b", "faults.clients"),
     ("client.lr_schedule=step", "client.lr_schedule"),
-    ("client.pseudo_label_slots=seen", "client.pseudo_label_slots"),
+    ("client.fixmatch.threshold=2", "client.fixmatch.threshold"),
     ("faults.start_round=0", "faults.start_round"),
 ])
 def test_bad_values(tmp_path, capsys, flag, needle):

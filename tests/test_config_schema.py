@@ -10,13 +10,13 @@ import tomllib
 
 import pytest
 
-from fedssl.config import ConfigError, flatten, keys, render, resolve
+from fedssl.config import ConfigError, algorithm_keys, flatten, keys, render, resolve, shared_keys
 from tests.conftest import ROOT, assert_bad_input, run_cli
 
 
 def test_pyproject_table_matches_schema():
     table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    want = {k.name: k.flwr_default for k in keys().values()}
+    want = {k.name: k.flwr_default for k in keys().values()} | {render.OWN_KEYS: ""}
     assert flatten(table) == want, "run `python -m fedssl.config --write` to regenerate pyproject.toml"
     assert render.replace_pyproject((ROOT / "pyproject.toml").read_text()) == (ROOT / "pyproject.toml").read_text()
 
@@ -33,24 +33,38 @@ def test_replace_pyproject_rewrites_a_stale_table():
     new = render.replace_pyproject(stale)
     assert new.startswith('[project]\nname = "x"\n\n[tool.flwr.app.config]\n')
     assert "old.key" not in new and flatten(tomllib.loads(new)["tool"]["flwr"]["app"]["config"]) == {
-        k.name: k.flwr_default for k in keys().values()}
+        k.name: k.flwr_default for k in keys().values()} | {render.OWN_KEYS: ""}
 
 
 def test_config_import_needs_no_torch_or_flower():
     code = ("import sys, fedssl.config as c; c.resolve(None, {'client.algorithm': 'orca', "
             "'data.seen_classes': '6'}); from fedssl.config import render; render.commented_toml(c.Config()); "
+            "import fedssl.algorithms as a; [a.ALGORITHMS[n] for n in a.ALGORITHMS]; c.keys(); "
             "bad = [m for m in ('torch', 'flwr', 'numpy') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_algorithm_names_table_matches_registry():
-    from fedssl.algorithms import ALGORITHMS
-    from fedssl.registry import ALGORITHM_NAMES
+def test_every_algorithm_declares_itself_in_its_file():
+    """Each registered algorithm validates through its own declarations: its section
+    holds exactly its params_class's fields, and its shared overrides are [client] keys."""
+    import dataclasses
 
-    assert set(ALGORITHM_NAMES) == set(ALGORITHMS)
-    assert {n: bool(ALGORITHMS[n].open_world) for n in ALGORITHMS} == ALGORITHM_NAMES
+    from fedssl.algorithms import ALGORITHMS, Params
+    from fedssl.config import algorithm_class, algorithm_keys
+
+    assert {"supervised", "fixmatch", "meanteacher", "uda", "shrinkmatch", "semifl", "fedsto", "orca",
+            "fedossl"} <= set(ALGORITHMS)
+    for name in ALGORITHMS:
+        cls = algorithm_class(name)
+        assert issubclass(cls.params_class, Params) and cls.params_class.__dataclass_params__.frozen, name
+        fields = [f.name for f in dataclasses.fields(cls.params_class)]
+        assert [k.rpartition(".")[2] for k in algorithm_keys(cls)] == fields, name
+        assert all(k.startswith(f"client.{name}.") for k in algorithm_keys(cls)), name
+        assert "loss" in cls.metric_keys and len(set(cls.metric_keys)) == len(cls.metric_keys), name
+        cfg = resolve(None, {"client.algorithm": name, "data.seen_classes": 6 if cls.open_world else 0})
+        assert type(cfg.algo_params) is cls.params_class and cfg.algorithm_section == f"client.{name}"
 
 
 def test_every_key_has_help_and_a_valid_default():
@@ -68,8 +82,10 @@ def test_fedssl_config_prints_resolved_commented_toml(tmp_path):
     want = resolve(str(cfg_file), {"client.lr": "0.1"})
     assert parsed == want.to_dict() and parsed["federation"]["rounds"] == 7
     lines = proc.stdout.splitlines()
-    for k in keys().values():  # every key line is preceded by its help line
-        section, name = k.name.split(".")
+    shown = {**shared_keys(), **algorithm_keys(want.algorithm_class)}
+    assert "[client.fixmatch]" in lines and "[client.semifl]" not in lines  # the chosen algorithm's only
+    for k in shown.values():  # every key line is preceded by its help line
+        section, _, name = k.name.rpartition(".")
         start = lines.index(f"[{section}]")
         i = next(j for j in range(start, len(lines)) if lines[j].startswith(f"{name} = "))
         assert lines[i - 1].startswith(f"# {k.help}"), k.name

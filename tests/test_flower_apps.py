@@ -25,7 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from client.app import make_client_app
 from fedssl.algorithms import ALGORITHMS
-from fedssl.config import resolve
+from fedssl.config import own_keys_only, resolve
 from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
 from fedssl.metrics import evaluate
@@ -37,11 +37,12 @@ from tests.conftest import tiny
 ROUNDS = 5  # issue 14: the stock FedAvg ServerApp drives every algorithm for 5 rounds
 NODES = 4
 OPEN_WORLD = {"data.seen_classes": 6, "data.partition": "openworld", "data.globally_unseen": 1,
-              "client.pretrain_rounds": 0, "client.warmup_rounds": 1}
+              "client.orca.pretrain_rounds": 0, "client.fedossl.pretrain_rounds": 0,
+              "client.fedossl.warmup_rounds": 1}
 
 
 def config(alg: str, out):
-    extra = OPEN_WORLD if ALGORITHMS[alg].open_world else {}
+    extra = own_keys_only({**OPEN_WORLD, "client.algorithm": alg}) if ALGORITHMS[alg].open_world else {}
     return resolve(overrides=tiny(out / alg, **{"client.algorithm": alg, "federation.rounds": ROUNDS,
                                                 "client.local_steps": 12, "data.num_clients": NODES,
                                                 **extra}))

@@ -28,6 +28,30 @@ def _accepts(port: int) -> bool:
 
 def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
     cfg = resolve(overrides=tiny(tmp_path / "run", **{"client.algorithm": "supervised"}))
+    summary = flwr_run(tmp_path, cfg)
+    assert summary["config"]["client"]["algorithm"] == "supervised"
+    assert summary["final"]["clients"] == 4 and summary["final"]["rejected_updates"] == 0
+
+
+def test_flwr_run_takes_a_users_algorithm_model_and_dataset(tmp_path):
+    """The plug-ins of tests/test_plugins.py under stock Flower: the user algorithm's own
+    key travels in client.own_keys and reaches every client's loss."""
+    import pandas as pd
+
+    from tests.test_plugins import PLUGIN, user_keys
+
+    plugin = tmp_path / "myplug.py"
+    plugin.write_text(PLUGIN)
+    cfg = resolve(overrides=tiny(tmp_path / "run", **user_keys(plugin, **{"client.scaledce.scale": 2.5})))
+    summary = flwr_run(tmp_path, cfg)
+    assert summary["config"]["client"]["scaledce"] == {"scale": 2.5}
+    assert summary["config"]["model"]["name"] == f"{plugin}:tiny_net"
+    assert (pd.read_csv(tmp_path / "run" / "metrics.csv")["train_scale"] == 2.5).all()
+
+
+def flwr_run(tmp_path: Path, cfg) -> dict:
+    """``flwr run . sim --run-config <cfg>`` against a SimulationIo SuperLink started
+    here; returns the run's summary.json (status ok, 2 rounds)."""
     home, link_home = tmp_path / "flwr-home", tmp_path / "link-home"
     home.mkdir()
     control = free_ports(1)[0]  # Flower 1.42 serves Control, Fleet and Runtime APIs on one HTTP port
@@ -52,7 +76,7 @@ def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-4000:]
-        summary_path = tmp_path / "run" / "summary.json"
+        summary_path = Path(cfg.run.out_dir) / "summary.json"
         for _ in range(60):  # --stream ends with the run; the file is written just before
             if summary_path.exists():
                 break
@@ -60,8 +84,7 @@ def test_flwr_run_simulation_writes_fedssl_results(tmp_path):
         assert summary_path.exists(), out[-4000:] + (tmp_path / "superlink.log").read_text()[-3000:]
         summary = json.loads(summary_path.read_text())
         assert summary["status"] == "ok" and summary["rounds_completed"] == 2
-        assert summary["config"]["client"]["algorithm"] == "supervised"
-        assert summary["final"]["clients"] == 4 and summary["final"]["rejected_updates"] == 0
+        return summary
     finally:
         os.killpg(link.pid, signal.SIGTERM)  # the SuperLink this test started, and its children
         try:

@@ -214,7 +214,7 @@ def test_strategy_round_gates_are_the_reference_fractions():
     # cluster loss is due in round 3, inside the warm start, so every term starts in
     # round 4 with ORCA's; after it, 9 rounds remain and the terms start once 1.125 and
     # 1.575 of them are done: in round 6 (2 done), after 2 rounds of ORCA alone
-    kw = {"federation.rounds": 12, "client.pretrain_rounds": 3}
+    kw = {"federation.rounds": 12, "client.fedossl.pretrain_rounds": 3}
     for gates, expected in (("run", [0, 0, 1, 2, 2, 2]), ("after_pretrain", [0, 0, 0, 0, 0, 2])):
         g = _strategy(**kw, **{"server.fedossl_gates": gates})
         g.absorb_payloads(1, _payloads(1))
@@ -223,7 +223,7 @@ def test_strategy_round_gates_are_the_reference_fractions():
 
 
 def test_strategy_ramp_is_a_sigmoid_from_each_gate():
-    kw = {"federation.rounds": 12, "client.pretrain_rounds": 3}
+    kw = {"federation.rounds": 12, "client.fedossl.pretrain_rounds": 3}
     off = _strategy(**kw, **{"server.fedossl_rampup": 0})  # rampup 0: full weight from the gate (round 6)
     assert [off.ramp(r).tolist() for r in (5, 6, 12)] == [[0, 0], [1, 1], [1, 1]]
     g = _strategy(**kw, **{"server.fedossl_rampup": 3})
@@ -243,7 +243,7 @@ def test_the_servers_strategy_is_built_with_every_fedossl_key():
     """``inner_strategy`` (what the ServerApp builds) and ``FedoSSL.from_config`` give the
     same strategy for non-default keys: a key one of them forgot would be silently off."""
     from strategies import inner_strategy
-    over = {"federation.rounds": 12, "client.pretrain_rounds": 3, "server.fedossl_rampup": 2,
+    over = {"federation.rounds": 12, "client.fedossl.pretrain_rounds": 3, "server.fedossl_rampup": 2,
             "server.fedossl_init": "kmeans", "server.fedossl_seen_slots": "class_mean",
             "server.fedossl_weighting": "examples", "server.fedossl_sgd_steps": 7,
             "server.fedossl_cluster_start": 0.25, "server.fedossl_pseudo_label_start": 0.5}
@@ -270,15 +270,17 @@ def test_uniform_weighting_averages_clients_equally():
                                         ("server.fedossl_weighting", "median"),
                                         ("server.fedossl_cluster_start", 1.5),
                                         ("server.fedossl_sgd_steps", -1),
-                                        ("client.sinkhorn", "exact"), ("client.sinkhorn_epsilon", 0.0),
-                                        ("client.pseudo_label_guard", "vote"),
+                                        ("client.fedossl.sinkhorn", "exact"),
+                                        ("client.fedossl.sinkhorn_epsilon", 0.0),
+                                        ("client.fedossl.pseudo_label_guard", "vote"),
                                         ("server.fedossl_init", "zeros"),
                                         ("server.fedossl_seen_slots", "median"),
                                         ("server.fedossl_gates", "late")])
 def test_bad_fedossl_keys_are_config_errors(key, value):
     from fedssl.config import ConfigError
-    with pytest.raises(ConfigError, match=key.split(".")[1]):
-        resolve(overrides={key: value})
+    with pytest.raises(ConfigError, match=key.rpartition(".")[2]):
+        resolve(overrides={key: value, **({"client.algorithm": "fedossl", "data.seen_classes": 6}
+                                          if key.startswith("client.") else {})})
 
 
 @pytest.mark.parametrize("name, cells, methods", [
@@ -295,10 +297,12 @@ def test_robustness_grids_are_valid(tmp_path, name, cells, methods):
     g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
     assert len(g.cells) == cells
     c = lambda cell: (cell.cfg.server.strategy, cell.cfg.client.algorithm)  # noqa: E731
+    # FedoSSL's own keys; the other algorithms' cells leave them out ("none" / "all" in the grids' rows)
+    fo = lambda cell, k, other: getattr(cell.cfg.algo_params, k, other)  # noqa: E731
     if name == "openworld_robustness.toml":
-        got = {(*c(x), x.cfg.client.pseudo_label_guard, x.cfg.server.fedossl_rampup) for x in g.cells}
+        got = {(*c(x), fo(x, "pseudo_label_guard", "none"), x.cfg.server.fedossl_rampup) for x in g.cells}
     else:
-        got = {(*c(x), x.cfg.client.pseudo_label_slots, x.cfg.client.pseudo_label_guard) for x in g.cells}
+        got = {(*c(x), fo(x, "pseudo_label_slots", "all"), fo(x, "pseudo_label_guard", "none")) for x in g.cells}
     assert got == methods
     assert all(c.cfg.data.labeled_ratio == 0.5 and c.cfg.data.partition == "openworld" for c in g.cells)
 
@@ -309,7 +313,7 @@ def test_ablation_grid_is_valid_and_only_varies_fedossl_keys(tmp_path):
     g = bench.load_grid(ROOT / "examples" / "openworld_robustness_ablations.toml", tmp_path / "out")
     assert len(g.cells) == 54
     assert {(c.cfg.server.strategy, c.cfg.client.algorithm) for c in g.cells} == {("fedossl", "fedossl")}
-    variants = {(c.cfg.client.pseudo_label_round, c.cfg.server.fedossl_init, c.cfg.client.pseudo_label_slots)
+    variants = {(c.cfg.algo_params.pseudo_label_round, c.cfg.server.fedossl_init, c.cfg.algo_params.pseudo_label_slots)
                 for c in g.cells}
     assert variants == {(1000, "random", "all"), (0, "kmeans", "all"), (0, "kmeans", "unseen")}
 
@@ -321,7 +325,7 @@ def test_seen_slot_and_gate_grids_are_valid():
     with tempfile.TemporaryDirectory() as tmp:
         anchor, gates, held = (bench.load_grid(ROOT / "examples" / f"openworld_robustness_{name}.toml", f"{tmp}/{name}")
                                for name in ("anchor", "gates", "heldout"))
-    assert len(anchor.cells) == 6 and {(c.cfg.server.fedossl_seen_slots, c.cfg.client.pseudo_label_slots)
+    assert len(anchor.cells) == 6 and {(c.cfg.server.fedossl_seen_slots, c.cfg.algo_params.pseudo_label_slots)
                                         for c in anchor.cells} == {("class_mean", "unseen")}
     assert len(gates.cells) == 18 and {c.cfg.server.fedossl_gates for c in gates.cells} == {"after_pretrain"}
     assert {c.cfg.run.seed for c in gates.cells} == {0, 1, 2}

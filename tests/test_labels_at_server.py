@@ -116,14 +116,14 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau):
     tau > 0: both terms see the logits plus tau x log(local pseudo-label prior)."""
     import fedssl.algorithms.semifl as semifl_mod
 
-    monkeypatch.setattr(semifl_mod, "weak", lambda x, flip=True: x)  # identity weak view
+    monkeypatch.setattr(semifl_mod.augment, "weak", lambda x, flip=True: x)  # identity weak view
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double()
     x_u = torch.randint(0, 256, (5, 1, 2, 2), dtype=torch.uint8)
     probs = torch.tensor([[0.97, 0.02, 0.01], [0.5, 0.3, 0.2], [0.01, 0.98, 0.01],
                           [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]], dtype=torch.float64)
-    alg = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.threshold": 0.95,
-                                             "client.lambda_u": 1.0, "client.logit_adjustment": tau}))
+    alg = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.semifl.threshold": 0.95,
+                                             "client.semifl.lambda_u": 1.0, "client.semifl.logit_adjustment": tau}))
     alg._x_u, alg._flip, alg._probs = x_u, False, probs
     # confident pseudo-labels 0 and 2 -> classes 0 and 1; one pseudo-count per class
     prior = np.log(np.array([2.0, 2.0, 1.0]) / 5.0)
@@ -152,16 +152,16 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau):
 
 
 def test_semifl_ema_teacher_labels_the_round_and_persists(monkeypatch):
-    """client.semifl_teacher = "ema": the round's fixed pseudo-labels come from the
+    """client.semifl.teacher = "ema": the round's fixed pseudo-labels come from the
     client's persistent EMA teacher, not from the received model (the default)."""
     import fedssl.algorithms.semifl as semifl_mod
 
-    monkeypatch.setattr(semifl_mod, "weak", lambda x, flip=True: x)
+    monkeypatch.setattr(semifl_mod.augment, "weak", lambda x, flip=True: x)
     data = unlabeled_only()
     torch.manual_seed(0)
     model, teacher = build_model("cnn", 10), build_model("cnn", 10)
     paper = build_algorithm(resolve(overrides={"client.algorithm": "semifl"}))
-    ema = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.semifl_teacher": "ema"}))
+    ema = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.semifl.teacher": "ema"}))
     assert not paper.uses_teacher and ema.uses_teacher
     ctx = RoundContext(1, teacher=teacher)
     paper.begin_round(model, ctx, data)
@@ -170,12 +170,12 @@ def test_semifl_ema_teacher_labels_the_round_and_persists(monkeypatch):
     assert torch.equal(paper._probs, semifl_mod.global_pseudo_probs(model, data.x_u, False, cpu))
     assert torch.equal(ema._probs, semifl_mod.global_pseudo_probs(teacher, data.x_u, False, cpu))
     assert not torch.allclose(ema._probs, paper._probs)
-    adjusted = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.logit_adjustment": 0.5}))
+    adjusted = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.semifl.logit_adjustment": 0.5}))
     adjusted.begin_round(model, ctx, data)  # the round's prior comes from its fixed pseudo-labels
     assert paper._log_prior == 0.0
     assert torch.equal(adjusted._log_prior, 0.5 * local_log_prior(paper._probs, 0.95))
-    cfg = resolve(overrides={"client.algorithm": "semifl", "client.semifl_teacher": "ema",
-                             "client.local_steps": 2, "client.batch_size": 4, "client.threshold": 0.05})
+    cfg = resolve(overrides={"client.algorithm": "semifl", "client.semifl.teacher": "ema",
+                             "client.local_steps": 2, "client.batch_size": 4, "client.semifl.threshold": 0.05})
     res = train_client(model, build_algorithm(cfg), data, cfg, server_round=1, partition_id=0, state=None)
     assert any(k.startswith("teacher.") for k in res.state)  # kept for the client's next round
 
@@ -208,8 +208,8 @@ def test_fedsto_phases_loss_and_frozen_head():
     teacher = Tiny(feats, head_w)
     student = Tiny(feats, head_w)
     cfg = resolve(overrides={"client.algorithm": "fedsto", "federation.rounds": 10,
-                             "client.selective_fraction": 0.5, "client.threshold": 0.5,
-                             "client.ortho_lambda": 0.1})
+                             "client.fedsto.selective_fraction": 0.5, "client.fedsto.threshold": 0.5,
+                             "client.fedsto.ortho_lambda": 0.1})
     alg = build_algorithm(cfg)
     ids = lambda *i: torch.tensor(i, dtype=torch.float64)[:, None]  # noqa: E731
     batch = Batch(x_l=[ids()[:0]], y_l=torch.zeros(0, dtype=torch.long), x_u=[ids(0, 1, 2), ids(3, 2, 1)])
@@ -249,7 +249,8 @@ def test_supervised_on_a_client_without_labels_returns_the_global_model_untouche
 @pytest.mark.parametrize("name", ["fixmatch", "meanteacher", "uda", "shrinkmatch", "semifl", "fedsto"])
 def test_every_ssl_algorithm_trains_on_unlabeled_data_alone(name):
     cfg = resolve(overrides={"client.algorithm": name, "client.local_steps": 2, "client.batch_size": 4,
-                             "client.uratio": 2, "client.threshold": 0.05, "federation.rounds": 4})
+                             "client.uratio": 2, "federation.rounds": 4,
+                             **({} if name == "meanteacher" else {f"client.{name}.threshold": 0.05})})
     model = build_model("cnn", 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     res = train_client(model, build_algorithm(cfg), unlabeled_only(), cfg, server_round=3,
@@ -339,7 +340,7 @@ def test_static_bn_statistics_are_recomputed_on_server_data():
 # -- real Flower simulations ------------------------------------------------------------
 def las(out: Path, **extra) -> dict:
     return tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                        "client.algorithm": "semifl", "client.threshold": 0.3,
+                        "client.algorithm": "semifl", "client.semifl.threshold": 0.3,
                         "server.strategy": "fedavgm", "server.server_momentum": 0.5,
                         "server.warmup_steps": 0, "server.train_steps": 10, **extra})
 

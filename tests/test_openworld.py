@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fedssl.algorithms import ALGORITHMS, Batch, RoundContext
-from fedssl.config import ConfigError, resolve
+from fedssl.config import ConfigError, own_keys_only, resolve
 from fedssl.models import build_model
 from fedssl.openworld import (adaptive_margin, anchor_seen_slots, balanced_kmeans, calibrate, calibrate_in_order,
                               entropy_of_mean,
@@ -214,12 +214,13 @@ def test_pairwise_bce_and_entropy_of_mean_on_known_batches():
 
 # -- the algorithms on a real model ------------------------------------------------
 def _cfg(algorithm: str, **over):
-    return resolve(overrides={"data.dataset": "synthetic", "data.partition": "openworld",
+    return resolve(overrides=own_keys_only({"data.dataset": "synthetic", "data.partition": "openworld",
                               "data.seen_classes": S, "data.globally_unseen": 1,
-                              "client.algorithm": algorithm, "client.pretrain_rounds": 0,
+                              "client.algorithm": algorithm, "client.orca.pretrain_rounds": 0,
+                              "client.fedossl.pretrain_rounds": 0,
                               "client.batch_size": 8, "client.uratio": 2, "client.local_steps": 2,
-                              "client.memory_size": 64, "client.local_centroids": 5,
-                              "client.pseudo_label_guard": "none", **over})  # the reference's terms; guards have their own tests
+                              "client.fedossl.memory_size": 64, "client.fedossl.local_centroids": 5,
+                              "client.fedossl.pseudo_label_guard": "none", **over}))  # the reference's terms; guards have their own tests
 
 
 def _data(n_l: int = 24, n_u: int = 48, seed: int = 0) -> ClientData:
@@ -265,7 +266,7 @@ def test_orca_loss_is_ce_plus_pairwise_minus_entropy_with_the_round_margin():
 
 
 def test_orca_pretrain_rounds_train_plain_cross_entropy():
-    cfg = _cfg("orca", **{"client.pretrain_rounds": 1})
+    cfg = _cfg("orca", **{"client.orca.pretrain_rounds": 1})
     algo, model, data = build_algorithm(cfg), _model(), _data()
     batch = _batch(data)
     ctx = RoundContext(server_round=1)
@@ -281,7 +282,7 @@ def _global_centroids(model) -> np.ndarray:
 
 
 def test_fedossl_without_payload_trains_like_orca_plus_suppression_and_reports_centroids():
-    cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1})
+    cfg = _cfg("fedossl", **{"client.fedossl.warmup_rounds": 1, "client.fedossl.pseudo_label_round": 1})
     algo, model, data = build_algorithm(cfg), _model(), _data()
     r1 = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None, payload={})
     assert "train_loss_cluster" not in r1.metrics and "train_loss_sup" not in r1.metrics
@@ -301,8 +302,8 @@ def test_fedossl_without_payload_trains_like_orca_plus_suppression_and_reports_c
 
 
 def test_fedossl_uses_global_centroids_from_warmup_and_pseudo_labels_later():
-    cfg = _cfg("fedossl", **{"client.warmup_rounds": 2, "client.pseudo_label_round": 3,
-                             "client.threshold": 0.05})
+    cfg = _cfg("fedossl", **{"client.fedossl.warmup_rounds": 2, "client.fedossl.pseudo_label_round": 3,
+                             "client.fedossl.threshold": 0.05})
     algo, model, data = build_algorithm(cfg), _model(), _data()
     payload = {"global_centroids": _global_centroids(model)}
     r1 = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None, payload=payload)
@@ -320,8 +321,8 @@ def test_fedossl_unseen_slot_guard_drops_pseudo_labels_of_seen_slots():
     data = _data()
     masks = {}
     for slots in ("all", "unseen"):
-        cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1,
-                                 "client.pseudo_label_slots": slots})
+        cfg = _cfg("fedossl", **{"client.fedossl.warmup_rounds": 1, "client.fedossl.pseudo_label_round": 1,
+                                 "client.fedossl.pseudo_label_slots": slots})
         algo, model = build_algorithm(cfg), _model()
         with torch.no_grad():
             z = F.normalize(model.features(normalize(data.x_u)), dim=1)
@@ -335,7 +336,7 @@ def test_fedossl_unseen_slot_guard_drops_pseudo_labels_of_seen_slots():
 
 
 def test_fedossl_ignores_malformed_centroids():
-    cfg = _cfg("fedossl", **{"client.warmup_rounds": 1})
+    cfg = _cfg("fedossl", **{"client.fedossl.warmup_rounds": 1})
     algo, model, data = build_algorithm(cfg), _model(), _data()
     for bad in (np.zeros((K, 7), np.float32), np.full((K, 128), np.nan, np.float32), np.zeros(3, np.float32)):
         r = train_client(model, algo, data, cfg, server_round=1, partition_id=0, state=None,
@@ -351,7 +352,7 @@ def test_fedossl_pseudo_labels_follow_the_head_for_unseen_slots():
     ids = algo._pseudo_label_ids(model, proto[order])
     assert ids.tolist() == order.tolist()
     # the reference's mapping: slot k pseudo-labels as class k, whatever the head learnt
-    algo = build_algorithm(_cfg("fedossl", **{"client.slot_mapping": "slot_id"}))
+    algo = build_algorithm(_cfg("fedossl", **{"client.fedossl.slot_mapping": "slot_id"}))
     assert algo._pseudo_label_ids(model, proto[order]).tolist() == list(range(K))
 
 
@@ -424,7 +425,7 @@ def test_strategy_skips_missing_or_malformed_payloads(caplog):
 def test_fedossl_ramp_scales_the_centroid_terms_by_the_servers_factors():
     """``fedossl_ramp`` = (a, b) scales L_cluster by a and L_pl by b, nothing else; a
     malformed one counts as (1, 1); a client with its own gates ignores it."""
-    cfg = _cfg("fedossl", **{"client.threshold": 0.05})
+    cfg = _cfg("fedossl", **{"client.fedossl.threshold": 0.05})
     algo, model, data = build_algorithm(cfg), _model(), _data()
     batch = _batch(data)
     totals, metrics = {}, {}
@@ -438,13 +439,13 @@ def test_fedossl_ramp_scales_the_centroid_terms_by_the_servers_factors():
         totals[ramp], metrics[ramp] = float(loss.detach()), m
     m = metrics[(1.0, 1.0)]
     assert m["loss_cluster"] > 0 and m["loss_pl"] > 0
-    cut = lambda a, b: (1 - a) * algo.cluster_weight * m["loss_cluster"] + (1 - b) * cfg.client.lambda_u * m["loss_pl"]
+    cut = lambda a, b: (1 - a) * algo.cluster_weight * m["loss_cluster"] + (1 - b) * cfg.algo_params.lambda_u * m["loss_pl"]
     assert totals[(0.5, 0.25)] == pytest.approx(totals[(1.0, 1.0)] - cut(0.5, 0.25), rel=1e-5)
     assert totals[(0.0, 0.0)] == pytest.approx(totals[(1.0, 1.0)] - cut(0.0, 0.0), rel=1e-5)
     for bad in (np.array([0.5]), np.array([np.nan, 1.0]), np.zeros((2, 2))):
         assert algo.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": bad})) == (1.0, 1.0)
     assert algo.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([2.0, -1.0])})) == (1.0, 0.0)
-    own = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_round": 3}))
+    own = build_algorithm(_cfg("fedossl", **{"client.fedossl.pseudo_label_round": 3}))
     assert own.ramp(RoundContext(server_round=2, payload={"fedossl_ramp": np.array([0.2, 0.3])})) == (0.2, 1.0)
 
 
@@ -459,8 +460,8 @@ def test_fedossl_guards_against_relabelling_seen_samples():
     masks = {}
     for top, head_class in ((0, K - 1), (0, 1), (K - 1, 1)):
         for guard in ("none", "agree", "keep_seen", "no_seen_swap"):
-            cfg = _cfg("fedossl", **{"client.warmup_rounds": 1, "client.pseudo_label_round": 1,
-                                     "client.pseudo_label_guard": guard, "client.local_steps": 1})
+            cfg = _cfg("fedossl", **{"client.fedossl.warmup_rounds": 1, "client.fedossl.pseudo_label_round": 1,
+                                     "client.fedossl.pseudo_label_guard": guard, "client.local_steps": 1})
             algo, model = build_algorithm(cfg), _model()
             with torch.no_grad():
                 z = F.normalize(model.features(normalize(data.x_u)), dim=1)
@@ -485,7 +486,7 @@ def test_fedossl_prototype_guard_keeps_seen_samples_nearer_their_labels():
     """``prototype``: a move from seen class c into an unseen slot survives only when the
     sample is nearer the slot's centroid than c's labeled prototype; seen-to-seen swaps
     are dropped as by ``no_seen_swap``; a class without local labels does not block."""
-    algo = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_guard": "prototype"}))
+    algo = build_algorithm(_cfg("fedossl", **{"client.fedossl.pseudo_label_guard": "prototype"}))
     e = torch.eye(4)
     algo._centroids = torch.zeros(K, 4)
     algo._centroids[K - 1] = e[0]                      # unseen slot K-1 points along e0
@@ -505,7 +506,7 @@ def test_fedossl_prototype_guard_keeps_seen_samples_nearer_their_labels():
     slot = torch.tensor([K - 1, K - 1, K - 1, K - 1, 3, 1])
     keep = algo._guard(pred, slot.clone(), slot, z)
     assert keep.tolist() == [True, False, True, True, False, True]
-    plain = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_guard": "no_seen_swap"}))
+    plain = build_algorithm(_cfg("fedossl", **{"client.fedossl.pseudo_label_guard": "no_seen_swap"}))
     plain._centroids, plain._prototypes, plain._has_prototype = (
         algo._centroids, algo._prototypes, algo._has_prototype)  # the same cases, no prototype test
     assert plain._guard(pred, slot.clone(), slot, z).tolist() == [True, True, True, True, False, True]
@@ -515,7 +516,7 @@ def test_fedossl_prototype_guard_anchors_are_the_labeled_class_means():
     """begin_round fixes the prototypes for the round: the normalised mean feature of the
     client's labeled samples of each seen class, under the received model."""
     from fedssl.data.augment import normalize
-    algo = build_algorithm(_cfg("fedossl", **{"client.pseudo_label_guard": "prototype"}))
+    algo = build_algorithm(_cfg("fedossl", **{"client.fedossl.pseudo_label_guard": "prototype"}))
     model, data = _model(), _data()
     data = ClientData(data.x_l[data.y_l != 2], data.y_l[data.y_l != 2], data.x_u, data.y_u)  # no label of 2
     algo.begin_round(model, RoundContext(server_round=2, payload={"global_centroids": _global_centroids(model)}), data)
@@ -530,12 +531,12 @@ def test_fedossl_prototype_guard_anchors_are_the_labeled_class_means():
 
 
 def test_fedossl_forward_memory_clusters_the_rounds_training_features():
-    """``client.memory = "forward"``: the memory is the last ``memory_size`` normalised
+    """``client.fedossl.memory = "forward"``: the memory is the last ``memory_size`` normalised
     features of the round's training passes (both views), and the local centroids are
     fitted to it instead of to re-embedded samples."""
     out = {}
     for memory in ("reembed", "forward"):
-        cfg = _cfg("fedossl", **{"client.memory": memory, "client.memory_size": 20, "client.local_steps": 3})
+        cfg = _cfg("fedossl", **{"client.fedossl.memory": memory, "client.fedossl.memory_size": 20, "client.local_steps": 3})
         algo, model, data = build_algorithm(cfg), _model(), _data()
         seen = []
         remember = algo._remember
@@ -554,7 +555,7 @@ def test_fedossl_forward_memory_clusters_the_rounds_training_features():
 
 
 def test_fedossl_forward_memory_keeps_the_last_rows():
-    algo = build_algorithm(_cfg("fedossl", **{"client.memory": "forward", "client.memory_size": 5}))
+    algo = build_algorithm(_cfg("fedossl", **{"client.fedossl.memory": "forward", "client.fedossl.memory_size": 5}))
     algo._memory = []
     chunks = [torch.full((3, 4), float(i + 1)) for i in range(4)]
     for c in chunks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 
 from conftest import tiny
 from fedssl.config import resolve
@@ -18,7 +19,7 @@ def test_fedossl_payload_round_trip(tmp_path):
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
         "data.num_clients": 3, "federation.rounds": 2, "client.local_steps": 3,
         "client.algorithm": "fedossl", "server.strategy": "fedossl",
-        "client.warmup_rounds": 1, "client.pretrain_rounds": 0}))
+        "client.fedossl.warmup_rounds": 1, "client.fedossl.pretrain_rounds": 0}))
     summary = run_experiment(cfg, quiet=True)
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2
 
@@ -31,8 +32,10 @@ def test_fedossl_payload_round_trip(tmp_path):
     # N_k from round 1 persisted in the client state -> suppressed loss in round 2
     assert rows[0]["train_loss_sup"] == "" and float(rows[1]["train_loss_sup"]) > 0
     for r in rows:
-        for col in ("acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen"):
+        for col in ("acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen", "acc_unseen_strict",
+                    *(f"absorbed_{k}" for k in range(6, 10))):
             assert 0.0 <= float(r[col]) <= 1.0
+        assert float(r["discovered"]) in {0, 1, 2, 3, 4}
 
     # the server kept calibrated centroids from the clients' payloads (checkpointed)
     centroids = load_checkpoint(tmp_path)["strategy"]["inner"]["global_centroids"]
@@ -43,6 +46,11 @@ def test_fedossl_payload_round_trip(tmp_path):
     assert sorted(per_class, key=int) == [str(k) for k in range(10)]
     assert all(v is not None for v in per_class.values())
     assert summary["global_unseen_classes"] and summary["local_unseen_classes"]
+    # the final model's confusion matrix, columns in the all-sample matching's order
+    cm = np.asarray(summary["confusion_matrix"]["counts"])
+    assert cm.shape == (10, 10) and cm.sum() == 400
+    assert sorted(summary["confusion_matrix"]["output_of_class"]) == list(range(10))
+    assert np.trace(cm) / cm.sum() == pytest.approx(float(rows[-1]["acc_all"]))
 
 
 def test_fedossl_algorithm_with_another_strategy_warns_once_and_runs(tmp_path):
@@ -51,7 +59,7 @@ def test_fedossl_algorithm_with_another_strategy_warns_once_and_runs(tmp_path):
     over = tiny(tmp_path / "r", **{
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
         "data.num_clients": 3, "federation.rounds": 2, "client.local_steps": 2,
-        "client.algorithm": "fedossl", "server.strategy": "fedavg", "client.pretrain_rounds": 0})
+        "client.algorithm": "fedossl", "server.strategy": "fedavg", "client.fedossl.pretrain_rounds": 0})
     proc = run_cli("run", "--quiet", *as_set_flags(over))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
@@ -70,7 +78,7 @@ def test_fedossl_kill9_then_resume_equals_uninterrupted(tmp_path):
     over = tiny(tmp_path / "killed", **{
         "data.partition": "openworld", "data.seen_classes": 6, "data.globally_unseen": 1,
         "data.num_clients": 3, "federation.rounds": 4, "client.local_steps": 20,
-        "client.algorithm": "fedossl", "server.strategy": "fedossl", "client.pretrain_rounds": 0,
+        "client.algorithm": "fedossl", "server.strategy": "fedossl", "client.fedossl.pretrain_rounds": 0,
         "server.fedossl_sgd_steps": 50, "run.checkpoint_every": 1})
     killed = tmp_path / "killed"
     kill9_after_checkpoint(over, killed)

@@ -139,7 +139,7 @@ def _poison(out: Path) -> list[Path]:
 
 def test_a_second_run_in_the_same_directory_reads_nothing_of_the_first(tmp_path, caplog):
     sampled = {"data.num_clients": 8, "federation.fraction_train": 0.5, "federation.min_clients": 2,
-               "federation.rounds": 3, "client.threshold": 0.01, "run.checkpoint_every": 0}
+               "federation.rounds": 3, "client.fixmatch.threshold": 0.01, "run.checkpoint_every": 0}
     first = run_experiment(resolve(overrides=tiny(tmp_path / "same", **sampled, **{"run.seed": 2})), quiet=True)
     old = {(pid, r) for pid, _, r, _ in ClientStateStore(tmp_path / "same" / "client_state").files()}
     _poison(tmp_path / "same")
@@ -163,7 +163,7 @@ def test_a_second_run_in_the_same_directory_reads_nothing_of_the_first(tmp_path,
 
 def test_second_cli_run_refuses_without_overwrite_and_starts_clean_with_it(tmp_path):
     out = tmp_path / "o"
-    over = tiny(out, **{"client.threshold": 0.01})
+    over = tiny(out, **{"client.fixmatch.threshold": 0.01})
     assert run_cli("run", "--quiet", *as_set_flags(over)).returncode == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert_bad_input(run_cli("run", "--quiet", *as_set_flags(over)), "--overwrite")

@@ -1,9 +1,6 @@
 """Local SSL objectives, one file each, registered by name in ``ALGORITHMS``."""
 
-from fedssl.algorithms.base import Algorithm, Batch, RoundContext
-from fedssl.registry import Registry
+from fedssl.algorithms.base import Algorithm, Batch, Params, RoundContext, param, register
+from fedssl.registry import ALGORITHMS
 
-ALGORITHMS = Registry("algorithm", __name__)
-register = ALGORITHMS.register
-
-__all__ = ["ALGORITHMS", "Algorithm", "Batch", "RoundContext", "register"]
+__all__ = ["ALGORITHMS", "Algorithm", "Batch", "Params", "RoundContext", "param", "register"]

@@ -1,23 +1,63 @@
-"""The contract between the shared local trainer and one SSL algorithm.
+"""The contract between the shared local trainer and one SSL algorithm, and the
+declaration API of an algorithm.
 
-An algorithm says which augmented views it needs and computes one step's loss from
-a :class:`Batch`. Everything else (data sampling, augmentation, the optimiser, the
-EMA teacher, FedProx's proximal term, persistent client state) is shared machinery
-in :mod:`fedssl.training`.
+An algorithm is one file that declares everything about it: its name
+(:func:`register`), its own parameters (a :class:`Params` dataclass of :func:`param`
+fields, the keys of its ``[client.<name>]`` config section), its metric keys, whether
+it is open-world, the shared ``[client]`` defaults it overrides, and its optional
+server-side hooks. It says which augmented views it needs and computes one step's
+loss from a :class:`Batch`. Everything else (data sampling, augmentation, the
+optimiser, the EMA teacher, FedProx's proximal term, persistent client state) is
+shared machinery in :mod:`fedssl.training`.
+
+Importing an algorithm file imports no torch, so a config validates in
+milliseconds: ``torch``, ``F`` (``torch.nn.functional``) and ``nn`` here are
+:class:`LazyModule` proxies that import on first attribute access; use them inside
+methods, and ``from __future__ import annotations`` for type hints.
 """
 
 from __future__ import annotations
 
+import importlib
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+from fedssl.config.schema import Params, param
+from fedssl.registry import ALGORITHMS
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     from fedssl.config import ClientConfig
+
+
+class LazyModule(types.ModuleType):
+    """A module imported on first attribute access (then cached attribute by attribute)."""
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(importlib.import_module(self.__name__), attr)
+        setattr(self, attr, value)
+        return value
+
+
+def lazy(module: str) -> Any:
+    """A :class:`LazyModule` for ``module``, e.g. ``augment = lazy("fedssl.data.augment")``."""
+    return LazyModule(module)
+
+
+if not TYPE_CHECKING:
+    torch, F, nn, np = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn"), lazy("numpy")
+
+#: ``@register("name")`` adds an algorithm class to the registry under ``name``
+register = ALGORITHMS.register
+
+__all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "RoundContext", "StepMetrics", "lazy", "nn", "np",
+           "param", "register", "torch"]
 
 
 #: per-step metrics: detached 0-d tensors (summed on the device, read once per
@@ -56,9 +96,16 @@ class RoundContext:
 
 
 class Algorithm:
-    """Base class. Subclasses set the class attributes and implement :meth:`loss`."""
+    """Base class. Subclasses set the class attributes and implement :meth:`loss`.
 
-    name: str = ""
+    ``self.cfg`` is the shared ``[client]`` section, ``self.params`` the algorithm's
+    own (an instance of ``params_class``), ``self.rounds`` the run's federated rounds.
+    """
+
+    name: ClassVar[str] = ""  # set by @register; a user's class: its [client.<name>] section
+    params_class: ClassVar[type[Params]] = Params  # its own keys, [client.<name>]
+    metric_keys: ClassVar[tuple[str, ...]] = ("loss",)  # train_* metrics every reply carries
+    client_defaults: ClassVar[Mapping[str, Any]] = {}  # its defaults of shared [client] keys
     open_world: bool = False  # needs unseen classes and a cosine head
     uses_teacher: bool = False  # the trainer keeps an EMA teacher for this client
     uses_unlabeled: bool = True
@@ -67,10 +114,19 @@ class Algorithm:
     labeled_views: tuple[str, ...] = ("weak",)
     unlabeled_views: tuple[str, ...] = ("weak", "strong")
 
-    def __init__(self, cfg: ClientConfig, num_classes: int, num_seen: int) -> None:
+    def __init__(self, cfg: ClientConfig, num_classes: int, num_seen: int, params: Params | None = None,
+                 rounds: int = 1) -> None:
         self.cfg = cfg
+        self.params: Any = self.params_class() if params is None else params
         self.num_classes = num_classes
         self.num_seen = num_seen
+        self.rounds = rounds
+
+    # -- server-side hooks (no-ops unless an algorithm overrides them) ----------
+    def server_penalty(self, model: nn.Module, server_round: int) -> torch.Tensor | None:
+        """A term the server adds to its own training loss (labels at server) after
+        aggregating ``server_round`` (0: the warm-up before round 1); None = nothing."""
+        return None
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Hook before the first step (e.g. ORCA's margin, FedoSSL's centroids)."""

@@ -4,14 +4,14 @@ FedSTO's stages, with the server holding the only labels:
 
 1. Warm-up: server-only supervised training (``server.warmup_steps``,
    ``fedssl.server_training``).
-2. Selective training, rounds 1 .. ceil(client.selective_fraction x rounds): clients
+2. Selective training, rounds 1 .. ceil(client.fedsto.selective_fraction x rounds): clients
    train the backbone only; the head is frozen at the received global head (so the
    aggregate's head is the global head); the server trains everything on its labels
    after aggregation.
 3. Orthogonally enhanced full-parameter training, the remaining rounds: clients train
    everything, and clients and server add the SRIP penalty (Bansal et al., 2018)
 
-       R(W) = client.ortho_lambda * sigma_max(W W^T - I)
+       R(W) = client.fedsto.ortho_lambda * sigma_max(W W^T - I)
 
    on the classification head W (reshaped so that rows are the smaller dimension:
    10 classes x 128 features gives W W^T, as METHODS.md says for a head with fewer
@@ -20,7 +20,7 @@ FedSTO's stages, with the server holding the only labels:
 
 Client loss (both phases): FixMatch-style pseudo-labelling by the client's
 persistent local EMA teacher (``client.ema_decay``; how it meets each new global model
-is the shared rule, ``client.teacher_sync``), threshold ``client.threshold`` on the
+is the shared rule, ``client.teacher_sync``), threshold ``client.fedsto.threshold`` on the
 teacher's weak-view prediction, CE of the student on the strong view, plus the
 supervised CE when the client also holds labels (mixed case):
 
@@ -39,25 +39,32 @@ Choices FedSTO leaves open (there is no official training code), documented here
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, nn, param, register,
+                                    torch)
 
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
+
+@dataclass(frozen=True)
+class FedSTOParams(Params):
+    threshold: float = param(0.95, "confidence threshold tau of the teacher's pseudo-labels", gt=0, le=1)
+    lambda_u: float = param(1.0, "weight of the unlabeled loss", ge=0)
+    selective_fraction: float = param(0.5, "fraction of rounds in the selective (backbone-only) phase",
+                                      ge=0, le=1)
+    ortho_lambda: float = param(0.01, "weight of the SRIP orthogonality penalty on the head (phase 2)", ge=0)
 
 
 @register("fedsto")
 class FedSTO(Algorithm):
+    params_class = FedSTOParams
+    metric_keys = ("loss", "loss_x", "loss_u", "mask", "ortho", "pl_acc")
     uses_teacher = True
     unlabeled_views = ("weak", "strong")
-    rounds: int = 100  # set from federation.rounds by fedssl.training.build_algorithm
 
     def selective(self, server_round: int) -> bool:
         """True in phase 1 (backbone-only training)."""
-        return server_round <= math.ceil(self.cfg.selective_fraction * self.rounds)
+        return server_round <= math.ceil(self.params.selective_fraction * self.rounds)
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         frozen = self.selective(ctx.server_round)
@@ -70,9 +77,9 @@ class FedSTO(Algorithm):
         return {}
 
     def penalty(self, model: nn.Module, server_round: int) -> torch.Tensor | None:
-        if self.selective(server_round) or self.cfg.ortho_lambda <= 0:
+        if self.selective(server_round) or self.params.ortho_lambda <= 0:
             return None
-        return self.cfg.ortho_lambda * srip(head_weight(model))
+        return self.params.ortho_lambda * srip(head_weight(model))
 
     def server_penalty(self, model: nn.Module, server_round: int) -> torch.Tensor | None:
         """The same penalty in the server's training step (phase 2 only)."""
@@ -88,11 +95,11 @@ class FedSTO(Algorithm):
         u_weak, u_strong = batch.x_u
         q = self.pseudo_probs(model, u_weak, ctx)
         max_probs, pseudo = q.max(dim=1)
-        mask = (max_probs >= self.cfg.threshold).float()
+        mask = (max_probs >= self.params.threshold).float()
         logits = model(torch.cat([batch.x_l[0], u_strong]))
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
         loss_u = (F.cross_entropy(logits[n_l:], pseudo, reduction="none") * mask).mean()
-        loss = loss_x + self.cfg.lambda_u * loss_u
+        loss = loss_x + self.params.lambda_u * loss_u
         metrics = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask": mask.mean().item(),
                    "ortho": reg.item() if reg is not None else 0.0}
         if batch.y_u is not None and mask.sum() > 0:

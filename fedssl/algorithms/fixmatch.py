@@ -4,21 +4,29 @@
 
 where q_b = softmax(teacher(u_weak_b)). The teacher is the client's EMA of its
 student; how it meets each new global model is shared (``fedssl.training``).
+Defaults: the paper's tau = 0.95 and lambda_u = 1.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from dataclasses import dataclass
 
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
-from fedssl.metrics import pseudo_label_accuracy
+from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param,
+                                    register, torch)
+
+metrics = lazy("fedssl.metrics")
+
+
+@dataclass(frozen=True)
+class FixMatchParams(Params):
+    threshold: float = param(0.95, "pseudo-label confidence threshold tau", gt=0, le=1)
+    lambda_u: float = param(1.0, "weight of the unlabeled loss", ge=0)
 
 
 @register("fixmatch")
 class FixMatch(Algorithm):
+    params_class = FixMatchParams
+    metric_keys = ("loss", "loss_x", "loss_u", "mask", "pl_acc")
     uses_teacher = True
     unlabeled_views = ("weak", "strong")
 
@@ -29,14 +37,14 @@ class FixMatch(Algorithm):
         u_weak, u_strong = batch.x_u
         q = self.pseudo_probs(model, u_weak, ctx)
         max_probs, pseudo_label = q.max(dim=1)
-        mask = (max_probs >= self.cfg.threshold).float()
+        mask = (max_probs >= self.params.threshold).float()
 
         n_l = batch.y_l.numel()
         logits = model(torch.cat([batch.x_l[0], u_strong]))
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
         loss_u = (F.cross_entropy(logits[n_l:], pseudo_label, reduction="none") * mask).mean()
-        metrics: StepMetrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
-        pl_acc = pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
+        out: StepMetrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
+        pl_acc = metrics.pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
         if pl_acc is not None:
-            metrics["pl_acc"] = pl_acc
-        return loss_x + self.cfg.lambda_u * loss_u, metrics
+            out["pl_acc"] = pl_acc
+        return loss_x + self.params.lambda_u * loss_u, out

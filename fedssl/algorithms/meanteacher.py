@@ -10,33 +10,38 @@ paper's sigmoid ramp-up
 
 where "rounds done" counts federated rounds, (server_round - 1) + step / total_steps,
 so the weight rises smoothly within a round and reaches lambda_u after
-``client.rampup_rounds`` rounds (0 = no ramp-up).
+``client.meanteacher.rampup_rounds`` rounds (0 = no ramp-up).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, nn, param, register,
+                                    torch)
 
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
+
+@dataclass(frozen=True)
+class MeanTeacherParams(Params):
+    lambda_u: float = param(1.0, "consistency weight after the ramp-up", ge=0)
+    rampup_rounds: int = param(5, "sigmoid ramp-up of the consistency weight, in rounds (0 = none)", ge=0)
 
 
 @register("meanteacher")
 class MeanTeacher(Algorithm):
+    params_class = MeanTeacherParams
+    metric_keys = ("loss", "loss_x", "loss_u", "rampup")
     uses_teacher = True
     unlabeled_views = ("weak", "weak")  # student's view, teacher's view
 
     def consistency_weight(self, ctx: RoundContext) -> float:
         """lambda_u times the sigmoid ramp-up at this point of training."""
-        if self.cfg.rampup_rounds <= 0:
-            return self.cfg.lambda_u
+        if self.params.rampup_rounds <= 0:
+            return self.params.lambda_u
         rounds_done = ctx.server_round - 1 + ctx.step / max(ctx.total_steps, 1)
-        t = min(max(rounds_done / self.cfg.rampup_rounds, 0.0), 1.0)
-        return self.cfg.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
+        t = min(max(rounds_done / self.params.rampup_rounds, 0.0), 1.0)
+        return self.params.lambda_u * math.exp(-5.0 * (1.0 - t) ** 2)
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()

@@ -17,7 +17,7 @@ ORCA (like FedoSSL) starts from a self-supervised pretrained backbone. From a ra
 init its objective collapses: the margin (+5 on the true logit while the model is
 uncertain) mutes the labeled loss, and a constant output ``p`` for every sample is
 a local minimum of ``L_pair - H`` (it equals ``H_2(p) - H(p) <= 0``). As a stand-in
-for pretraining, the first ``client.pretrain_rounds`` rounds train the plain
+for pretraining, the first ``client.orca.pretrain_rounds`` rounds train the plain
 cross-entropy on labeled samples only.
 
 ORCA recomputes ``u`` once per epoch; here it is recomputed once per round, in
@@ -30,15 +30,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
+from fedssl.algorithms.base import (StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param, register,
+                                    torch)
 
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
-from fedssl.data.augment import normalize
-from fedssl.metrics import predict
-from fedssl.openworld import (adaptive_margin, entropy_of_mean, margin_cross_entropy,
-                              mean_uncertainty, pairwise_bce, pairwise_positives)
+augment, fmetrics, openworld = lazy("fedssl.data.augment"), lazy("fedssl.metrics"), lazy("fedssl.openworld")
+
+
+@dataclass(frozen=True)
+class ORCAParams(Params):
+    pretrain_rounds: int = param(1, "plain labeled CE rounds first (stands in for the reference's "
+                                 "self-supervised pretraining)", ge=0)
 
 
 @dataclass
@@ -56,6 +57,8 @@ class TwoViews:
 
 @register("orca")
 class ORCA(Algorithm):
+    params_class: type[Params] = ORCAParams
+    metric_keys = ("loss", "loss_x", "loss_pair", "entropy", "margin")
     open_world = True
     labeled_views = ("weak", "weak")
     unlabeled_views = ("weak", "weak")
@@ -66,13 +69,13 @@ class ORCA(Algorithm):
         n = len(data.y_u)
         if n:
             idx = torch.randperm(n)[: self.uncertainty_samples]
-            _, logits = predict(model, normalize(data.x_u[idx]))
-            ctx.state["uncertainty"] = torch.tensor(mean_uncertainty(torch.softmax(logits, dim=1)))
+            _, logits = fmetrics.predict(model, augment.normalize(data.x_u[idx]))
+            ctx.state["uncertainty"] = torch.tensor(openworld.mean_uncertainty(torch.softmax(logits, dim=1)))
         else:
             ctx.state["uncertainty"] = torch.tensor(0.0)
 
     def margin(self, ctx: RoundContext) -> float:
-        return adaptive_margin(float(ctx.state.get("uncertainty", 0.0)), self.margin_cap)
+        return openworld.adaptive_margin(float(ctx.state.get("uncertainty", 0.0)), self.margin_cap)
 
     def forward_views(self, model: nn.Module, batch: Batch) -> TwoViews:
         x1 = torch.cat([batch.x_l[0], *batch.x_u[:1]])
@@ -81,19 +84,19 @@ class ORCA(Algorithm):
         logits1 = model.head(z1)
         return TwoViews(z1, z2, logits1, torch.softmax(logits1, dim=1),
                         torch.softmax(model.head(z2), dim=1), batch.y_l.numel(),
-                        pairwise_positives(z1.detach(), batch.y_l))
+                        openworld.pairwise_positives(z1.detach(), batch.y_l))
 
     def orca_terms(self, model: nn.Module, v: TwoViews, batch: Batch,
                    ctx: RoundContext) -> dict[str, torch.Tensor]:
         scale = float(getattr(model.head, "scale", 1.0))
         return {
-            "loss_x": margin_cross_entropy(v.logits1[:v.n_l], batch.y_l, self.margin(ctx), scale),
-            "loss_pair": pairwise_bce(v.p1, v.p2[v.pos]),
-            "entropy": entropy_of_mean(v.p1),
+            "loss_x": openworld.margin_cross_entropy(v.logits1[:v.n_l], batch.y_l, self.margin(ctx), scale),
+            "loss_pair": openworld.pairwise_bce(v.p1, v.p2[v.pos]),
+            "entropy": openworld.entropy_of_mean(v.p1),
         }
 
     def pretraining(self, ctx: RoundContext) -> bool:
-        return ctx.server_round <= self.cfg.pretrain_rounds
+        return ctx.server_round <= self.params.pretrain_rounds
 
     def pretrain_loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, StepMetrics]:
         loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)

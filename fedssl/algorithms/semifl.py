@@ -2,15 +2,15 @@
 
 Each round the client pseudo-labels its unlabeled shard ONCE with the received global
 model (eval mode, one weak view), keeping samples whose max probability is at least
-``client.threshold`` (tau). Those labels stay fixed for the round. One step's loss on
+``client.semifl.threshold`` (tau). Those labels stay fixed for the round. One step's loss on
 the batch's confident samples x with pseudo-labels y_hat is
 
     L_fix = CE(f(strong(x)), y_hat)                      (mean over confident samples)
-    lambda ~ Beta(a, a)                                  (one scalar per batch, a = client.mix_alpha)
+    lambda ~ Beta(a, a)                                  (one scalar per batch, a = client.semifl.mix_alpha)
     x_mix = lambda * weak(x) + (1 - lambda) * weak(x')   (x' drawn with replacement from
                                                           ALL local samples, label y' = argmax)
     L_mix = lambda * CE(f(x_mix), y_hat) + (1 - lambda) * CE(f(x_mix), y')
-    L     = L_fix + client.lambda_u * L_mix               (SemiFL's Mix weight is 1)
+    L     = L_fix + client.semifl.lambda_u * L_mix              (SemiFL's Mix weight is 1)
 
 plus the supervised CE when the client also holds labels (mixed case). The rest of
 SemiFL lives elsewhere: the server's fine-tuning on its labels after every aggregation
@@ -29,12 +29,12 @@ Choices where our machinery differs from SemiFL's code, and why:
   of SemiFL's separate "mix" batch of confident samples.
 - A client with no confident sample still replies (unchanged weights); SemiFL leaves
   it out of the average. With tau = 0.95 on Fashion-MNIST this is rare.
-- ``client.semifl_teacher = "ema"`` (not SemiFL's) labels the round from the client's
+- ``client.semifl.teacher = "ema"`` (not SemiFL's) labels the round from the client's
   persistent EMA teacher instead, the teacher of FixMatch and FedSTO here: it measures
   the teacher choice inside SemiFL. With 10 % participation a client trains about
   every 10th round, so under the default ``client.teacher_sync = 0.5`` its teacher is
   almost the global model again (0.5^10); ``teacher_sync = 1`` keeps it local.
-- ``client.logit_adjustment = tau > 0`` (not SemiFL's) adds tau x log(prior) to the
+- ``client.semifl.logit_adjustment = tau > 0`` (not SemiFL's) adds tau x log(prior) to the
   logits of the Fix and Mix terms, the prior being the client's confident pseudo-label
   frequencies this round (plus one per class). On a client whose shard holds two or
   three classes, plain CE pushes the head toward them and down on every absent class;
@@ -46,19 +46,32 @@ Choices where our machinery differs from SemiFL's code, and why:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param,
+                                    register, torch)
 
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
-from fedssl.data.augment import normalize, weak
+augment = lazy("fedssl.data.augment")
+
+
+@dataclass(frozen=True)
+class SemiFLParams(Params):
+    threshold: float = param(0.95, "confidence threshold tau of the round's fixed pseudo-labels", gt=0, le=1)
+    lambda_u: float = param(1.0, "weight of the Mix term (SemiFL's is 1)", ge=0)
+    mix_alpha: float = param(0.75, "mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
+    teacher: str = param("global", "the round's fixed pseudo-labels come from the received global model "
+                         "(global, the paper) or the client's persistent EMA teacher (ema, met with the global "
+                         "model by client.teacher_sync)", choices=("global", "ema"))
+    logit_adjustment: float = param(0.0, "add tau x log(local pseudo-label prior) to the logits of the "
+                                    "unlabeled terms (FedLC-style balanced loss against label skew; 0 = off, "
+                                    "the paper)", ge=0)
 
 
 @register("semifl")
 class SemiFL(Algorithm):
+    params_class = SemiFLParams
+    metric_keys = ("loss", "loss_x", "loss_fix", "loss_mix", "mask", "mix_lambda", "pl_acc")
     equal_weight = True
     unlabeled_views = ("strong",)
     _x_u: torch.Tensor | None = None  # this round's shard and its fixed pseudo-label probabilities
@@ -67,16 +80,16 @@ class SemiFL(Algorithm):
 
     @property
     def uses_teacher(self) -> bool:  # type: ignore[override]
-        return self.cfg.semifl_teacher == "ema"
+        return self.params.teacher == "ema"
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Fixed pseudo-labels for the whole shard from the received global model (or,
-        with ``client.semifl_teacher = "ema"``, from the client's EMA teacher)."""
+        with ``client.semifl.teacher = "ema"``, from the client's EMA teacher)."""
         self._x_u, self._flip = data.x_u, data.flip
         teacher = ctx.teacher if self.uses_teacher and ctx.teacher is not None else model
         self._probs = global_pseudo_probs(teacher, data.x_u, data.flip, ctx.device)
-        tau = self.cfg.logit_adjustment
-        self._log_prior = tau * local_log_prior(self._probs, self.cfg.threshold) if tau > 0 else 0.0
+        tau = self.params.logit_adjustment
+        self._log_prior = tau * local_log_prior(self._probs, self.params.threshold) if tau > 0 else 0.0
         model.train()
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
@@ -88,16 +101,17 @@ class SemiFL(Algorithm):
         assert probs_all is not None and x_u is not None and batch.idx_u is not None, "begin_round first"
         probs = probs_all[batch.idx_u]
         conf, y_hat = probs.max(dim=1)
-        mask = conf >= self.cfg.threshold
+        mask = conf >= self.params.threshold
         if n_l == 0 and not mask.any():  # nothing to learn from in this batch
             zero = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
             return zero, {"loss_x": 0.0, "loss_fix": 0.0, "loss_mix": 0.0, "mask": 0.0}
         # mix partners: all local samples, with replacement, argmax labels
         partner = torch.randint(0, len(probs_all), (int(mask.sum()),), device=probs_all.device)
-        lam = float(torch.distributions.Beta(self.cfg.mix_alpha, self.cfg.mix_alpha).sample())
+        lam = float(torch.distributions.Beta(self.params.mix_alpha, self.params.mix_alpha).sample())
         idx_c = batch.idx_u[mask.cpu()]
-        x_mix = (lam * normalize(weak(x_u[idx_c], self._flip))
-                 + (1 - lam) * normalize(weak(x_u[partner.cpu()], self._flip))).to(ctx.device)
+        norm, weak = augment.normalize, augment.weak
+        x_mix = (lam * norm(weak(x_u[idx_c], self._flip))
+                 + (1 - lam) * norm(weak(x_u[partner.cpu()], self._flip))).to(ctx.device)
         logits = model(torch.cat([batch.x_l[0], batch.x_u[0][mask], x_mix]))
         n_c = int(mask.sum())
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
@@ -111,7 +125,7 @@ class SemiFL(Algorithm):
                    "mask": mask.float().mean().item(), "mix_lambda": lam}
         if batch.y_u is not None and n_c:
             metrics["pl_acc"] = (y_hat[mask] == batch.y_u[mask]).float().mean().item()
-        return loss_x + loss_fix + self.cfg.lambda_u * loss_mix, metrics
+        return loss_x + loss_fix + self.params.lambda_u * loss_mix, metrics
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
         self._log_prior = 0.0
@@ -138,12 +152,13 @@ def local_log_prior(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.log(counts / counts.sum())
 
 
-@torch.no_grad()
 def global_pseudo_probs(model: nn.Module, x_u: torch.Tensor, flip: bool, device: torch.device,
                         batch_size: int = 512) -> torch.Tensor:
-    """softmax(model(weak(x))) for every sample, model in eval mode."""
+    """softmax(model(weak(x))) for every sample, model in eval mode, without gradient."""
     model.eval()
-    out = [torch.softmax(model(normalize(weak(x_u[i:i + batch_size], flip)).to(device)), dim=1)
-           for i in range(0, len(x_u), batch_size)]
-    num_classes = model(torch.zeros(1, *x_u.shape[1:], device=device)).shape[1] if not out else None
+    norm, weak = augment.normalize, augment.weak
+    with torch.no_grad():
+        out = [torch.softmax(model(norm(weak(x_u[i:i + batch_size], flip)).to(device)), dim=1)
+               for i in range(0, len(x_u), batch_size)]
+        num_classes = model(torch.zeros(1, *x_u.shape[1:], device=device)).shape[1] if not out else None
     return torch.cat(out) if out else torch.empty(0, num_classes or 0, device=device)

@@ -37,15 +37,20 @@ head shared through federated averaging.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param,
+                                    register, torch)
 
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
-from fedssl.metrics import pseudo_label_accuracy
+fmetrics = lazy("fedssl.metrics")
+
+
+@dataclass(frozen=True)
+class ShrinkMatchParams(Params):
+    threshold: float = param(0.95, "confidence threshold tau (certain samples; the shrunk space's target)",
+                             gt=0, le=1)
+    lambda_u: float = param(1.0, "weight of the unlabeled losses", ge=0)
 
 
 class ShrunkSpace(NamedTuple):
@@ -81,6 +86,9 @@ def shrink_class_space(probs: torch.Tensor, threshold: float) -> ShrunkSpace:
 
 @register("shrinkmatch")
 class ShrinkMatch(Algorithm):
+    params_class = ShrinkMatchParams
+    metric_keys = ("loss", "loss_x", "loss_u", "mask", "loss_shrink", "shrink_mask", "certain_ratio",
+                   "removed", "pl_acc")
     uses_teacher = True
     unlabeled_views = ("weak", "strong")
     certain_ratio_momentum = 0.99  # EMA of the mask ratio (re-weighting principle 2)
@@ -101,10 +109,10 @@ class ShrinkMatch(Algorithm):
             return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "mask": 0.0}
         u_weak, u_strong = batch.x_u
         q = self.pseudo_probs(model, u_weak, ctx)
-        shrunk = shrink_class_space(q, self.cfg.threshold)
+        shrunk = shrink_class_space(q, self.params.threshold)
         pseudo_label = shrunk.pseudo_label  # argmax q, tie-broken as in ``keep``
         max_probs = q.gather(1, pseudo_label[:, None]).squeeze(1)
-        mask = (max_probs >= self.cfg.threshold).float()
+        mask = (max_probs >= self.params.threshold).float()
         shrink_weight = (1 - mask) * shrunk.valid.float() * max_probs  # principle 1
 
         logits = model(torch.cat([batch.x_l[0], u_strong]))
@@ -123,7 +131,7 @@ class ShrinkMatch(Algorithm):
                    "certain_ratio": ratio}
         if uncertain.sum() > 0:
             metrics["removed"] = float((shrunk.removed.float() * uncertain).sum() / uncertain.sum())
-        pl_acc = pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
+        pl_acc = fmetrics.pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
         if pl_acc is not None:
             metrics["pl_acc"] = pl_acc
-        return loss_x + self.cfg.lambda_u * (loss_u + ratio * loss_shrink), metrics
+        return loss_x + self.params.lambda_u * (loss_u + ratio * loss_shrink), metrics

@@ -1,16 +1,13 @@
-"""Supervised baseline: cross-entropy on the labeled shard only."""
+"""Supervised baseline: cross-entropy on the labeled shard only. No own parameters."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from fedssl.algorithms import register
-from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext
+from fedssl.algorithms.base import StepMetrics, Algorithm, Batch, RoundContext, nn, register, torch
 
 
 @register("supervised")
 class Supervised(Algorithm):
+    metric_keys = ("loss", "loss_x")
     uses_unlabeled = False
     unlabeled_views = ()
 

@@ -17,6 +17,7 @@ from fedssl.config import (
     coerce,
     flatten,
     keys,
+    own_keys_only,
     read_toml,
     resolve,
     suggest,
@@ -161,7 +162,8 @@ def load_grid(path: str | Path, out: str | Path) -> Grid:
         if cid in ids:  # two values that differ only in unsafe characters
             raise ConfigError(f"{path}: cells {ids[cid]} and {params} map to the same directory {cid!r}")
         ids[cid] = params
-        overrides = {**base, **params, "run.out_dir": str(runs_dir(out) / cid)}
+        # a key of an algorithm's own section applies to that algorithm's cells only
+        overrides = own_keys_only({**base, **params, "run.out_dir": str(runs_dir(out) / cid)})
         try:  # the schema validates each cell; the bench adds no checks of its own
             cfg = resolve(str(config_file) if config_file else None, overrides)
         except ConfigError as e:

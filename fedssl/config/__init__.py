@@ -1,11 +1,12 @@
 """Typed experiment configuration, declared once and validated once at the edge.
 
-A config is a set of TOML sections (``[data]``, ``[federation]`` ...). Every key is
-declared on one line in :mod:`fedssl.config.schema` (type, default, allowed values,
-range, help); validation, ``[tool.flwr.app.config]``, the README table and
-``fedssl config`` are generated from it. Every entry point (``fedssl run``, the Flower
-apps' run config, ``fedssl bench`` cells) goes through :func:`resolve` or
-:func:`from_flat`, so the core never re-checks inputs. Errors raise
+A config is a set of TOML sections (``[data]``, ``[federation]`` ...). Every shared key
+is declared on one line in :mod:`fedssl.config.schema` (type, default, allowed values,
+range, help); each algorithm declares its own keys, the ``[client.<name>]`` section, in
+its own file (:class:`Params`). Validation, ``[tool.flwr.app.config]``, the README table
+and ``fedssl config`` are generated from these declarations. Every entry point
+(``fedssl run``, the Flower apps' run config, ``fedssl bench`` cells) goes through
+:func:`resolve` or :func:`from_flat`, so the core never re-checks inputs. Errors raise
 :class:`ConfigError` with a one-line message naming the key and the bad value.
 
 Importing this package imports neither torch nor Flower.
@@ -17,7 +18,6 @@ from fedssl.config.schema import (
     LR_SCHEDULES,
     MODELS,
     PARTITIONS,
-    PSEUDO_LABEL_SLOTS,
     SECTIONS,
     ClientConfig,
     Config,
@@ -26,14 +26,20 @@ from fedssl.config.schema import (
     FederationConfig,
     Key,
     ModelConfig,
+    Params,
     RunConfig,
     ServerConfig,
+    algorithm_keys,
     key,
     keys,
     num_classes_of,
+    param,
+    section_of,
+    shared_keys,
 )
 from fedssl.config.validate import (
     ConfigError,
+    algorithm_class,
     check_class_counts,
     check_key,
     checked_keys,
@@ -41,6 +47,7 @@ from fedssl.config.validate import (
     fault_clients,
     flatten,
     from_flat,
+    own_keys_only,
     parse_set,
     read_toml,
     resolve,
@@ -49,9 +56,9 @@ from fedssl.config.validate import (
 )
 
 __all__ = [
-    "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "PSEUDO_LABEL_SLOTS", "SECTIONS",
+    "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "SECTIONS",
     "ClientConfig", "Config", "ConfigError", "DataConfig", "check_class_counts", "FaultsConfig", "FederationConfig", "Key",
-    "ModelConfig", "RunConfig", "ServerConfig", "check_key", "checked_keys", "coerce", "fault_clients",
-    "flatten", "from_flat", "key", "keys", "num_classes_of", "parse_set", "read_toml", "resolve",
-    "suggest", "unknown_key",
+    "ModelConfig", "Params", "RunConfig", "ServerConfig", "algorithm_class", "algorithm_keys", "check_key",
+    "checked_keys", "coerce", "fault_clients", "flatten", "from_flat", "key", "keys", "num_classes_of", "own_keys_only", "param",
+    "parse_set", "read_toml", "resolve", "section_of", "shared_keys", "suggest", "unknown_key",
 ]

@@ -25,21 +25,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedssl.registry import ALGORITHM_NAMES, STRATEGY_NAMES
+from fedssl.plugins import PluginError, absolute_spec, is_import_path, load_callable, load_dataset
+from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
 MODELS = ("cnn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
-PSEUDO_LABEL_SLOTS = ("all", "unseen")
-PSEUDO_LABEL_GUARDS = ("none", "agree", "keep_seen", "no_seen_swap", "prototype")
-SLOT_MAPPINGS = ("hungarian", "slot_id")
-SINKHORN_VARIANTS = ("reference", "log")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean", "centroid_in_order")
-SEMIFL_TEACHERS = ("global", "ema")
-FEDOSSL_MEMORY = ("reembed", "forward")
 FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
@@ -56,24 +51,50 @@ def _strategy_name(value: str) -> str | None:
     return f"unknown strategy {value!r} (choose from {', '.join(STRATEGY_NAMES)}, or give 'module:Class')"
 
 
+def _dataset_plugin(value: str) -> str | None:
+    """A user's dataset function must load and return well-formed arrays."""
+    try:
+        if is_import_path(value):
+            load_dataset(value)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
+def _model_plugin(value: str) -> str | None:
+    """A user's model function must import and be callable (its model is checked when built)."""
+    try:
+        if is_import_path(value):
+            load_callable(value)
+    except PluginError as e:
+        return str(e)
+    return None
+
+
 def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
         gt: float | None = None, ge: float | None = None, lt: float | None = None,
         le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
-        check: Callable[[Any], str | None] | None = None, flwr: Any = None) -> Any:
+        check: Callable[[Any], str | None] | None = None, flwr: Any = None, plugin: str = "") -> Any:
     """Declare one key. ``choices``: allowed values (or a function returning them);
     ``each``: the value is a comma-separated list, each item in ``choices``;
     ``gt/ge/lt/le``: the numeric range; ``norm``: normalises the value once, at
     validation, so every reader sees the same form; ``check``: any other test of the value
     alone, returning an error text (or None when fine), e.g. an import path that must
-    resolve; ``flwr``: a different default in ``[tool.flwr.app.config]``."""
+    resolve; ``flwr``: a different default in ``[tool.flwr.app.config]``; ``plugin``: besides
+    ``choices``, a user's ``"module:<plugin>"`` (e.g. ``plugin="Class"``) (see :mod:`fedssl.plugins`; a relative file
+    path is made absolute)."""
+    if plugin:
+        norm = absolute_spec
     meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le,
-            "each": each, "norm": norm, "check": check, "flwr": flwr}
+            "each": each, "norm": norm, "check": check, "flwr": flwr, "plugin": plugin}
     return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = key("fashion-mnist", "dataset to learn", choices=DATASETS)
+    dataset: str = key("fashion-mnist", "dataset to learn: a built-in name, or 'module:function' returning "
+                       "(train_x, train_y, test_x, test_y, class_names) as numpy arrays", choices=DATASETS,
+                       plugin="function", check=_dataset_plugin)
     root: str = key("", "dataset directory; empty = the dataset's default location")
     partition: str = key("dirichlet", "how labels are split over clients", choices=PARTITIONS)
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
@@ -103,7 +124,8 @@ class FederationConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    algorithm: str = key("fixmatch", "local SSL objective", choices=lambda: tuple(ALGORITHM_NAMES))
+    algorithm: str = key("fixmatch", "local SSL objective; its own keys are in [client.<algorithm>]",
+                         choices=lambda: tuple(ALGORITHMS), plugin="Class")
     local_epochs: int = key(2, "local epochs per round (over the labeled set)", ge=0)
     local_steps: int = key(0, "fixed local steps per round; overrides epochs when > 0", ge=0)
     batch_size: int = key(32, "labeled batch size", ge=2)
@@ -112,53 +134,9 @@ class ClientConfig:
     momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = key(5e-4, "SGD weight decay", ge=0)
     uratio: int = key(4, "unlabeled batch = uratio x labeled batch (FixMatch's mu)", ge=1)
-    lambda_u: float = key(1.0, "weight of the unlabeled loss", ge=0)
-    threshold: float = key(0.95, "pseudo-label confidence threshold", gt=0, le=1)
-    temperature: float = key(0.4, "UDA sharpening temperature", gt=0)
     ema_decay: float = key(0.99, "EMA teacher decay per local step", ge=0, lt=1)
     teacher_sync: float = key(0.5, "teacher <- s^gap * teacher + (1 - s^gap) * global", ge=0, le=1)
-    rampup_rounds: int = key(5, "Mean Teacher consistency ramp-up, in rounds", ge=0)
     proximal_mu: float = key(0.0, "FedProx proximal term (set by the fedprox strategy)", ge=0)
-    warmup_rounds: int = key(0, "FedoSSL: cluster loss from this round on; 0 = server.fedossl_cluster_start",
-                             ge=0)
-    pseudo_label_round: int = key(0, "FedoSSL: centroid pseudo-labels from this round on; "
-                                  "0 = server.fedossl_pseudo_label_start", ge=0)
-    pseudo_label_slots: str = key("all", "FedoSSL: pseudo-label all centroids (reference) or unseen only",
-                                  choices=PSEUDO_LABEL_SLOTS)
-    suppress_beta: float = key(0.2, "FedoSSL: suppression margin beta", ge=0)
-    lambda_suppress: float = key(1.0, "FedoSSL: weight of L_sup (carries the reference's 1/K)", ge=0)
-    cluster_temperature: float = key(0.1, "FedoSSL: temperature of the cluster softmax", gt=0)
-    local_centroids: int = key(20, "FedoSSL: local k-means centroids per client", ge=1)
-    memory_size: int = key(1024, "FedoSSL: feature memory per client", ge=1)
-    memory: str = key("reembed", "FedoSSL local clustering input: reembed = up to memory_size unlabeled "
-                      "samples embedded after training; forward = the last memory_size features of the "
-                      "round's training passes, both views (the reference)", choices=FEDOSSL_MEMORY)
-    pretrain_rounds: int = key(1, "ORCA / FedoSSL: plain labeled CE rounds first", ge=0)
-    # FedoSSL, issue 16 (docs/openworld.md): defaults follow cugzj/FedoSSL
-    sinkhorn: str = key("reference", "FedoSSL Sinkhorn: reference (softmax first) or log (former)",
-                        choices=SINKHORN_VARIANTS)
-    sinkhorn_epsilon: float = key(0.04, "FedoSSL Sinkhorn epsilon (reference 1/25; former 0.05)", gt=0)
-    pseudo_label_guard: str = key("prototype", "FedoSSL: none (reference); agree: pseudo-label only "
-                                  "where the classifier already predicts that class; keep_seen: only "
-                                  "where it agrees or predicts an unseen class; no_seen_swap: never from "
-                                  "one seen class to another; prototype (default): that, and out of a seen "
-                                  "class only if nearer the slot than the class's labeled mean",
-                                  choices=PSEUDO_LABEL_GUARDS)
-    slot_mapping: str = key("hungarian", "FedoSSL: an unseen slot's pseudo-label, the head output matched "
-                            "to its centroid (hungarian) or the slot id itself (slot_id, the reference)",
-                            choices=SLOT_MAPPINGS)
-    mix_alpha: float = key(0.75, "SemiFL: mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
-    semifl_teacher: str = key("global", "SemiFL: the round's fixed pseudo-labels come from the received "
-                              "global model (global, the paper) or the client's persistent EMA teacher "
-                              "(ema, met with the global model by client.teacher_sync)",
-                              choices=SEMIFL_TEACHERS)
-    logit_adjustment: float = key(0.0, "SemiFL: add tau x log(local pseudo-label prior) to the logits of "
-                                  "the unlabeled terms (FedLC-style balanced loss against label skew; "
-                                  "0 = off, the paper)", ge=0)
-    selective_fraction: float = key(0.5, "FedSTO: fraction of rounds in the selective (backbone-only) phase",
-                                    ge=0, le=1)
-    ortho_lambda: float = key(0.01, "FedSTO: weight of the SRIP orthogonality penalty on the head (phase 2)",
-                              ge=0)
 
 
 @dataclass(frozen=True)
@@ -189,7 +167,7 @@ class ServerConfig:
     fedossl_weighting: str = key("uniform", "fedossl: FedAvg weights, uniform (reference) or examples",
                                  choices=FEDOSSL_WEIGHTING)
     fedossl_gates: str = key("after_pretrain", "fedossl: the start fractions count the rounds after "
-                             "client.pretrain_rounds, or run = the whole run (before issue 16's grid)",
+                             "client.fedossl.pretrain_rounds, or run = the whole run",
                              choices=FEDOSSL_GATES)
     fedossl_cluster_start: float = key(0.125, "fedossl: cluster loss once this fraction of rounds is done "
                                        "(reference 5/40)", ge=0, le=1)
@@ -205,7 +183,9 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = key("cnn", "network", choices=MODELS)
+    name: str = key("cnn", "network: a built-in name, or 'module:function' called as f(num_classes=, "
+                    "in_channels=, image_size=, cosine_head=) returning a torch.nn.Module with features() "
+                    "and head", choices=MODELS, plugin="function", check=_model_plugin)
 
 
 @dataclass(frozen=True)
@@ -239,6 +219,23 @@ SECTIONS: dict[str, type] = {
 
 
 @dataclass(frozen=True)
+class Params:
+    """Base of an algorithm's own parameters, the keys of its ``[client.<name>]``
+    section. A subclass is a frozen dataclass whose fields are declared with
+    :func:`param`, one line each (type, default, help, range)."""
+
+
+#: declares one field of a :class:`Params` subclass (the same as :func:`key`)
+param = key
+
+
+def section_of(algorithm: type) -> str:
+    """The ``[client.<name>]`` section of an algorithm class: its registered name, or
+    its lower-cased class name for a user's class."""
+    return str(vars(algorithm).get("name") or algorithm.__name__.lower())
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -247,13 +244,48 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     run: RunConfig = field(default_factory=RunConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    #: the chosen algorithm's own keys, ``[client.<name>]``; left out: its defaults
+    algo_params: Params = field(default_factory=Params)
+
+    def __post_init__(self) -> None:
+        wanted = self.algorithm_class.params_class
+        if type(self.algo_params) is Params and wanted is not Params:
+            object.__setattr__(self, "algo_params", wanted())
+        if type(self.algo_params) is not wanted:
+            raise TypeError(f"algo_params is {type(self.algo_params).__name__}, "
+                            f"{self.client.algorithm} takes {wanted.__name__}")
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as its keys and rebuilt by validation: a user algorithm's parameters
+        are an instance of a class from a file, which another process (a Ray worker)
+        can only import by the path in ``client.algorithm``."""
+        from fedssl.config.validate import from_flat
+
+        return from_flat, (self.to_flat(),)
+
+    @property
+    def algorithm_class(self) -> Any:
+        """The class ``client.algorithm`` names (built-in or the user's)."""
+        return ALGORITHMS.load(self.client.algorithm)
+
+    @property
+    def algorithm_section(self) -> str:
+        """``client.<name>``: the section of the chosen algorithm's own keys."""
+        return f"client.{section_of(self.algorithm_class)}"
 
     def to_flat(self) -> dict[str, Any]:
-        """``{"section.key": value}`` for every key (Flower run config form)."""
-        return {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items()}
+        """``{"section.key": value}`` for every key (Flower run config form); the
+        algorithm's own keys as ``client.<name>.<key>``."""
+        flat = {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items()}
+        own = dataclasses.asdict(self.algo_params)
+        return {**flat, **{f"{self.algorithm_section}.{k}": v for k, v in own.items()}}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
+        own = dataclasses.asdict(self.algo_params)
+        if own:  # [client.<name>], a sub-table of [client]
+            out["client"][self.algorithm_section.partition(".")[2]] = own
+        return out
 
     def to_toml(self) -> str:
         import tomli_w
@@ -261,10 +293,15 @@ class Config:
         return tomli_w.dumps(self.to_dict())
 
     def replace(self, **flat: Any) -> Config:
-        """A copy with dotted keys overridden (validated)."""
+        """A copy with dotted keys overridden (validated). Another algorithm starts
+        from its own defaults (its section and its overrides of shared keys)."""
         from fedssl.config.validate import from_flat
 
-        return from_flat({**self.to_flat(), **flat})
+        mine = self.to_flat()
+        if flat.get("client.algorithm", self.client.algorithm) != self.client.algorithm:
+            own = self.algorithm_section + "."
+            mine = {k: v for k, v in mine.items() if not k.startswith(own)}
+        return from_flat({**mine, **flat})
 
     @property
     def num_classes(self) -> int:
@@ -276,6 +313,9 @@ class Config:
 
 
 def num_classes_of(dataset: str) -> int:
+    """Classes of a dataset (a user's: the length of its class_names)."""
+    if is_import_path(dataset):
+        return len(load_dataset(dataset)[4])
     return {"cifar100": 100}.get(dataset, 10)
 
 
@@ -315,8 +355,32 @@ class Key:
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
+def _fields(section: str, cls: type) -> dict[str, Key]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        typ = f.type if isinstance(f.type, type) else _TYPES.get(str(f.type))
+        if typ not in _TYPES.values() or "help" not in f.metadata:
+            raise TypeError(f"{cls.__qualname__}.{f.name}: declare it as `name: str|int|float|bool = "
+                            f"param(default, help, ...)`")
+        out[f"{section}.{f.name}"] = Key(f"{section}.{f.name}", typ, f.default, f.metadata["help"],
+                                         dict(f.metadata))
+    return out
+
+
+def algorithm_keys(algorithm: type) -> dict[str, Key]:
+    """The keys of one algorithm's own section, ``client.<name>.<key>``."""
+    return _fields(f"client.{section_of(algorithm)}", algorithm.params_class)
+
+
+def shared_keys() -> dict[str, Key]:
+    """The keys of the sections every run has (``[data]``, ``[client]`` ...)."""
+    return {n: k for s, cls in SECTIONS.items() for n, k in _fields(s, cls).items()}
+
+
 def keys() -> dict[str, Key]:
-    """Every declared key by dotted name, in declaration order."""
-    return {f"{s}.{f.name}": Key(f"{s}.{f.name}", _TYPES[str(f.type)], f.default, f.metadata["help"],
-                                 dict(f.metadata))
-            for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    """Every declared key by dotted name, in declaration order: the shared sections,
+    then each built-in algorithm's own section."""
+    out = shared_keys()
+    for name in ALGORITHMS:
+        out.update(algorithm_keys(ALGORITHMS[name]))
+    return out

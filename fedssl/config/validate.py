@@ -6,14 +6,17 @@ file, when there is one) and the bad value, with a did-you-mean for near misses.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedssl.config.schema import SECTIONS, Config, DataConfig, Key, keys
-from fedssl.registry import ALGORITHM_NAMES
+from fedssl.config.schema import (SECTIONS, ClientConfig, Config, DataConfig, Key, Params, algorithm_keys, keys,
+                                  section_of, shared_keys)
+from fedssl.plugins import PluginError, is_import_path
+from fedssl.registry import ALGORITHMS
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ def check_key(k: Key, value: Any, source: str = "") -> Any:
     if k.meta["norm"] is not None:
         value = k.meta["norm"](value)
     choices = k.choices
-    if choices is not None:
+    if choices is not None and not (k.meta.get("plugin") and is_import_path(value)):
         items = value.split(",") if k.meta["each"] else [value]
         for item in items:
             if item not in choices:
@@ -128,7 +131,7 @@ def _check_client(cfg: Config) -> None:
     c = cfg.client
     _require(c.local_steps > 0 or c.local_epochs > 0, "client.local_steps or client.local_epochs must be > 0")
     _require(bool(cfg.run.out_dir), "run.out_dir must not be empty")
-    if ALGORITHM_NAMES[c.algorithm]:  # open world
+    if cfg.algorithm_class.open_world:
         k = cfg.num_classes
         _require(cfg.num_seen < k, f"client.algorithm={c.algorithm} needs unseen classes: "
                  f"set data.seen_classes below {k} (got {cfg.num_seen})")
@@ -142,16 +145,84 @@ def fault_clients(cfg: Config) -> list[int]:
     return [int(x) for x in cfg.faults.clients.split(",") if x]
 
 
+def algorithm_class(name: str) -> Any:
+    """The algorithm ``client.algorithm`` names, its declarations checked; ConfigError if bad."""
+    try:
+        cls = ALGORITHMS.load(name)
+    except PluginError as e:
+        raise ConfigError(f"client.algorithm: {e}") from None
+    params = getattr(cls, "params_class", None)
+    if not (isinstance(params, type) and issubclass(params, Params) and dataclasses.is_dataclass(params)):
+        raise ConfigError(f"client.algorithm: {name!r}: params_class must be a frozen dataclass "
+                          "subclassing fedssl.algorithms.base.Params")
+    try:
+        algorithm_keys(cls)
+    except TypeError as e:
+        raise ConfigError(f"client.algorithm: {name!r}: {e}") from None
+    shared = {f.name for f in dataclasses.fields(ClientConfig)} - {"algorithm"}
+    bad = sorted(set(cls.client_defaults) - shared)
+    if bad:
+        raise ConfigError(f"client.algorithm: {name!r}: client_defaults names {bad[0]!r}, not a shared "
+                          f"[client] key{suggest(bad[0], shared)}")
+    return cls
+
+
+def own_keys_only(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` without the keys of built-in algorithms other than its ``client.algorithm``
+    (a bench grid's base and axes may set several algorithms' keys at once)."""
+    chosen = section_of(algorithm_class(flat.get("client.algorithm", ClientConfig.algorithm)))
+    others = {section_of(ALGORITHMS[n]) for n in ALGORITHMS} - {chosen}
+    return {k: v for k, v in flat.items()
+            if not (k.startswith("client.") and k.count(".") == 2 and k.split(".")[1] in others)}
+
+
+def _foreign_key(name: str, own: str, algorithm: str, source: str) -> ConfigError:
+    """The error for ``client.<x>.<key>`` outside the chosen algorithm's declared keys."""
+    where = f" in {source}" if source else ""
+    section = name.rpartition(".")[0]
+    if section == "client":  # e.g. client.threshold for client.fixmatch.threshold
+        mine = f"{own}.{name.partition('.')[2]}"
+        hint = f" (did you mean {mine!r}?)" if mine in algorithm_keys(ALGORITHMS.load(algorithm)) else ""
+        return ConfigError(f"unknown config key {name!r}{where}{hint or suggest(name, shared_keys())}")
+    if section == own:
+        return ConfigError(f"unknown config key {name!r}{where}{suggest(name, keys())}"
+                           f" ([{own}] is {algorithm!r}'s own section)")
+    if section.partition(".")[2] in {section_of(ALGORITHMS[n]) for n in ALGORITHMS}:
+        return ConfigError(f"{name}{where} is a key of algorithm {section.partition('.')[2]!r}, but "
+                           f"client.algorithm = {algorithm!r} (its keys are [{own}])")
+    return ConfigError(f"unknown config section [{section}]{where} (the chosen algorithm's own "
+                       f"section is [{own}])")
+
+
 def from_flat(flat: dict[str, Any], source: str = "") -> Config:
-    """Build a validated Config from dotted keys; unknown keys are errors."""
-    declared = keys()
+    """Build a validated Config from dotted keys; unknown keys are errors. A key left
+    out takes the chosen algorithm's default (its ``client_defaults`` for a shared
+    ``[client]`` key, its ``params_class`` for its own ``client.<name>.<key>``)."""
+    shared = shared_keys()
     sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    own_flat: dict[str, Any] = {}
     for name, value in flat.items():
-        if name not in declared:
+        if name in shared:
+            section, _, short = name.partition(".")
+            sections[section][short] = check_key(shared[name], value, source)
+        elif name.startswith("client.") and name.count(".") == 2:
+            own_flat[name] = value
+        elif name.startswith("client.") and name.count(".") == 1:
+            own_flat[name] = value  # perhaps one of the algorithm's keys without its section
+        else:
             raise unknown_key(name, source)
-        section, _, short = name.partition(".")
-        sections[section][short] = check_key(declared[name], value, source)
-    cfg = Config(**{s: SECTIONS[s](**kw) for s, kw in sections.items()})
+    name = sections["client"].get("algorithm", ClientConfig.algorithm)
+    cls = algorithm_class(name)
+    for short, value in cls.client_defaults.items():
+        if short not in sections["client"]:
+            sections["client"][short] = check_key(shared[f"client.{short}"], value, f"{name}'s client_defaults")
+    declared, own = algorithm_keys(cls), f"client.{section_of(cls)}"
+    params = {}
+    for key_name, value in own_flat.items():
+        if key_name not in declared:
+            raise _foreign_key(key_name, own, name, source)
+        params[key_name.rpartition(".")[2]] = check_key(declared[key_name], value, source)
+    cfg = Config(**{s: SECTIONS[s](**kw) for s, kw in sections.items()}, algo_params=cls.params_class(**params))
     for check in CROSS_CHECKS:
         check(cfg)
     return cfg
@@ -189,10 +260,11 @@ def parse_set(items: list[str]) -> dict[str, str]:
 
 
 def checked_keys(flat: dict[str, Any], source: str) -> dict[str, Any]:
-    """``flat`` unchanged if every key is declared, else the one-line unknown-key error."""
-    declared = keys()
+    """``flat`` unchanged if every key is declared, else the one-line unknown-key error.
+    ``client.<name>.<key>`` is checked later, against the chosen algorithm."""
+    declared = shared_keys()
     for name in flat:
-        if name not in declared:
+        if name not in declared and not name.startswith("client."):
             raise unknown_key(name, source)
     return flat
 
@@ -200,8 +272,7 @@ def checked_keys(flat: dict[str, Any], source: str) -> dict[str, Any]:
 def resolve(config_file: str | None = None, overrides: dict[str, Any] | None = None,
             base: dict[str, Any] | None = None) -> Config:
     """Defaults <- base <- config file <- overrides (``--set``), validated."""
-    flat = Config().to_flat()
-    flat.update(base or {})
+    flat = dict(base or {})
     if config_file:
         flat.update(checked_keys(flatten(read_toml(config_file)), str(config_file)))
     flat.update(checked_keys(overrides or {}, "--set"))

@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 
 from fedssl.config import Config, ConfigError
-from fedssl.console import add_config_flags
 from fedssl.data.sources import DataError
 
 FORMAT = "fedssl-shard/1"
@@ -334,7 +333,8 @@ def add_parser(subparsers: Any) -> None:
                                    "(uint8 NCHW images, int64 labels, JSON metadata) plus "
                                    "DIR/manifest.json.")
     e.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    add_config_flags(e)
+    e.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
+    e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
     e.add_argument("--partitions", metavar="IDS", help="only these partition ids, e.g. 0,3 (default: all)")
     e.add_argument("--quiet", action="store_true", help="print nothing on success")
     e.set_defaults(func=cmd_export)

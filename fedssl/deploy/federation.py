@@ -68,8 +68,11 @@ def toml_value(v: Any) -> str:
 
 
 def run_config_string(cfg: Config) -> str:
-    """Every config key as one ``flwr run --run-config`` string."""
-    return " ".join(f"{k}={toml_value(v)}" for k, v in cfg.to_flat().items())
+    """Every config key as one ``flwr run --run-config`` string (a user algorithm's own
+    keys packed into one declared key, :func:`fedssl.protocol.pack_own_keys`)."""
+    from fedssl.protocol import pack_own_keys
+
+    return " ".join(f"{k}={toml_value(v)}" for k, v in pack_own_keys(cfg).items())
 
 
 def node_config_string(node_config: dict[str, Any]) -> str:

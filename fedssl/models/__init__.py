@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedssl.config import ConfigError
 from fedssl.models.heads import NormedLinear
+from fedssl.plugins import PluginError, is_import_path, load_callable
 from fedssl.models.resnet import ResNet18
 
 
@@ -42,12 +44,44 @@ class CNN(nn.Module):
 
 def build_model(name: str, num_classes: int, in_channels: int = 1,
                 cosine_head: bool = False, image_size: int = 28) -> nn.Module:
-    """Build a fresh model; the same (name, num_classes, ...) gives the same keys."""
+    """Build a fresh model; the same (name, num_classes, ...) gives the same keys.
+    ``name`` may be a user's ``"module:function"`` (see ``model.name``)."""
+    if is_import_path(name):
+        return _user_model(name, num_classes, in_channels, cosine_head, image_size)
     if name == "cnn":
         return CNN(num_classes, in_channels, cosine_head, image_size)
     if name == "resnet18":
         return ResNet18(num_classes, in_channels, cosine_head)
     raise ValueError(f"unknown model {name!r}")
+
+
+def _user_model(name: str, num_classes: int, in_channels: int, cosine_head: bool, image_size: int) -> nn.Module:
+    """The user's model, checked: a Module whose output has one logit per class, and
+    with ``features``/``head`` as every fedssl model has (the open-world algorithms and
+    FedSTO use them)."""
+    try:
+        model = load_callable(name)(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                                    cosine_head=cosine_head)
+    except PluginError as e:
+        raise ConfigError(f"model.name: {e}") from None
+    except Exception as e:  # the user's function may raise anything
+        raise ConfigError(f"model.name: {name!r} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if not (callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None), nn.Module)):
+        raise ConfigError(f"model.name: {name!r}'s model needs a features(x) method and a head module "
+                          "(forward(x) = head(features(x)))")
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, in_channels, image_size, image_size))
+    except Exception as e:
+        raise ConfigError(f"model.name: {name!r}'s model fails on input [2, {in_channels}, {image_size}, "
+                          f"{image_size}]: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    model.train()
+    if tuple(out.shape) != (2, num_classes):
+        raise ConfigError(f"model.name: {name!r}'s model returns shape {tuple(out.shape)} for a batch of 2, "
+                          f"expected (2, {num_classes})")
+    return model
 
 
 def state_nbytes(model: nn.Module) -> int:

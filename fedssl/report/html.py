@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedssl.report.model import Bench
+from fedssl.report.model import Bench, column_label
 from fedssl.report.stats import fmt_value, summary_cells
 
 _PAGE = """<!DOCTYPE html>
@@ -76,7 +76,7 @@ def summary_table(bench: Bench, results) -> str:
     import pandas as pd
 
     cols, rows = summary_cells(bench, results)
-    header = (bench.group_keys or ["configuration"]) + ["n"] + cols
+    header = (bench.group_keys or ["configuration"]) + ["n"] + [column_label(c) for c in cols]
     df = pd.DataFrame([head + [text for text, _ in vals] for head, vals in rows], columns=header)
     bold = [[False] * len(head) + [top for _, top in vals] for head, vals in rows]
     css = pd.DataFrame([["font-weight: bold" if b else "" for b in r] for r in bold], columns=header)

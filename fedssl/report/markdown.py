@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedssl.report.model import SEED_KEY, Bench
+from fedssl.report.model import SEED_KEY, Bench, column_label
 from fedssl.report.stats import reference_gains, status_counts, summary_cells
 
 
@@ -34,8 +34,13 @@ def summary_markdown(bench: Bench, results) -> str:
               "accuracies in %, final round unless `best_`; `wall_s` is training time in "
               "seconds. The best mean of each column is in **bold**."), ""]
     cols, rows = summary_cells(bench, results)
+    if "acc_unseen_strict" in cols:
+        lines[-2] += (" Open world: `acc_all`, `acc_unseen_strict` and `discovered` (unseen classes "
+                      "that own an output and get at least half their samples right) use one "
+                      "matching over all samples; the ORCA protocol's columns match the unseen "
+                      "samples alone, which credits an unseen class absorbed into a seen output.")
     keys = bench.group_keys or ["configuration"]
-    lines.append("| " + " | ".join(keys + ["n"] + cols) + " |")
+    lines.append("| " + " | ".join(keys + ["n"] + [column_label(c) for c in cols]) + " |")
     lines.append("|" + "|".join(["---"] * len(keys) + ["--:"] * (1 + len(cols))) + "|")
     for head, vals in rows:
         cells = [md_escape(v) for v in head[:-1]] + [head[-1]]

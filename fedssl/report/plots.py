@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedssl.report.model import ACC, Bench, Cell, num
+from fedssl.report.model import ACC, ORCA_PROTOCOL, Bench, Cell, num
 from fedssl.report.stats import Group, fmt_value, mean_std_n
 
 
@@ -128,8 +128,7 @@ def plot_bars(bench: Bench, groups: list[Group], results, path: Path) -> Path | 
     import numpy as np
 
     by_cell = {r["cell"]: r for r in results.to_dict("records")}
-    metrics = [m for m in ("acc_all", "acc_seen", "acc_unseen", "acc_local_unseen", "acc_global_unseen")
-               if any(not math.isnan(num(by_cell[c.id][m])) for g in groups for c in g.done)]
+    metrics = [m for m in ACC if any(not math.isnan(num(by_cell[c.id][m])) for g in groups for c in g.done)]
     shown = [g for g in groups if g.done]
     if not metrics or not shown:
         return None
@@ -142,14 +141,20 @@ def plot_bars(bench: Bench, groups: list[Group], results, path: Path) -> Path | 
         means = [s[0] for s in st]
         errs = [0.0 if math.isnan(s[1]) else s[1] for s in st]
         ax.bar(xs + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=errs, color=c,
-               label=m.removeprefix("acc_"), capsize=2, error_kw={"lw": 0.8})
+               label=_short(m), capsize=2, error_kw={"lw": 0.8})
     ax.set_xticks(xs, [g.label for g in shown], rotation=35 if len(shown) > 4 else 0,
                   ha="right" if len(shown) > 4 else "center", fontsize=8)
     _acc_axes(ax, "final accuracy")
-    ax.legend(fontsize=8, ncols=len(metrics), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+    ax.legend(fontsize=8, ncols=min(3, len(metrics)), loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
-    fig.suptitle("Final accuracy: all / seen / unseen classes (mean ± std over seeds)", fontsize=11)
+    fig.suptitle("Final accuracy: all / unseen (all-sample matching) / seen / unseen (ORCA protocol) "
+                 "(mean ± std over seeds)", fontsize=11)
     return save(fig, path)
+
+
+def _short(col: str) -> str:
+    """A metric's legend label: the ORCA protocol's unseen-only matching says so."""
+    return col.removeprefix("acc_") + (" (ORCA protocol)" if col in ORCA_PROTOCOL else "")
 
 
 def _class_names(dataset: str | None, k: int) -> list[str]:
@@ -239,7 +244,7 @@ def run_curve(m):
         if col in m:
             v = pd.to_numeric(m[col], errors="coerce")
             if v.notna().any():
-                ax1.plot(m["round"], v, label=col.removeprefix("acc_"), color=c, marker="o", ms=3)
+                ax1.plot(m["round"], v, label=_short(col), color=c, marker="o", ms=3)
     ax1.set_xlabel("round")
     _int_ticks(ax1)
     _acc_axes(ax1, "test accuracy")
@@ -272,3 +277,71 @@ def run_per_class(m, summary: dict[str, Any]):
     ax.set_title("Per-class accuracy (blue: seen, orange: locally-unseen, red: globally-unseen)",
                  fontsize=10)
     return fig
+
+
+def confusion_axes(ax, share, names: list[str], seen: set[int], title: str) -> None:
+    """Row-normalised confusion matrix (true class x output, outputs in the order of
+    ``fedssl.metrics.confusion_matrix``: seen outputs first, as their classes)."""
+    k = share.shape[0]
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ticks = [n + ("" if j in seen else " *") for j, n in enumerate(names)]
+    ax.set_xticks(range(k), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), ticks, fontsize=7)
+    ax.set_xlabel("predicted output (matched class)", fontsize=8)
+    ax.set_ylabel("true class", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if share[i, j] >= 0.05:
+                    ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
+                            color="white" if share[i, j] > 0.6 else "black")
+
+
+def _confusion_share(summaries: list[dict[str, Any]]):
+    """Mean over ``summaries`` of the row-normalised confusion matrices (None without any)."""
+    import numpy as np
+
+    mats = [np.asarray(s["confusion_matrix"]["counts"], dtype=float) for s in summaries
+            if (s.get("confusion_matrix") or {}).get("counts")]
+    if not mats or len({m.shape for m in mats}) > 1:
+        return None
+    return np.mean([m / np.maximum(m.sum(1, keepdims=True), 1) for m in mats], axis=0)
+
+
+def plot_confusion(bench: Bench, groups: list[Group], path: Path) -> Path | None:
+    """One confusion matrix per open-world configuration, mean over its seeds."""
+    shown = [(g, share) for g in groups if (share := _confusion_share([c.summary or {} for c in g.done]))
+             is not None]
+    if not shown:
+        return None
+    summary = shown[0][0].done[0].summary or {}
+    k = shown[0][1].shape[0]
+    names = _class_names(((summary.get("config") or {}).get("data") or {}).get("dataset"), k)
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig = _figure(cols * (0.35 * k + 2.5), rows * (0.35 * k + 2.3))
+    for i, (g, share) in enumerate(shown):
+        seen = set(_class_sets([c.summary or {} for c in g.done])[0])
+        confusion_axes(fig.add_subplot(rows, cols, i + 1), share, names, seen, g.label)
+    fig.suptitle("Confusion of the final model (share of each true class; * unseen class)", fontsize=11)
+    return save(fig, path)
+
+
+def confusion_panels(summaries: list[dict[str, Any]], titles: list[str]):
+    """One confusion-matrix panel per run summary (None when a summary holds none)."""
+    shares = [_confusion_share([s]) for s in summaries]
+    if not shares or any(sh is None for sh in shares):
+        return None
+    k = shares[0].shape[0]
+    names = _class_names(((summaries[0].get("config") or {}).get("data") or {}).get("dataset"), k)
+    fig = _figure(len(shares) * (0.35 * k + 2.8), 0.35 * k + 2.8)
+    for i, (s, share, title) in enumerate(zip(summaries, shares, titles)):
+        confusion_axes(fig.add_subplot(1, len(shares), i + 1), share, names, set(s.get("seen_classes") or []),
+                       title)
+    fig.suptitle("Confusion of the final model (share of each true class; * unseen class)", fontsize=11)
+    return fig
+
+
+def run_confusion(summary: dict[str, Any]):
+    return confusion_panels([summary], [""])

@@ -51,6 +51,11 @@ def _bench_figures(bench: Bench, results) -> list[tuple[str, Path | None, str]]:
         ("Per-class accuracy", plots.plot_heatmap(bench, groups, plots_dir / "per_class_heatmap.png"),
          ("Final per-class accuracy; globally-unseen classes (present on a single client) are "
           "outlined in red.")),
+        ("Confusion matrix", plots.plot_confusion(bench, groups, plots_dir / "confusion.png"),
+         ("Final model, true class (rows) x predicted output (columns: each seen class's own "
+          "output, then the outputs matched to the unseen classes over all samples, so the "
+          "diagonal is what acc_seen and acc_unseen_strict count); shares of each true class, "
+          "mean over seeds. An unseen row's mass in seen columns is its absorption.")),
         ("Accuracy vs wall time",
          plots.plot_curves(bench, groups, plots_dir / "accuracy_vs_wall_time.png", x="wall"),
          "Test accuracy against training time (seconds since the first round, mean over seeds)."),
@@ -88,7 +93,7 @@ def _final_table(metrics) -> str:
 
     last = metrics.iloc[-1]
     cols = [m for m in FINAL if m in metrics and not math.isnan(num(last[m]))]
-    row = {"round": str(int(last["round"])), **{c: f"{num(last[c]):.4f}" for c in cols},
+    row = {"round": str(int(last["round"])), **{c: f"{num(last[c]):.0f}" if c == "discovered" else f"{num(last[c]):.4f}" for c in cols},
            "wall_s": f"{num(last.get('wall_s')):.1f}"}
     return pd.DataFrame([row]).style.set_uuid("final").hide(axis="index").to_html()
 
@@ -112,10 +117,19 @@ def render_run(run_dir: Path) -> dict[str, Path]:
                 html.image_section("Curves", "", curve)]
     if per_class is not None:
         sections.append(html.image_section("Per-class accuracy", "", per_class))
+    cm_fig = plots.run_confusion(summary)
+    confusion = plots.save(cm_fig, run_dir / PLOTS / "confusion.png") if cm_fig is not None else None
+    if confusion is not None:
+        sections.append(html.image_section(
+            "Confusion matrix", "True class (rows) x predicted output (columns: each seen class's "
+            "own output, then the outputs matched to the unseen classes over all samples; the "
+            "diagonal is what acc_seen and acc_unseen_strict count).", confusion))
     write_atomic(run_dir / REPORT_HTML, html.page(title, f"{run_dir} · status: {status}", sections))
     out = {"report": run_dir / REPORT_HTML, "curve": curve}
     if per_class is not None:
         out["per_class"] = per_class
+    if confusion is not None:
+        out["confusion"] = confusion
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fedssl.report.model import ACC, SEED_KEY, Bench, Cell
 
-SUMMARY_COLS = ACC + ["best_acc_all", "loss", "wall_s"]
+SUMMARY_COLS = ACC[:2] + ["discovered"] + ACC[2:] + ["best_acc_all", "loss", "wall_s"]
 LOWER_IS_BETTER = {"loss", "wall_s"}
 
 Stats = dict[tuple[str, str], tuple[float, float, int]]  # (group label, column) -> (mean, std, n)
@@ -97,7 +97,7 @@ def best(groups: list[Group], col: str, stats: Stats) -> float:
 def _scale(col: str) -> tuple[float, int]:
     if col.startswith("acc") or col == "best_acc_all":
         return 100.0, 2
-    if col == "wall_s":
+    if col in ("wall_s", "discovered"):
         return 1.0, 1
     return 1.0, 4
 

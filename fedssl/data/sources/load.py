@@ -7,7 +7,9 @@ import functools
 import numpy as np
 
 from fedssl.config import DataConfig
-from fedssl.data.sources.base import SOURCES, DataError, DatasetSplits, ro
+from fedssl.data.sources.base import SOURCES, DataError, DatasetSplits, ro, splits
+from fedssl.plugins import PluginError, is_import_path
+from fedssl.plugins import load_dataset as load_user_dataset
 from fedssl.data.sources.synthetic import (
     SYNTHETIC_TEST,
     SYNTHETIC_TRAIN,
@@ -88,6 +90,12 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int, split: int = 0) -> 
 
 @functools.lru_cache(maxsize=4)
 def _load_raw(dataset: str, root: str) -> DatasetSplits:
+    if is_import_path(dataset):  # a user's function (fedssl.plugins checks what it returns)
+        try:
+            tx, ty, vx, vy, names = load_user_dataset(dataset)
+        except PluginError as e:
+            raise DataError(f"data.dataset: {e}") from None
+        return splits(dataset, tx, ty, vx, vy, names)
     if dataset not in SOURCES:
         raise DataError(f"data.dataset: unknown dataset {dataset!r}")
     return SOURCES[dataset](root)
