@@ -9,7 +9,7 @@ holding ``labels`` samples per class and training on them after every aggregatio
                global model untouched; all learning is the server's (the baseline)
   fixmatch     FedAvg + FixMatch (per-client EMA teacher), + server step
   semifl       SemiFL: fixed global pseudo-labels, Fix + Mix loss, equal weights,
-               FedAvgM with lr 1 and momentum 0.5 (IID) / 0.1 (non-IID)
+               FedAvgM with lr 1 and momentum 0.5 in every partition (SemiFL's make.py)
   fedsto       FedSTO: backbone-only phase, then full training with SRIP on the head
   central      centralized SSL upper reference: one client holding ALL the data with
                the same number of labels per class (labels / 6000 of Fashion-MNIST's
@@ -66,9 +66,8 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
         if method == "central":
             o.update({"data.server_labels_per_class": 0, "data.labeled_ratio": labels / TRAIN_PER_CLASS,
                       "server.train_steps": 0, "server.warmup_steps": 0})
-    if method == "semifl":  # SemiFL's global momentum: 0.5 IID, 0.1 non-IID, server lr 1
-        o.update({"server.strategy": "fedavgm", "server.server_lr": 1.0,
-                  "server.server_momentum": 0.5 if partition == "iid" else 0.1})
+    if method == "semifl":  # SemiFL's global momentum: 0.5 in every partition (its make.py), server lr 1
+        o.update({"server.strategy": "fedavgm", "server.server_lr": 1.0, "server.server_momentum": 0.5})
     return o
 
 

@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 from client.runtime import ClientRuntime, config_from_context
+from client.stream import round_stage
 from fedssl import protocol as P
 from fedssl.config import Config
 from fedssl.faults import apply_fault
@@ -51,7 +52,7 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
     for pid in pids:
         try:
             _train_one(rt, cfg, pid, server_round, global_state, payload_in, proximal_mu,
-                       want_payload, (run_id, keep_round, stock), packed, t_deser / len(pids), reply)
+                       want_payload, (run_id, keep_round, stock), packed, t_deser / len(pids), reply, config)
         except Exception as e:
             if not packed:
                 raise  # Flower turns it into an error reply for this node
@@ -66,14 +67,15 @@ def _train(msg: Message, context: Context, cfg: Config | None) -> Message:
 
 def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, global_state: dict,
                payload_in: dict, proximal_mu: float, want_payload: bool, run: tuple[str, int, bool],
-               packed: bool, t_deser: float, reply: RecordDict) -> None:
+               packed: bool, t_deser: float, reply: RecordDict, config: Any = None) -> None:
     run_id, keep_round, stock = run
     t1 = time.perf_counter()
     rt.model.load_state_dict(global_state)
     state = rt.store.load(pid, run_id, before_round=server_round)
     t2 = time.perf_counter()
     # under a stock server the labeled part evaluate() scores on is held out of training
-    result = rt.train(pid, server_round, state, payload_in, proximal_mu, holdout=stock)
+    stage = round_stage(cfg, config, server_round) if cfg.stream.stages else 0
+    result = rt.train(pid, server_round, state, payload_in, proximal_mu, holdout=stock, stage=stage)
     t3 = time.perf_counter()
     rt.store.save(pid, run_id, server_round, result.state, keep_round)
     arrays = npy_record(apply_fault(cfg, pid, server_round, rt.model.state_dict(), global_state))
@@ -89,6 +91,7 @@ def _train_one(rt: ClientRuntime, cfg: Config, pid: int, server_round: int, glob
         "t_data_s": result.timings["data_s"],
         "t_train_s": result.timings["train_s"],
         "t_deser_s": t_deser,
+        **result.stream,
     }
     records = {"arrays": arrays, "metrics": MetricRecord(metrics)}
     if want_payload and result.payload:

@@ -76,10 +76,11 @@ class ClientRuntime:
         splits, shard = client_shard(self.cfg.data, self.cfg.run.seed, partition_id)
         return client_data(splits.train_x, splits.train_y, shard.labeled, shard.unlabeled)
 
-    def split_holdout(self, partition_id: int) -> tuple[ClientData, ClientData]:
-        """(training part, held-out part) of the shard: a seeded HOLDOUT_FRACTION of the
-        labeled examples (at least one when there are two or more, none below)."""
-        d = self.shard(partition_id)
+    def split_holdout(self, partition_id: int, d: ClientData | None = None) -> tuple[ClientData, ClientData]:
+        """(training part, held-out part) of the shard (or of ``d``): a seeded
+        HOLDOUT_FRACTION of the labeled examples (at least one when there are two or
+        more, none below)."""
+        d = d if d is not None else self.shard(partition_id)
         n = len(d.y_l)
         k = max(1, round(HOLDOUT_FRACTION * n)) if n >= 2 else 0
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, "eval-holdout", partition_id))
@@ -89,12 +90,36 @@ class ClientRuntime:
                 ClientData(d.x_l[ev], d.y_l[ev], d.x_u[:0], d.y_u[:0], d.flip))
 
     def train(self, partition_id: int, server_round: int, state: Any,
-              payload: dict[str, np.ndarray], proximal_mu: float, holdout: bool = False) -> TrainResult:
-        """One local round; with ``holdout`` (stock servers) the evaluation part is left out."""
+              payload: dict[str, np.ndarray], proximal_mu: float, holdout: bool = False,
+              stage: int = 0) -> TrainResult:
+        """One local round; with ``holdout`` (stock servers) the evaluation part is left out.
+        Incremental runs train on ``stage``'s shard and the client's memory (client.stream)."""
+        if self.cfg.stream.stages:
+            return self._train_stage(partition_id, server_round, state, payload, proximal_mu, holdout, stage)
         data = self.split_holdout(partition_id)[0] if holdout else self.shard(partition_id)
         return train_client(self.model, self.algorithm, data, self.cfg,
                             server_round=server_round, partition_id=partition_id, state=state,
                             payload=payload, proximal_mu=proximal_mu, device=self.device)
+
+    def _train_stage(self, partition_id: int, server_round: int, state: Any, payload: dict[str, np.ndarray],
+                     proximal_mu: float, holdout: bool, stage: int) -> TrainResult:
+        from client import stream
+
+        if self.data_dir:
+            raise ConfigError("stream.stages > 0 needs the dataset on the node (no data-dir shards)")
+        data = stream.stage_data(self.cfg, partition_id, stage)
+        if holdout:
+            data = self.split_holdout(partition_id, data)[0]
+        mem, train, prev = stream.prepare(self.cfg, self.algorithm, self.model, data, stage, state, partition_id)
+        result = train_client(self.model, self.algorithm, train, self.cfg, server_round=server_round,
+                              partition_id=partition_id, state=state, payload=payload,
+                              proximal_mu=proximal_mu, device=self.device, stage=stage, prev_model=prev)
+        result.stream = stream.finish(mem, train, result.state, result.sample_passes)
+        # FedAvg weight: the client's whole shard (its stages are equal parts of it), so a
+        # weight never changes across stages and never exceeds the first one reported
+        whole = self.shard(partition_id)
+        result.num_examples = max(1, len(whole.y_l) + (len(whole.y_u) if self.algorithm.uses_unlabeled else 0))
+        return result
 
     def evaluate_local(self, partition_id: int) -> dict[str, float]:
         from fedssl.data.augment import normalize

@@ -62,18 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides = parse_set(args.set or [])
         if args.out:
             overrides["run.out_dir"] = args.out
-        cfg = resolve(args.config, overrides)
-        out = Path(cfg.run.out_dir).resolve()
-        from fedssl.runlog import holds_run
+        from fedssl.runlog import prepare_fresh
 
-        if holds_run(out):
-            if not args.overwrite:
-                raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it "
-                                  f"or --resume {out} to continue it")
-            import shutil
-
-            shutil.rmtree(out)
-        cfg = cfg.replace(**{"run.out_dir": str(out)})
+        cfg = prepare_fresh(resolve(args.config, overrides), args.overwrite)
         summary = run_experiment(cfg, quiet=args.quiet)
     print_summary(summary, cfg.run.out_dir)
     return 0

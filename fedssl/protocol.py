@@ -9,6 +9,7 @@ records. fedssl adds:
 - ``config[KEEP_ROUND_KEY]``: the round of the server's last checkpoint, so a client
   keeps the state files a resume would need;
 - ``config[WANT_PAYLOAD_KEY]``: whether the server reads the algorithm's payload;
+- ``config[STAGE_KEY]``: in an incremental run ([stream]), the round's stage;
 - a ``PAYLOAD`` ArrayRecord: extra arrays for the algorithm (e.g. FedoSSL's global
   centroids), both ways.
 
@@ -43,6 +44,7 @@ CLASS_PRESENT_KEY = "class-present"  # per class: 1 if the client's shard holds 
 PRESENT_KEY = "train_present"  # per sorted train_* key: 1 if measured, 0 if filled
 PROXIMAL_MU = "proximal-mu"  # Flower's FedProx config key
 SERVER_ROUND = "server-round"  # Flower's config key
+STAGE_KEY = "fedssl.stage"  # [stream]: the round's stage (0-based); absent: derived from the round
 
 
 def packed_key(record: str, pid: int) -> str:
@@ -64,11 +66,11 @@ def config_from_run_config(run_config: Mapping[str, Any]) -> Config:
     """Config from Flower's run config (``flwr run --run-config``), declared keys only.
 
     The run config holds every key of ``[tool.flwr.app.config]``, set or not, so a
-    value equal to the app's declared default counts as not set: the chosen
-    algorithm's own defaults (``client_defaults``, its section) then apply. Another
-    algorithm's key at a value other than its default is the usual error."""
+    value equal to fedssl's default counts as not set: the chosen algorithm's own
+    defaults (``client_defaults``, its section) then apply. Another algorithm's key at
+    a value other than its default is the usual error."""
     declared = keys()
-    flat = {k: v for k, v in run_config.items() if k in declared and v != declared[k].flwr_default}
+    flat = {k: v for k, v in run_config.items() if k in declared and v != declared[k].default}
     return from_flat({**flat, **unpack_own_keys(run_config)}, source="run config")
 
 

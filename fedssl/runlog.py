@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import uuid
 import zlib
@@ -25,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedssl.config import ConfigError
+from fedssl.config import Config, ConfigError
 
 METRIC_COLUMNS = ["round", "loss", "acc_all", "acc_seen", "acc_unseen", "acc_local_unseen",
                   "acc_global_unseen", "wall_s", "clients", "rejected_updates", "status"]
@@ -109,6 +110,18 @@ def holds_run(out_dir: str | Path) -> bool:
     out = Path(out_dir)
     return any((out / n).exists() for n in ("metrics.csv", "summary.json", "config.toml", CHECKPOINT,
                                              "checkpoint.pt")) or any((out / "client_state").glob("*"))
+
+
+def prepare_fresh(cfg: Config, overwrite: bool = False) -> Config:
+    """``cfg`` with an absolute ``run.out_dir`` that holds no run (an existing one is an
+    error, or removed when ``overwrite``)."""
+    out = Path(cfg.run.out_dir).resolve()
+    if holds_run(out):
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it "
+                              f"or --resume {out} to continue it")
+        shutil.rmtree(out)
+    return cfg.replace(**{"run.out_dir": str(out)})
 
 
 def _split(obj: Any, arrays: dict[str, np.ndarray], path: str) -> Any:

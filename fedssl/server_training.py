@@ -2,7 +2,10 @@
 
 SemiFL's alternate training (Diao et al., 2022): after every aggregation the server
 fine-tunes the aggregate on its labeled samples and that fine-tuned model is the new
-global model; a warm-up on the same data precedes round 1. This module is the core of
+global model; a warm-up on the same data precedes round 1. It is also the reference
+the next round's client updates are measured against by a strategy with server-side
+optimisation (FedAvgM's momentum, FedOpt's moments), as in SemiFL: the strategy
+wrapper sets it before every round (``strategies/reference.py``). This module is the core of
 that step (torch only, no Flower): the server loop calls :meth:`ServerTrainer.step`
 through one hook.
 

@@ -44,6 +44,8 @@ class RunError(ConfigError):
 
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or resume it) and return its summary.json."""
+    from fedssl.tracking import check_trackers
     from server.simulation import run_experiment as run
 
+    check_trackers(cfg)  # a missing tracker package or an unreachable server: before Ray starts
     return run(cfg, resume=resume, quiet=quiet)

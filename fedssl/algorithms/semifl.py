@@ -15,9 +15,11 @@ the batch's confident samples x with pseudo-labels y_hat is
 plus the supervised CE when the client also holds labels (mixed case). The rest of
 SemiFL lives elsewhere: the server's fine-tuning on its labels after every aggregation
 and a warm-up (``fedssl.server_training``), static batch norm (recomputed there on
-the server's labeled data for models with BN; ``cnn`` has none), and global momentum
-(run with ``server.strategy = "fedavgm"``, ``server.server_lr = 1``,
-``server.server_momentum`` 0.5 IID / 0.1 non-IID as in the paper). Clients are
+the server's labeled data for models with BN, ``cnn_bn`` and ``resnet18``; ``cnn`` has
+none), and global momentum (run with ``server.strategy = "fedavgm"``,
+``server.server_lr = 1``, ``server.server_momentum = 0.5``: SemiFL's code uses 0.5 in
+every partition, IID and non-IID, in its ``src/make.py``), measured against the
+server's fine-tuned model as SemiFL does (:mod:`strategies.reference`). Clients are
 aggregated with equal weights (SemiFL's choice): this algorithm reports num-examples 1.
 
 Choices where our machinery differs from SemiFL's code, and why:
@@ -40,6 +42,10 @@ Choices where our machinery differs from SemiFL's code, and why:
   three classes, plain CE pushes the head toward them and down on every absent class;
   the adjusted loss fits the pseudo-labels with balanced logits instead (logit
   adjustment, Menon et al. 2021; FedLC, Zhang et al. 2022, for label skew).
+- One forward over the concatenated labeled, strong and mixed views per step
+  (``model(cat([x_l, strong(x), x_mix]))``); SemiFL runs one forward per view. With
+  batch norm the three views then share one set of batch statistics; on ``cnn``
+  (no BN) the two are the same.
 - RandAugment is fedssl's (2 ops, magnitude 10, Cutout of half the side), not
   SemiFL's pool with its 100-px translations.
 """

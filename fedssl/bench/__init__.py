@@ -54,6 +54,8 @@ Modules: :mod:`~fedssl.bench.grid` (the grid file, pure), :mod:`~fedssl.bench.la
 """
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # Public names, imported on first use: the report reads bench directories through
@@ -73,3 +75,17 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+class _CallableBench(types.ModuleType):
+    """``fedssl.bench`` is this package and the API's grid runner at once: importing a
+    submodule makes the package the attribute ``fedssl.bench``, so the package itself
+    must answer ``fedssl.bench(grid, out)``."""
+
+    def __call__(self, grid: Any, out: Any, **kwargs: Any) -> Any:
+        from fedssl.bench.api import bench
+
+        return bench(grid, out, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableBench

@@ -23,6 +23,7 @@ from fedssl.config import (
     suggest,
     unknown_key,
 )
+from fedssl.config.validate import list_value
 
 _MAX_ID = 150
 
@@ -85,6 +86,11 @@ def _key_type(path: Path, name: str, where: str) -> type:
     return declared[name].type
 
 
+def _typed(name: str, value: Any, typ: type, where: str) -> Any:
+    """``value`` as ``typ``; a list for a list key (run.tracking) is stored comma-separated."""
+    return coerce(name, list_value(name, value, where) if keys()[name].meta["each"] else value, typ, where)
+
+
 def _read_tables(path: Path) -> dict[str, Any]:
     raw = read_toml(path)
     for table in raw:
@@ -109,7 +115,7 @@ def _base(path: Path, table: dict[str, Any]) -> tuple[dict[str, Any], Path | Non
         config_file = (path.parent / ref) if not Path(ref).is_absolute() else Path(ref)
         if not config_file.is_file():
             raise ConfigError(f"{path} [base]: config = {ref!r}: file not found ({config_file})")
-    typed = {k: coerce(k, v, _key_type(path, k, "[base]"), f"{path} [base]") for k, v in base.items()}
+    typed = {k: _typed(k, v, _key_type(path, k, "[base]"), f"{path} [base]") for k, v in base.items()}
     return typed, config_file
 
 
@@ -123,7 +129,7 @@ def _axis_rows(path: Path, spec: str, names: list[str], values: Any) -> list[tup
             raise ConfigError(f"{path} {where}: each value must be a list of {len(names)} "
                               f"values ({' + '.join(names)}), got {v!r}")
         items = v if len(names) > 1 else [v]
-        row = tuple(coerce(k, x, keys()[k].type, f"{path} {where}") for k, x in zip(names, items))
+        row = tuple(_typed(k, x, keys()[k].type, f"{path} {where}") for k, x in zip(names, items))
         if row in rows:
             raise ConfigError(f"{path} {where}: value {v!r} is listed twice")
         rows.append(row)

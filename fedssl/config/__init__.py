@@ -29,6 +29,7 @@ from fedssl.config.schema import (
     Params,
     RunConfig,
     ServerConfig,
+    StreamConfig,
     algorithm_keys,
     key,
     keys,
@@ -58,7 +59,7 @@ from fedssl.config.validate import (
 __all__ = [
     "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "SECTIONS",
     "ClientConfig", "Config", "ConfigError", "DataConfig", "check_class_counts", "FaultsConfig", "FederationConfig", "Key",
-    "ModelConfig", "Params", "RunConfig", "ServerConfig", "algorithm_class", "algorithm_keys", "check_key",
+    "ModelConfig", "Params", "RunConfig", "ServerConfig", "StreamConfig", "algorithm_class", "algorithm_keys", "check_key",
     "checked_keys", "coerce", "fault_clients", "flatten", "from_flat", "key", "keys", "num_classes_of", "own_keys_only", "param",
     "parse_set", "read_toml", "resolve", "section_of", "shared_keys", "suggest", "unknown_key",
 ]

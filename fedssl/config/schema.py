@@ -30,7 +30,7 @@ from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
 PARTITIONS = ("iid", "dirichlet", "pathological", "openworld")
-MODELS = ("cnn", "resnet18")
+MODELS = ("cnn", "cnn_bn", "resnet18")
 LR_SCHEDULES = ("cosine", "constant")
 FEDOSSL_CLUSTERING = ("sgd", "kmeans")
 FEDOSSL_INIT = ("random", "kmeans")
@@ -96,7 +96,8 @@ class DataConfig:
                        "(train_x, train_y, test_x, test_y, class_names) as numpy arrays", choices=DATASETS,
                        plugin="function", check=_dataset_plugin)
     root: str = key("", "dataset directory; empty = the dataset's default location")
-    partition: str = key("dirichlet", "how labels are split over clients", choices=PARTITIONS)
+    partition: str = key("dirichlet", f"how samples are split over clients: {' | '.join(PARTITIONS)} | 'flwr:<Class>'")
+    partition_params: str = key("", "flwr:<Class>'s arguments: 'name = value, ...' (TOML values)")
     alpha: float = key(0.5, "Dirichlet concentration (smaller = more label skew)", gt=0)
     classes_per_client: int = key(2, "classes per client under partition=pathological", ge=1)
     num_clients: int = key(20, "number of clients (partitions)", ge=1)
@@ -194,6 +195,8 @@ class RunConfig:
     eval_every: int = key(1, "evaluate every N rounds (the last round always)", ge=1)
     checkpoint_every: int = key(1, "checkpoint every N rounds; 0 = never", ge=0)
     out_dir: str = key("runs/default", "output directory (--out sets it)", flwr="runs/flwr")
+    tracking: str = key("", "experiment trackers fed every round's metrics, a list; empty = off",
+                        choices=("tensorboard", "mlflow"), each=True)
 
 
 @dataclass(frozen=True)
@@ -207,14 +210,20 @@ class FaultsConfig:
     start_round: int = key(1, "faults begin in this round", ge=1)
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    stages: int = key(0, "incremental stages T (each a new domain and new client samples); 0 = off", ge=0)
+    rounds_per_stage: int = key(10, "rounds per stage; federation.rounds must be stages x this", ge=1)
+    domains: str = key("rotate,gaussian_noise,contrast,gaussian_blur,inverse", "domain of each stage, in "
+                       "order (Fashion-MNIST-C corruptions; at least stages of them)", each=True, norm=_no_spaces,
+                       choices=("rotate", "contrast", "gaussian_noise", "gaussian_blur", "inverse", "identity"))
+    severities: str = key("", "severity 1..5 per domain (one value: all); empty = the reference's", norm=_no_spaces)
+    buffer: int = key(100, "replay buffer bound, samples per client (enforced by the client runtime)", ge=0)
+
+
 SECTIONS: dict[str, type] = {
-    "data": DataConfig,
-    "federation": FederationConfig,
-    "client": ClientConfig,
-    "server": ServerConfig,
-    "model": ModelConfig,
-    "run": RunConfig,
-    "faults": FaultsConfig,
+    "data": DataConfig, "federation": FederationConfig, "client": ClientConfig, "server": ServerConfig,
+    "model": ModelConfig, "run": RunConfig, "faults": FaultsConfig, "stream": StreamConfig,
 }
 
 
@@ -244,6 +253,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     run: RunConfig = field(default_factory=RunConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     #: the chosen algorithm's own keys, ``[client.<name>]``; left out: its defaults
     algo_params: Params = field(default_factory=Params)
 
@@ -359,7 +369,7 @@ def _fields(section: str, cls: type) -> dict[str, Key]:
     out = {}
     for f in dataclasses.fields(cls):
         typ = f.type if isinstance(f.type, type) else _TYPES.get(str(f.type))
-        if typ not in _TYPES.values() or "help" not in f.metadata:
+        if typ is None or typ not in _TYPES.values() or "help" not in f.metadata:
             raise TypeError(f"{cls.__qualname__}.{f.name}: declare it as `name: str|int|float|bool = "
                             f"param(default, help, ...)`")
         out[f"{section}.{f.name}"] = Key(f"{section}.{f.name}", typ, f.default, f.metadata["help"],
@@ -367,7 +377,7 @@ def _fields(section: str, cls: type) -> dict[str, Key]:
     return out
 
 
-def algorithm_keys(algorithm: type) -> dict[str, Key]:
+def algorithm_keys(algorithm: Any) -> dict[str, Key]:
     """The keys of one algorithm's own section, ``client.<name>.<key>``."""
     return _fields(f"client.{section_of(algorithm)}", algorithm.params_class)
 

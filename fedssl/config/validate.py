@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedssl.config.schema import (SECTIONS, ClientConfig, Config, DataConfig, Key, Params, algorithm_keys, keys,
+from fedssl.config.schema import (PARTITIONS, SECTIONS, ClientConfig, Config, DataConfig, Key, Params, algorithm_keys, keys,
                                   section_of, shared_keys)
 from fedssl.plugins import PluginError, is_import_path
 from fedssl.registry import ALGORITHMS
@@ -61,14 +61,33 @@ def coerce(name: str, value: Any, typ: type, source: str = "") -> Any:
     return value
 
 
+def list_value(name: str, value: Any, source: str = "") -> Any:
+    """A list, or the text of a TOML list, as one comma-separated string (Flower's run
+    config holds scalars only); anything else unchanged."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(f"{name}{' in ' + source if source else ''}: not a TOML list: {value!r}") from None
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+        return ",".join(value)
+    return ",".join(v.strip() for v in value.split(",")) if isinstance(value, str) else value
+
+
 def check_key(k: Key, value: Any, source: str = "") -> Any:
     """Coerce, normalise and range/choice-check one value; returns the stored form."""
+    if k.meta["each"]:  # a list key: a TOML list (in a file or --set) is stored comma-separated
+        value = list_value(k.name, value, source)
     value = coerce(k.name, value, k.type, source)
     if k.meta["norm"] is not None:
         value = k.meta["norm"](value)
     choices = k.choices
     if choices is not None and not (k.meta.get("plugin") and is_import_path(value)):
         items = value.split(",") if k.meta["each"] else [value]
+        if k.meta["each"] and value == "" == k.default:  # an empty list, where the default is empty
+            items = []
         for item in items:
             if item not in choices:
                 raise ConfigError(f"{k.name}: unknown value {item!r}{suggest(item, choices)} "
@@ -98,6 +117,18 @@ def check_class_counts(d: DataConfig, k: int) -> None:
     unseen = k - (d.seen_classes or k)
     _require(0 <= d.globally_unseen <= unseen, f"data.globally_unseen must be in [0, {unseen}] (the number "
              f"of unseen classes), got {d.globally_unseen}")
+
+
+FLWR_PARTITION = "flwr:"  # data.partition = "flwr:<Flower Datasets partitioner class>"
+
+
+def _check_partition(cfg: Config) -> None:
+    """fedssl's own scheme, or a Flower Datasets partitioner whose class and arguments are
+    checked when the data is split (importing flwr-datasets here would slow ``fedssl config``)."""
+    p = cfg.data.partition
+    _require(p in PARTITIONS or (p.startswith(FLWR_PARTITION) and p[len(FLWR_PARTITION):].isidentifier()),
+             f"data.partition: unknown partition {p!r} (choose from {', '.join(PARTITIONS)}, "
+             f"or give 'flwr:<PartitionerClass>')")
 
 
 def _check_classes(cfg: Config) -> None:
@@ -137,8 +168,37 @@ def _check_client(cfg: Config) -> None:
                  f"set data.seen_classes below {k} (got {cfg.num_seen})")
 
 
+def stream_lists(s: Any) -> tuple[list[str], list[int]]:
+    """(domains, severities as listed: empty, one for all, or one per domain) of a
+    ``[stream]`` section; ConfigError on a severity that is not an integer."""
+    domains = [d for d in s.domains.split(",") if d]
+    try:
+        sev = [int(v) for v in s.severities.split(",") if v]
+    except ValueError:
+        raise ConfigError(f"stream.severities: expected comma-separated integers 1..5, got {s.severities!r}") from None
+    return domains, sev
+
+
+def _check_stream(cfg: Config) -> None:
+    s = cfg.stream
+    if s.stages == 0:
+        return
+    domains, sev = stream_lists(s)
+    _require(len(domains) >= s.stages, f"stream.domains lists {len(domains)} domains for stream.stages="
+             f"{s.stages}; give at least one per stage")
+    _require(len(sev) in (0, 1, len(domains)) and all(1 <= v <= 5 for v in sev),
+             f"stream.severities={s.severities!r}: give one severity in 1..5, or one per domain "
+             f"({len(domains)}), or none for the reference's defaults")
+    _require(cfg.federation.rounds == s.stages * s.rounds_per_stage,
+             f"federation.rounds ({cfg.federation.rounds}) must equal stream.stages x stream.rounds_per_stage "
+             f"({s.stages} x {s.rounds_per_stage} = {s.stages * s.rounds_per_stage})")
+    _require(cfg.data.partition != "openworld", "stream.stages > 0 is not supported with "
+             "data.partition=openworld (unseen classes are not staged); use iid, dirichlet or pathological")
+
+
 # Checks that span keys; single-key checks come from the schema declarations.
-CROSS_CHECKS: list[Callable[[Config], None]] = [_check_classes, _check_clients, _check_client]
+CROSS_CHECKS: list[Callable[[Config], None]] = [_check_partition, _check_classes, _check_clients, _check_client,
+                                                _check_stream]
 
 
 def fault_clients(cfg: Config) -> list[int]:

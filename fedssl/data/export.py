@@ -325,7 +325,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("data", help="data utilities (export per-client shards for deployment)")
+    p = subparsers.add_parser("data", help="data utilities (export per-client shards for deployment, "
+                                          "plot a partition)")
     sub = p.add_subparsers(dest="data_command", required=True, parser_class=type(p))
     e = sub.add_parser("export", help="write one .npz shard per client (node config data-dir)",
                        description="Partition the config's dataset exactly as `fedssl run` does "
@@ -338,3 +339,6 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument("--partitions", metavar="IDS", help="only these partition ids, e.g. 0,3 (default: all)")
     e.add_argument("--quiet", action="store_true", help="print nothing on success")
     e.set_defaults(func=cmd_export)
+    from fedssl.data.plot import add_parser as add_plot
+
+    add_plot(sub)

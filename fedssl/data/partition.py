@@ -1,8 +1,9 @@
 """Split a training set over clients, then into labeled / unlabeled parts.
 
 Plain numpy, deterministic from ``seed`` (``numpy.random.Generator``), vectorised so
-1000 clients over 60k samples take milliseconds. (flwr-datasets partitioners were
-not used: they need HuggingFace ``datasets`` objects and ~3 s just to import.)
+1000 clients over 60k samples take milliseconds. Step 1 can also come from a Flower
+Datasets partitioner (``flwr:<Class>``, :mod:`fedssl.data.flwr_partition`), imported
+only then: flwr-datasets is an optional extra and takes seconds to import.
 
 Two steps:
 
@@ -23,6 +24,8 @@ Two steps:
      ``globally_unseen`` classes each live on exactly one client (distinct clients
      while there are enough), and every other unseen class is split iid over a
      seeded random subset of ``max(2, ceil(num_clients / 2))`` clients.
+   - ``flwr:<Class>``: the Flower partitioner's partitions; samples it leaves out are
+     on no client.
 
 2. *Labels*: a client holding ``m`` seen-class samples (``label < S``) gets
    ``max(1, round(labeled_ratio * m))`` labeled ones (round half up), spread over its
@@ -156,10 +159,16 @@ def _client_partition(labels: np.ndarray, cfg: DataConfig, num_classes: int,
         owner = _pathological(labels, c, cfg.classes_per_client, rng)
     elif scheme == "openworld":
         owner = _openworld(labels, c, k, s, cfg.globally_unseen, rng)
+    elif scheme.startswith("flwr:"):  # a Flower Datasets partitioner (fedssl.data.flwr_partition)
+        from fedssl.data.flwr_partition import flwr_owner
+
+        owner = flwr_owner(labels, cfg, seed)
     else:
         raise ConfigError(f"data.partition: unknown partition {scheme!r}")
 
-    sizes = np.bincount(owner, minlength=c)
+    # a Flower partitioner may leave samples out (owner -1): they are on no client
+    owned = np.flatnonzero(owner >= 0)
+    sizes = np.bincount(owner[owned], minlength=c)
     if (sizes == 0).any():
         empty = int(np.flatnonzero(sizes == 0)[0])
         raise ConfigError(
@@ -167,18 +176,17 @@ def _client_partition(labels: np.ndarray, cfg: DataConfig, num_classes: int,
             f"({int((sizes == 0).sum())} empty of {c}); lower data.num_clients"
             + (" or data.classes_per_client" if scheme == "pathological" else ""))
 
+    labeled = np.zeros(n, dtype=bool)  # labels at server only: every client sample is unlabeled
     if cfg.labeled_ratio > 0:
-        labeled = _label_mask(labels, owner, c, k, s, cfg.labeled_ratio, rng)
-    else:  # labels at server only: every client sample is unlabeled
-        labeled = np.zeros(n, dtype=bool)
-    lab_by_client = _group(np.flatnonzero(labeled), owner, c)
-    unl_by_client = _group(np.flatnonzero(~labeled), owner, c)
+        labeled[owned] = _label_mask(labels[owned], owner[owned], c, k, s, cfg.labeled_ratio, rng)
+    lab_by_client = _group(owned[labeled[owned]], owner, c)
+    unl_by_client = _group(owned[~labeled[owned]], owner, c)
     shards = tuple(Shard(_ro(lab), _ro(unl))
                    for lab, unl in zip(lab_by_client, unl_by_client))
 
     # presence of unseen classes on clients
     present = np.zeros((c, k), dtype=bool)
-    present[owner, labels] = True
+    present[owner[owned], labels[owned]] = True
     holders = present.sum(axis=0)
     local = tuple(int(u) for u in range(s, k) if holders[u] >= 2)
     glob = tuple(int(u) for u in range(s, k) if holders[u] == 1)

@@ -9,6 +9,7 @@ from typing import Any
 from fedssl.bench.layout import GRID_JSON
 from fedssl.config import ConfigError
 from fedssl.report import html, plots
+from fedssl.report import stream as stream_plots
 from fedssl.report.markdown import summary_markdown
 from fedssl.report.model import (
     FINAL,
@@ -124,13 +125,36 @@ def render_run(run_dir: Path) -> dict[str, Path]:
             "Confusion matrix", "True class (rows) x predicted output (columns: each seen class's "
             "own output, then the outputs matched to the unseen classes over all samples; the "
             "diagonal is what acc_seen and acc_unseen_strict count).", confusion))
+    stream_fig = stream_plots.run_stream(metrics, summary)
+    png = plots.save(stream_fig, run_dir / PLOTS / "stream.png") if stream_fig is not None else None
+    if png is not None:
+        sections.append(html.image_section("Stages", "Accuracy matrix R (rows: after stage i; columns: test "
+                                           "split in domain j) and accuracy per domain over rounds.", png))
+    partition = _partition_figure(run_dir)
+    if partition is not None:
+        sections.append(html.image_section("Partition", "Samples per class on each client "
+                                           "(hatched: labeled).", partition))
     write_atomic(run_dir / REPORT_HTML, html.page(title, f"{run_dir} · status: {status}", sections))
     out = {"report": run_dir / REPORT_HTML, "curve": curve}
     if per_class is not None:
         out["per_class"] = per_class
     if confusion is not None:
         out["confusion"] = confusion
+    if png is not None:
+        out["stream"] = png
+    if partition is not None:
+        out["partition"] = partition
     return out
+
+
+def _partition_figure(run_dir: Path) -> Path | None:
+    """The label distribution from the run's partition.csv (absent under `flwr run`)."""
+    from fedssl.data.plot import PARTITION_CSV, label_distribution_figure, read_counts_csv
+
+    if not (run_dir / PARTITION_CSV).exists():
+        return None
+    return plots.save(label_distribution_figure(read_counts_csv(run_dir / PARTITION_CSV)),
+                      run_dir / PLOTS / "partition.png")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Incremental FedSSL under domain shift: domains, stages, client memory, metrics."""

@@ -1,0 +1,98 @@
+"""``model.name = "cnn_bn"``: the default CNN with batch norm. Its layout, every
+algorithm training it (with and without client labels), and the labels-at-server
+pipeline recomputing its statistics on the server's data (static BN)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedssl import runlog
+from fedssl.algorithms import ALGORITHMS
+from fedssl.config import resolve
+from fedssl.models import build_model
+from fedssl.threads import one_thread
+from fedssl.training import ClientData, build_algorithm, train_client
+from tests.conftest import tiny
+
+CNN_KEYS = ["backbone.0.weight", "backbone.0.bias", "backbone.3.weight", "backbone.3.bias",
+            "backbone.7.weight", "backbone.7.bias", "head.weight", "head.bias"]
+
+
+def test_cnn_bn_has_batch_norm_after_each_conv_and_the_embedding():
+    assert list(build_model("cnn", 10).state_dict()) == CNN_KEYS, "cnn's exchanged keys stay as they were"
+    model = build_model("cnn_bn", 10)
+    layers = list(model.backbone)
+    after = [type(layers[i + 1]) for i, m in enumerate(layers) if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert after == [nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm1d]
+    assert all(m.bias is None for m in layers if isinstance(m, (nn.Conv2d, nn.Linear)))  # BN's shift replaces it
+    x = torch.randn(6, 1, 28, 28)
+    assert model(x).shape == (6, 10) and model.features(x).shape == (6, model.feature_dim)
+    before = model.backbone[1].running_mean.clone()
+    model.eval()
+    model(x)
+    assert torch.equal(model.backbone[1].running_mean, before), "eval mode uses the running statistics"
+    assert build_model("cnn_bn", 10, in_channels=3, image_size=32)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def shard(labeled: int, n: int = 12, seed: int = 0) -> ClientData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return ClientData(x[:labeled], y[:labeled], x, y, flip=False)
+
+
+# open-world algorithms run with labels at the client only (docs/labels_at_server.md)
+CASES = [(n, 6) for n in sorted(ALGORITHMS)] + [(n, 0) for n in sorted(ALGORITHMS) if not ALGORITHMS[n].open_world]
+
+
+@pytest.mark.parametrize("name, labeled", CASES)
+def test_every_algorithm_trains_cnn_bn(name, labeled):
+    # a low threshold, so that an untrained model's pseudo-labels pass it
+    low = {f"client.{name}.threshold": 0.05} if "threshold" in ALGORITHMS[name].params_class.__dataclass_fields__ else {}
+    cfg = resolve(overrides={"client.algorithm": name, "client.local_steps": 2, "client.batch_size": 4,
+                             "client.uratio": 2, "federation.rounds": 4, "model.name": "cnn_bn", **low,
+                             **({"data.seen_classes": 6} if ALGORITHMS[name].open_world else {})})
+    model = build_model("cnn_bn", cfg.num_classes, cosine_head=ALGORITHMS[name].open_world)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_client(model, build_algorithm(cfg), shard(labeled), cfg, server_round=3, partition_id=0,
+                       state=None)
+    after = model.state_dict()
+    if not ALGORITHMS[name].uses_unlabeled and labeled == 0:  # supervised, EWC: nothing to learn from
+        assert all(torch.equal(before[k], v) for k, v in after.items())
+        return
+    assert math.isfinite(res.metrics["train_loss"])
+    assert not torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"])
+    assert int(after["backbone.1.num_batches_tracked"]) > 0
+
+
+def test_labels_at_server_with_cnn_bn_recomputes_bn_on_server_data(tmp_path):
+    """A real simulation: the global model's BN statistics are the server's static BN
+    (recomputed on its labeled set after its step), not the clients' average."""
+    from fedssl.data.augment import normalize
+    from fedssl.server_training import recompute_bn_stats
+    from fedssl.simulation import run_experiment
+    from server.loop import load_server_trainer
+
+    over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
+                             "client.algorithm": "semifl", "client.semifl.threshold": 0.3, "model.name": "cnn_bn",
+                             "server.strategy": "fedavgm", "server.server_momentum": 0.5,
+                             "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1})
+    cfg = resolve(overrides=over)
+    summary = run_experiment(cfg, quiet=True)
+    assert summary["status"] == "ok" and math.isfinite(summary["final"]["loss"])
+    arrays = runlog.load_checkpoint(tmp_path)["arrays"]
+    model = build_model("cnn_bn", cfg.num_classes)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    got = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    trainer = load_server_trainer(cfg)
+    assert trainer is not None
+    with one_thread():  # as the server computes them: the same bits on any machine
+        assert recompute_bn_stats(model, normalize(trainer.x.clone()))
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            assert torch.equal(got[k], v), (k, (got[k] - v).abs().max())
