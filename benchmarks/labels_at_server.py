@@ -11,6 +11,9 @@ holding ``labels`` samples per class and training on them after every aggregatio
   semifl       SemiFL: fixed global pseudo-labels, Fix + Mix loss, equal weights,
                FedAvgM with lr 1 and momentum 0.5 in every partition (SemiFL's make.py)
   fedsto       FedSTO: backbone-only phase, then full training with SRIP on the head
+  fl2          (FL)^2: client-specific adaptive thresholds, ASAM consistency on the
+               confident samples, updates weighted by 1 - the client's mean confidence;
+               FedAvgM with lr 1 and momentum 0.5 (the reference's, every partition)
   central      centralized SSL upper reference: one client holding ALL the data with
                the same number of labels per class (labels / 6000 of Fashion-MNIST's
                6000 per class: exactly that many per class), FixMatch's joint loss,
@@ -43,7 +46,7 @@ from pathlib import Path
 
 from fedssl.config import resolve
 
-METHODS = ("server_only", "fixmatch", "semifl", "fedsto", "central", "central_alt")
+METHODS = ("server_only", "fixmatch", "semifl", "fedsto", "fl2", "central", "central_alt")
 TRAIN_PER_CLASS = 6000  # Fashion-MNIST
 PARTITIONS = {"iid": {"data.partition": "iid"},
               "dir0.3": {"data.partition": "dirichlet", "data.alpha": 0.3}}
@@ -58,7 +61,7 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
          "server.warmup_steps": args.warmup_steps, "run.seed": seed, "run.checkpoint_every": 0}
     if method == "server_only":
         o["client.algorithm"] = "supervised"
-    elif method in ("fixmatch", "fedsto", "semifl"):
+    elif method in ("fixmatch", "fedsto", "semifl", "fl2"):
         o["client.algorithm"] = method
     elif method in ("central", "central_alt"):
         o.update({"client.algorithm": "fixmatch", "data.num_clients": 1, "data.partition": "iid",
@@ -66,7 +69,7 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
         if method == "central":
             o.update({"data.server_labels_per_class": 0, "data.labeled_ratio": labels / TRAIN_PER_CLASS,
                       "server.train_steps": 0, "server.warmup_steps": 0})
-    if method == "semifl":  # SemiFL's global momentum: 0.5 in every partition (its make.py), server lr 1
+    if method in ("semifl", "fl2"):  # both codes: global momentum 0.5 in every partition, server lr 1
         o.update({"server.strategy": "fedavgm", "server.server_lr": 1.0, "server.server_momentum": 0.5})
     return o
 

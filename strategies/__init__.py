@@ -54,6 +54,7 @@ def mapped_kwargs(cfg: Config) -> dict[str, Any]:
             "server_momentum": s.server_momentum, "eta": s.eta, "eta_l": cfg.client.lr,
             "beta_1": s.beta_1, "beta_2": s.beta_2, "tau": s.tau,
             "client_learning_rate": cfg.client.lr, "train_loss_key": "train_loss",
+            "weighted_by_key": cfg.algorithm_class.weight_key,  # e.g. (FL)^2's learning status
             **FedoSSL.config_kwargs(cfg)}  # num_classes, num_seen, seed and FedoSSL's own
 
 

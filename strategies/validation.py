@@ -35,13 +35,15 @@ def decode(arr: Array) -> np.ndarray:
 
 
 def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
-                 max_examples: int | None, max_update_norm: float = 0.0) -> str | None:
+                 max_examples: int | None, max_update_norm: float = 0.0,
+                 weight_key: str = "num-examples") -> str | None:
     """None if the reply is acceptable, else a one-line reason.
 
     - exactly the global model's keys (in any order: :func:`in_global_order` rebuilds
       the update before aggregation), with the same dtypes and shapes;
     - every value finite;
     - ``num-examples`` a positive integer, at most the client's partition size;
+    - the strategy's weighting metric ``weight_key``, when it is another, a finite number > 0;
     - ||update - global||_2 <= max_update_norm when that bound is > 0.
     """
     arrays = content.get("arrays")
@@ -55,6 +57,10 @@ def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
         return f"num-examples must be a positive integer, got {n!r}"
     if max_examples is not None and n > max_examples:
         return f"num-examples {int(n)} exceeds the partition size {max_examples}"
+    if weight_key != "num-examples":
+        w = metrics.get(weight_key)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            return f"aggregation weight {weight_key} must be a finite number > 0, got {w!r}"
     keys = set(arrays.keys())
     if keys != set(global_arrays):
         diff = sorted(keys ^ set(global_arrays))[:3]

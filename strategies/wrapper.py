@@ -206,7 +206,8 @@ class FedSSLStrategy(Strategy):
             if pid in seen:  # two SuperNodes configured with one partition-id
                 return f"partition-id {pid} already sent by node {seen[pid]} this round"
             seen[pid] = node
-        return check_update(content, self._global, self.sizes.get(pid), self.max_update_norm)
+        return check_update(content, self._global, self.sizes.get(pid), self.max_update_norm,
+                            getattr(self.inner, "weighted_by_key", P.NUM_EXAMPLES))
 
     def _remember(self, pid: int, content: RecordDict) -> None:
         """A partition's size is the num-examples it first reported: later updates may

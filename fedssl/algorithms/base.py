@@ -113,6 +113,9 @@ class Algorithm:
     uses_unlabeled: bool = True
     pairs_with: str | None = None  # the server strategy that sends this algorithm's payload
     equal_weight: bool = False  # aggregate with equal client weights (reports num-examples 1)
+    #: the reply metric the server's strategy weights this algorithm's updates by (Flower's
+    #: ``weighted_by_key``): ``num-examples``, or a ``train_*`` metric the algorithm emits
+    weight_key: ClassVar[str] = "num-examples"
     labeled_views: tuple[str, ...] = ("weak",)
     unlabeled_views: tuple[str, ...] = ("weak", "strong")
     # incremental runs ([stream]): what the client runtime keeps across stages for it
