@@ -2,7 +2,7 @@
 # flwr/superexec 1.42.0), for machines that reach no container registry: Python in a
 # venv at /python/venv with flwr 1.42.0, user `app` (uid 49999), WORKDIR /app, as in
 # the official images. BASE_IMAGE is any Debian/Ubuntu image with python3 + venv,
-# e.g. one made from the apt mirror (what `fedssl deploy containers build` does):
+# e.g. one made from the apt mirror (what `fedssl deploy containers --build-only` does):
 #
 #   mmdebstrap --variant=apt --include=python3,python3-venv,ca-certificates bookworm rootfs.tar
 #   podman import rootfs.tar localhost/fedssl-debian:bookworm

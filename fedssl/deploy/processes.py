@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -78,6 +79,25 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def pump(source: IO[str], log: Path, also: IO[str] | None = None) -> threading.Thread:
+    """Copy ``source`` (a child's piped output) line by line to ``log`` and to ``also``,
+    in a daemon thread: the log is complete while the child runs, and the child never
+    blocks on a full pipe. Join the thread once the child has exited."""
+
+    def copy() -> None:
+        with open(log, "a") as fh:
+            for line in source:
+                fh.write(line)
+                fh.flush()
+                if also is not None:
+                    also.write(line)
+                    also.flush()
+
+    t = threading.Thread(target=copy, daemon=True)
+    t.start()
+    return t
 
 
 @dataclass

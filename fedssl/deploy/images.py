@@ -1,4 +1,5 @@
-"""Container images for fedssl's Flower deployment, built offline, cached per machine.
+"""Container engines and the images of fedssl's Flower deployment, built offline and
+cached per machine.
 
 Roles and images (``docker/``; every Dockerfile takes ``BASE_IMAGE`` as a build
 argument whose default is Flower's official image of the pinned version):
