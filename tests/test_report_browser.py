@@ -38,14 +38,20 @@ def loaded(dom: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def images(page: Path) -> int:
+    return page.read_text().count("<img")
+
+
 def test_bench_report_images_load_in_chromium(tmp_path):
     out = fake_bench(tmp_path)
     report.render(out)
-    assert loaded(dump_dom(out / "report.html", tmp_path / "profile")) == (4, 4)
+    n = images(out / "report.html")
+    assert n >= 4 and loaded(dump_dom(out / "report.html", tmp_path / "profile")) == (n, n)
 
     run = next(p for p in (out / "runs").iterdir() if (p / "summary.json").exists())
     report.render(run)
-    assert loaded(dump_dom(run / "report.html", tmp_path / "profile")) == (2, 2)
+    n = images(run / "report.html")
+    assert n >= 2 and loaded(dump_dom(run / "report.html", tmp_path / "profile")) == (n, n)
 
 
 def test_the_check_sees_a_broken_image(tmp_path):
@@ -56,4 +62,5 @@ def test_the_check_sees_a_broken_image(tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r'src="data:image/png;base64,[^"]+"', 'src="data:image/png;base64,AAAA"',
                              text, count=1))
-    assert loaded(dump_dom(broken, tmp_path / "profile")) == (3, 4)
+    n = images(out / "report.html")
+    assert loaded(dump_dom(broken, tmp_path / "profile")) == (n - 1, n)
