@@ -26,11 +26,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _setup_logging(quiet: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     log = logging.getLogger("fedssl")
-    if not log.handlers:
-        handler = RichHandler(show_path=False, show_time=False, markup=False)
+    if not log.handlers:  # logs on stderr; stdout keeps only the results (tables, JSON)
+        handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
         log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
 
