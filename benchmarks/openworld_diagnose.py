@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from fedssl.config import resolve
 from fedssl.simulation import run_experiment
-from server.loop import ServerRunner
+from fedssl.server.loop import ServerRunner
 
 BASE = {
     "data.dataset": "fashion-mnist", "data.partition": "openworld", "data.labeled_ratio": 0.5,

@@ -96,7 +96,7 @@ def rescore(run_dir: Path, summary: dict) -> dict:
     from fedssl.metrics import confusion_matrix, evaluate_logits, predict
     from fedssl.models import build_model
     from fedssl.runlog import load_checkpoint, write_json
-    from server.loop import load_test_split
+    from fedssl.server.loop import load_test_split
 
     ckpt = load_checkpoint(run_dir)
     if ckpt is None or ckpt["round"] != summary.get("rounds_completed"):

@@ -256,8 +256,8 @@ def cold_start_floor(n: int) -> dict[str, float]:
     class Probe:
         def boot(self, cfg) -> tuple[float, float]:  # noqa: ANN001
             t = time.perf_counter()
-            import client.app  # noqa: F401  (torch, flwr, fedssl)
-            from client.runtime import ClientRuntime
+            import fedssl.client.app  # noqa: F401  (torch, flwr, fedssl)
+            from fedssl.client.runtime import ClientRuntime
 
             t_import = time.perf_counter()
             rt = ClientRuntime(cfg, {})

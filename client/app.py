@@ -17,8 +17,8 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.runtime import ClientRuntime, config_from_context
-from client.stream import round_stage
+from fedssl.client.runtime import ClientRuntime, config_from_context
+from fedssl.client.stream import round_stage
 from fedssl import protocol as P
 from fedssl.config import Config
 from fedssl.faults import apply_fault

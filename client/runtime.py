@@ -103,7 +103,7 @@ class ClientRuntime:
 
     def _train_stage(self, partition_id: int, server_round: int, state: Any, payload: dict[str, np.ndarray],
                      proximal_mu: float, holdout: bool, stage: int) -> TrainResult:
-        from client import stream
+        from fedssl.client import stream
 
         if self.data_dir:
             raise ConfigError("stream.stages > 0 needs the dataset on the node (no data-dir shards)")

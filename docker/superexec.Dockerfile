@@ -29,7 +29,7 @@ RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
 COPY wheels/fedssl-*.whl /tmp/fedssl/
 RUN python -m pip install --no-cache-dir --no-index --no-deps /tmp/fedssl/fedssl-*.whl \
     && rm -rf /tmp/fedssl \
-    && python -c "import flwr, torch, server.app; v = flwr.__version__; assert v == '1.42.0', v" \
+    && python -c "import flwr, torch, fedssl.server.app; v = flwr.__version__; assert v == '1.42.0', v" \
     && mkdir -p /fedssl/data /fedssl/state /fedssl/runs && chown -R app:app /fedssl
 # PYTHONDONTWRITEBYTECODE unset: every task is a fresh process that imports the FAB's
 # sources; cached bytecode keeps its start inside Flower's 30 s task-claim window.
@@ -53,5 +53,5 @@ RUN --mount=type=bind,source=wheels,target=/tmp/wheels \
          && cp /tmp/torchvision_ops_shim.py "$site/fedssl_torchvision_ops_shim.py" \
          && echo "import fedssl_torchvision_ops_shim" > "$site/fedssl_torchvision_ops_shim.pth"; \
        fi \
-    && python -c "import client.app, torch; from torchvision.transforms import v2; v2.RandAugment(2, 10)(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))"
+    && python -c "import fedssl.client.app, torch; from torchvision.transforms import v2; v2.RandAugment(2, 10)(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))"
 USER app

@@ -28,6 +28,11 @@ from safetensors.numpy import save as st_save
 
 from fedssl.config import Config, ConfigError
 
+
+class RunError(ConfigError):
+    """A run that ended without its results (one line; the CLI exits 2)."""
+
+
 METRIC_COLUMNS = ["round", "loss", "acc_all", "acc_seen", "acc_unseen", "acc_local_unseen",
                   "acc_global_unseen", "wall_s", "clients", "rejected_updates", "status"]
 # open world under one matching over all samples (fedssl.metrics.strict_openworld): first

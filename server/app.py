@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedssl.config import Config
 from fedssl.protocol import config_from_run_config
-from server.loop import ServerRunner, ServerUpdate
+from fedssl.server.loop import ServerRunner, ServerUpdate
 
 _log = logging.getLogger("fedssl")
 if not _log.handlers:  # under `flwr run` nobody else configures fedssl's logger

@@ -3,7 +3,7 @@
 Each round drives the strategy only through Flower's four verbs
 (``configure_train`` -> ``grid.send_and_receive`` -> ``aggregate_train``, then
 ``configure_evaluate`` / ``aggregate_evaluate``); sampling, packing, validation and
-payloads live in :class:`strategies.wrapper.FedSSLStrategy`. The loop adds exact
+payloads live in :class:`fedssl.strategies.wrapper.FedSSLStrategy`. The loop adds exact
 checkpoint/resume, the divergence stop, central evaluation on the test split, an
 optional server step after aggregation, metrics.csv / summary.json, and progress.
 
@@ -40,8 +40,8 @@ from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
 from fedssl.tracking import Trackers
-from strategies import build_strategy
-from strategies.wrapper import FedSSLStrategy, is_simulation_grid
+from fedssl.strategies import build_strategy
+from fedssl.strategies.wrapper import FedSSLStrategy, is_simulation_grid
 
 log = logging.getLogger("fedssl")
 
@@ -294,7 +294,7 @@ class _State:
 def _stream_tracker(cfg: Config, test_y: np.ndarray) -> Any:
     if not cfg.stream.stages:
         return None
-    from server.stream import StreamTracker
+    from fedssl.server.stream import StreamTracker
 
     return StreamTracker(cfg, test_y)
 

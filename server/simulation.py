@@ -17,9 +17,10 @@ from fedssl.data import client_shard
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
 from fedssl.stream.stages import check_stages
-from fedssl.simulation import WARM_RAY_ENV, RunError, local_ray_resources
+from fedssl.local_ray import WARM_RAY_ENV, local_ray_resources
+from fedssl.runlog import RunError
 from fedssl.training import model_kwargs
-from strategies import inner_strategy
+from fedssl.strategies import inner_strategy
 
 
 def local_parallelism(cfg: Config) -> int:
@@ -100,8 +101,8 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     import ray
     from flwr.simulation import run_simulation
 
-    from client.app import make_client_app
-    from server.app import make_server_app
+    from fedssl.client.app import make_client_app
+    from fedssl.server.app import make_server_app
 
     prompt_shutdown()
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)

@@ -6,7 +6,7 @@
   ``fedyogi``, ``fedadagrad``, ``fedmedian``, ``fedtrimmedavg``, ``krum``,
   ``multikrum``, ``bulyan``, ``qfedavg``), built with the settings fedssl maps from
   its own keys (below);
-- ``fedossl``: :class:`strategies.fedossl.FedoSSL`, a Flower FedAvg with global
+- ``fedossl``: :class:`fedssl.strategies.fedossl.FedoSSL`, a Flower FedAvg with global
   clustering of the clients' centroids;
 - ``"package.module:ClassName"``: any ``flwr.serverapp.strategy.Strategy`` subclass.
 
@@ -15,7 +15,7 @@ FedTrimmedAvg or ``"num_malicious_nodes = 1, num_nodes_to_select = 3"`` for Mult
 (comma-separated ``name = value``, values in TOML syntax). Names are checked against
 the class's signature. Sampling is fedssl's (``federation.*``), so the sampling
 arguments cannot be set there. The strategy is then wrapped by
-:class:`strategies.wrapper.FedSSLStrategy` (packing, validation, payloads).
+:class:`fedssl.strategies.wrapper.FedSSLStrategy` (packing, validation, payloads).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from flwr.serverapp.strategy import Strategy
 from fedssl.config import Config, ConfigError
 from fedssl.config.params import accepted_params, parse_params
 from fedssl.registry import STRATEGY_NAMES
-from strategies.fedossl import FedoSSL
-from strategies.wrapper import FedSSLStrategy
+from fedssl.strategies.fedossl import FedoSSL
+from fedssl.strategies.wrapper import FedSSLStrategy
 
 # Flower's strategies that aggregate model arrays: the DP wrappers take another
 # strategy as an argument and FedXgb* aggregate XGBoost trees, not arrays.

@@ -8,7 +8,7 @@ most of the server's work in a round.
 
 :func:`weighted_mean` does the same arithmetic, in the same order, with the same
 dtypes, so its result is bit for bit Flower's, but reads each array as a zero-copy
-view of the reply's bytes (:func:`strategies.validation.decode`, header parsed once
+view of the reply's bytes (:func:`fedssl.strategies.validation.decode`, header parsed once
 per layer) and accumulates into one preallocated buffer per layer. The wrapper then
 hands the inner strategy a single reply holding that mean: Flower's mean of one
 reply is the reply times 1.0, exact, so FedAvgM's momentum, FedOpt's moments and
@@ -28,7 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
-from strategies.validation import decode
+from fedssl.strategies.validation import decode
 
 #: Exact classes whose aggregation is Flower's weighted mean followed by a step on the
 #: mean only (FedAvgM's momentum, FedOpt's adaptive moments).

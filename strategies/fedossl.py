@@ -113,7 +113,7 @@ class FedoSSL(FedAvg):
     @staticmethod
     def config_kwargs(cfg: Any) -> dict[str, Any]:
         """The constructor arguments a :class:`fedssl.config.Config` sets (also used by
-        :func:`strategies.mapped_kwargs`, so both ways of building it agree). The client
+        :func:`fedssl.strategies.mapped_kwargs`, so both ways of building it agree). The client
         keys it shares with the clients come from the algorithm's own section when it
         has them (``client.fedossl.*``), else from FedoSSL's defaults."""
         s, default = cfg.server, FedoSSLParams()

@@ -9,7 +9,7 @@ update must be measured against what they received, as SemiFL does; measured aga
 the strategy's own output, a server step of round t comes back as part of round
 t+1's pseudo-gradient, and FedAvgM's momentum re-applies it for many rounds.
 
-**The rule.** Before every ``configure_train``, :class:`strategies.wrapper.FedSSLStrategy`
+**The rule.** Before every ``configure_train``, :class:`fedssl.strategies.wrapper.FedSSLStrategy`
 hands the inner strategy the arrays it is about to send, by :func:`set_reference`:
 
 - a strategy with a method ``set_reference(arrays: ArrayRecord) -> None`` gets it

@@ -9,14 +9,14 @@ through its own ``configure_train`` / ``aggregate_train``; the wrapper adds:
   packing of several of them into one message per simulated node
   (:mod:`fedssl.sampling`); under a real SuperLink, one node = one partition;
 - validation of every client's update before the inner strategy sees it
-  (:mod:`strategies.validation`), with one-line rejection reasons in the log;
+  (:mod:`fedssl.strategies.validation`), with one-line rejection reasons in the log;
 - one reply per virtual client for the inner ``aggregate_train``, sorted by
   partition id so that the result does not depend on the packing;
 - the algorithm's payload records (e.g. FedoSSL's centroids) both ways, for inner
   strategies that ask for them (``config[WANT_PAYLOAD_KEY]``);
 - the inner strategy's reference model set to the arrays sent this round, so that a
   server step after aggregation reaches FedAvgM's momentum and FedOpt's moments
-  (:mod:`strategies.reference`: the rule, and a user strategy's hook);
+  (:mod:`fedssl.strategies.reference`: the rule, and a user strategy's hook);
 - what the clients report about themselves: partition sizes (from ``num-examples``)
   and which classes their shards hold (evaluation bookkeeping of the open world).
 """
@@ -37,9 +37,9 @@ from flwr.serverapp.strategy import Strategy
 from fedssl import protocol as P
 from fedssl.config import ConfigError
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients, sample_nodes
-from strategies.aggregation import mean_reply, takes_mean, weighted_mean
-from strategies.reference import set_reference
-from strategies.validation import check_update, in_global_order
+from fedssl.strategies.aggregation import mean_reply, takes_mean, weighted_mean
+from fedssl.strategies.reference import set_reference
+from fedssl.strategies.validation import check_update, in_global_order
 
 log = logging.getLogger("fedssl")
 
@@ -220,7 +220,7 @@ class FedSSLStrategy(Strategy):
 
     def _inner_input(self, server_round: int, updates: list[tuple[int, RecordDict]]) -> list[Message]:
         """What the inner strategy aggregates: for a weighted-mean strategy, one reply
-        holding the mean of the updates computed in place (:mod:`strategies.aggregation`,
+        holding the mean of the updates computed in place (:mod:`fedssl.strategies.aggregation`,
         bit for bit Flower's); else one reply per update."""
         key = getattr(self.inner, "weighted_by_key", P.NUM_EXAMPLES)
         if not takes_mean(self.inner) or any(key not in c["metrics"] for _, c in updates):

@@ -9,8 +9,8 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from strategies.aggregation import WEIGHTED_MEAN, mean_reply, weighted_mean
-from strategies.wrapper import reply_metadata
+from fedssl.strategies.aggregation import WEIGHTED_MEAN, mean_reply, weighted_mean
+from fedssl.strategies.wrapper import reply_metadata
 
 
 def updates(n: int, seed: int) -> tuple[list[ArrayRecord], list[int]]:
@@ -76,7 +76,7 @@ def test_client_reply_arrays_have_np_saves_bytes():
     bytes Flower's ``ArrayRecord(state_dict)`` writes, for every dtype and shape."""
     import torch
 
-    from client.app import npy_record
+    from fedssl.client.app import npy_record
     from fedssl.models import build_model
 
     state = build_model("cnn", 10).state_dict()

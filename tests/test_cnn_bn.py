@@ -76,7 +76,7 @@ def test_labels_at_server_with_cnn_bn_recomputes_bn_on_server_data(tmp_path):
     from fedssl.data.augment import normalize
     from fedssl.server_training import recompute_bn_stats
     from fedssl.simulation import run_experiment
-    from server.loop import load_server_trainer
+    from fedssl.server.loop import load_server_trainer
 
     over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
                              "client.algorithm": "semifl", "client.semifl.threshold": 0.3, "model.name": "cnn_bn",

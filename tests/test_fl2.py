@@ -14,13 +14,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-import strategies
+from fedssl import strategies
 from fedssl import runlog
 from fedssl.algorithms import Batch, RoundContext
 from fedssl.algorithms.fl2 import class_thresholds, learning_status
 from fedssl.config import resolve
 from fedssl.training import ClientData, build_algorithm, train_client
-from strategies.wrapper import reply_metadata
+from fedssl.strategies.wrapper import reply_metadata
 from tests.conftest import kill9_after_checkpoint, run_cli, tiny
 
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], dtype=torch.float64)

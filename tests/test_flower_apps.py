@@ -23,7 +23,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from client.app import make_client_app
+from fedssl.client.app import make_client_app
 from fedssl.algorithms import ALGORITHMS
 from fedssl.config import own_keys_only, resolve
 from fedssl.data import load_dataset
@@ -31,7 +31,7 @@ from fedssl.data.augment import normalize
 from fedssl.metrics import evaluate
 from fedssl.models import build_model
 from fedssl.training import model_kwargs
-from strategies.fedossl import FedoSSL
+from fedssl.strategies.fedossl import FedoSSL
 from tests.conftest import tiny
 
 ROUNDS = 5  # issue 14: the stock FedAvg ServerApp drives every algorithm for 5 rounds
@@ -66,7 +66,7 @@ def central_eval(cfg):
 def flower_runs(tmp_path_factory):
     from flwr.simulation import run_simulation
 
-    from server.simulation import backend_config
+    from fedssl.server.simulation import backend_config
 
     out = tmp_path_factory.mktemp("flower")
     cfgs = {alg: config(alg, out) for alg in ALGORITHMS}

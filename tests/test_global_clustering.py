@@ -118,7 +118,7 @@ def _strategy_cfg(**over):
 
 
 def _strategy(**over):
-    from strategies.fedossl import FedoSSL
+    from fedssl.strategies.fedossl import FedoSSL
     return FedoSSL.from_config(_strategy_cfg(**over))
 
 
@@ -242,7 +242,7 @@ def test_strategy_ramp_is_a_sigmoid_from_each_gate():
 def test_the_servers_strategy_is_built_with_every_fedossl_key():
     """``inner_strategy`` (what the ServerApp builds) and ``FedoSSL.from_config`` give the
     same strategy for non-default keys: a key one of them forgot would be silently off."""
-    from strategies import inner_strategy
+    from fedssl.strategies import inner_strategy
     over = {"federation.rounds": 12, "client.fedossl.pretrain_rounds": 3, "server.fedossl_rampup": 2,
             "server.fedossl_init": "kmeans", "server.fedossl_seen_slots": "class_mean",
             "server.fedossl_weighting": "examples", "server.fedossl_sgd_steps": 7,

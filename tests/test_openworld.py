@@ -358,7 +358,7 @@ def test_fedossl_pseudo_labels_follow_the_head_for_unseen_slots():
 
 # -- the strategy ------------------------------------------------------------------------
 def _strategy(**over):
-    from strategies.fedossl import FedoSSL
+    from fedssl.strategies.fedossl import FedoSSL
     return FedoSSL.from_config(_cfg("fedossl", **{"server.strategy": "fedossl",
                                                   "server.fedossl_clustering": "kmeans", **over}))
 

@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedssl.config import resolve
-from strategies.reference import set_reference
-from strategies.wrapper import FedSSLStrategy
+from fedssl.strategies.reference import set_reference
+from fedssl.strategies.wrapper import FedSSLStrategy
 from tests.conftest import tiny
 from tests.test_strategies import (COUNTS, GLOBAL, _server_identity, aggregate, build, client_models,  # noqa: F401
                                    run_round, to_arrayrecord, update, weighted_mean)

@@ -16,7 +16,7 @@ from flwr.app import MetricRecord, RecordDict
 from safetensors.numpy import save as st_save
 from safetensors.torch import save_file
 
-from client.runtime import ClientRuntime
+from fedssl.client.runtime import ClientRuntime
 from fedssl import runlog
 from fedssl.algorithms.fixmatch import FixMatch
 from fedssl.config import ConfigError, resolve
@@ -26,7 +26,7 @@ from fedssl.sampling import sample_clients
 from fedssl.simulation import run_experiment
 from fedssl.state import ClientStateStore, _crc
 from fedssl.training import ClientData, train_client
-from strategies.validation import check_update, in_global_order
+from fedssl.strategies.validation import check_update, in_global_order
 from tests.conftest import as_set_flags, assert_bad_input, run_cli, tiny
 from tests.test_strategies import _server_identity, aggregate, build, to_arrayrecord  # noqa: F401 (fixture)
 from tests.test_strategies import update as reply

@@ -10,11 +10,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-import strategies
+from fedssl import strategies
 from fedssl.algorithms import ALGORITHMS
 from fedssl.config import ConfigError, resolve
 from fedssl.training import ClientData, train_client
-from strategies.wrapper import reply_metadata
+from fedssl.strategies.wrapper import reply_metadata
 
 GLOBAL = {"w": np.array([[1.0, -2.0], [0.5, 0.0]], dtype=np.float32),
           "b": np.array([0.25, -1.0, 3.0], dtype=np.float32)}
@@ -233,7 +233,7 @@ def test_fedprox_client_step_adds_proximal_gradient():
 def test_decode_matches_numpy_load_on_first_and_cached_reads(a):
     from flwr.app import Array
 
-    from strategies.validation import decode
+    from fedssl.strategies.validation import decode
 
     for _ in range(3):  # the first read parses the header, later ones reuse it
         arr = Array(a)
@@ -247,7 +247,7 @@ def test_decode_matches_numpy_load_on_first_and_cached_reads(a):
 
 
 def test_check_update_accepts_good_and_names_bad_updates():
-    from strategies.validation import check_update
+    from fedssl.strategies.validation import check_update
 
     good = update(0, GLOBAL, 10).content
     assert check_update(good, GLOBAL, 10) is None

@@ -126,7 +126,7 @@ def test_reservoir_bound_and_persistence(tmp_path):
 def test_buffer_bound_holds_under_every_method(tmp_path, algorithm):
     """Three stages of real local training through the client runtime: the buffer never
     exceeds stream.buffer (retrain keeps everything and says so)."""
-    from client.runtime import ClientRuntime
+    from fedssl.client.runtime import ClientRuntime
 
     cfg = resolve(overrides=tiny(tmp_path, **{"client.algorithm": algorithm, "federation.rounds": 3,
                                               "stream.stages": 3, "stream.rounds_per_stage": 1,

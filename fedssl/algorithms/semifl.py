@@ -19,7 +19,7 @@ the server's labeled data for models with BN, ``cnn_bn`` and ``resnet18``; ``cnn
 none), and global momentum (run with ``server.strategy = "fedavgm"``,
 ``server.server_lr = 1``, ``server.server_momentum = 0.5``: SemiFL's code uses 0.5 in
 every partition, IID and non-IID, in its ``src/make.py``), measured against the
-server's fine-tuned model as SemiFL does (:mod:`strategies.reference`). Clients are
+server's fine-tuned model as SemiFL does (:mod:`fedssl.strategies.reference`). Clients are
 aggregated with equal weights (SemiFL's choice): this algorithm reports num-examples 1.
 
 Choices where our machinery differs from SemiFL's code, and why:

@@ -181,7 +181,7 @@ class BenchRunner:
     def _warm(self, cell: GridCell, argv: list[str], logs: Path, poll) -> int:
         """``fedssl run ARGV`` forked from the warm worker; a new worker after a cell
         killed by a signal, or when the worker itself died."""
-        from fedssl.simulation import local_ray_resources
+        from fedssl.local_ray import local_ray_resources
 
         if self.worker is None:
             self.worker = WarmWorker(logs / "worker.log", {**os.environ, "PYTHONUNBUFFERED": "1"})

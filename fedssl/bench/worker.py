@@ -7,7 +7,7 @@ A long-lived child of the bench (own process group) that pays the start-up of a
 - it keeps a local Ray cluster warm (``ray start --head --block``, its child, in its
   process group, under its own temp dir so that no other ``ray.init()`` on the machine
   finds it), started with exactly the resources a cell's own ``ray.init`` would ask
-  for (:func:`fedssl.simulation.local_ray_resources`), and restarted when a cell asks
+  for (:func:`fedssl.local_ray.local_ray_resources`), and restarted when a cell asks
   for others. Flower's ``RayBackend.terminate`` calls ``ray.shutdown()`` after every
   simulation; against a cluster joined by address that only disconnects the driver,
   so the cluster (GCS, raylet) outlives the cell. Each cell is a new Ray job: its
@@ -178,7 +178,7 @@ def _run_cell(req: dict[str, Any], private_fds: tuple[int, ...], handlers: dict[
             os.dup2(src, dst)
             os.close(src)
         if address:
-            from fedssl.simulation import WARM_RAY_ENV
+            from fedssl.local_ray import WARM_RAY_ENV
 
             os.environ[WARM_RAY_ENV] = address
         sys.argv = ["fedssl", *req["argv"]]

@@ -163,7 +163,7 @@ def source_hash(root: Path) -> str:
     """Hash of fedssl's sources (what its wheel is built from)."""
     h = hashlib.sha256()
     files = [root / "pyproject.toml", root / "README.md"]
-    for pkg in ("fedssl", "server", "client", "strategies"):
+    for pkg in ("fedssl", "server", "client", "strategies"):  # fedssl/{server,...} are links: not followed
         files += sorted(p for p in (root / pkg).rglob("*.py") if "__pycache__" not in p.parts)
     for p in files:
         h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
