@@ -41,7 +41,8 @@ from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
 from fedssl.tracking import Trackers
 from fedssl.strategies import build_strategy
-from fedssl.strategies.wrapper import FedSSLStrategy, is_simulation_grid
+from fedssl.flower_compat import poll_replies_every
+from fedssl.strategies.wrapper import FedSSLStrategy
 
 log = logging.getLogger("fedssl")
 
@@ -84,10 +85,7 @@ class ServerRunner:
             log.warning("client.algorithm=%s is meant for server.strategy=%s; with %s the clients "
                         "get no server payload and train without it", cfg.client.algorithm,
                         pairs_with, cfg.server.strategy)
-        if is_simulation_grid(grid) and hasattr(grid, "pull_interval"):
-            # InMemoryGrid's poll period for replies (default 0.1 s): each round
-            # otherwise ends up to 0.1 s after its last reply arrived.
-            grid.pull_interval = REPLY_POLL_S
+        poll_replies_every(grid, REPLY_POLL_S)  # Flower's default 0.1 s would end each round late
 
     # ------------------------------------------------------------------------------
     def unseen_classes(self) -> tuple[list[int], list[int]]:

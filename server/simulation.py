@@ -7,13 +7,13 @@ import json
 import logging
 import math
 import os
-import queue
 import warnings
 from pathlib import Path
 from typing import Any
 
 from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
+from fedssl.flower_compat import prompt_shutdown
 from fedssl.models import build_model, state_nbytes
 from fedssl.sampling import auto_clients_per_node
 from fedssl.stream.stages import check_stages
@@ -45,31 +45,6 @@ def backend_config(cfg: Config) -> dict[str, Any]:
         init_args.update(local_ray_resources(cfg))
     return {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus},
             "init_args": init_args}
-
-
-class PromptQueue(queue.Queue):
-    """A queue whose timed waits last at most ``POLL_S``.
-
-    Flower 1.42's simulation threads (``vce_api.worker``, ``put_message_into_state``)
-    wait on their queues with ``timeout=1.0`` and look at the stop event only between
-    waits, so every simulation ended up to 1 s after its ServerApp had returned
-    (0.9 s measured per run: half of a warm ``fedssl bench`` cell's overhead). With
-    the wait capped they notice the stop within ``POLL_S``; an item put wakes a
-    waiting thread at once either way, so message delivery is unchanged."""
-
-    POLL_S = 0.05
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if block and timeout is not None:
-            timeout = min(timeout, self.POLL_S)
-        return super().get(block, timeout)
-
-
-def prompt_shutdown() -> None:
-    """Make Flower's simulation runtime create :class:`PromptQueue` queues."""
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    vce_api.Queue = PromptQueue  # type: ignore[attr-defined,misc]
 
 
 def write_partition_counts(cfg: Config, splits: Any) -> None:

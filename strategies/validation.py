@@ -6,32 +6,9 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
-_NPY_MAGIC = b"\x93NUMPY"
-_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], str]] = {}  # .npy header -> layout
-
-
-def decode(arr: Array) -> np.ndarray:
-    """``arr.numpy()`` (read-only) without parsing the same .npy header again for every
-    client: Flower serialises arrays with ``np.save``, so all updates of one layer carry
-    one header. A header is parsed by ``np.load`` the first time; then the data is read
-    with ``np.frombuffer``. Anything unexpected goes through ``np.load`` and its errors."""
-    data = arr.data
-    if data[:6] == _NPY_MAGIC and len(data) >= 12:
-        start = 10 if data[6] == 1 else 12
-        end = start + int.from_bytes(data[8:start], "little")
-        layout = _HEADERS.get(bytes(data[:end]))
-        if layout is not None:
-            dtype, shape, order = layout
-            if len(data) - end == dtype.itemsize * math.prod(shape):
-                return np.frombuffer(data, dtype=dtype, offset=end).reshape(shape, order=order)
-        a = arr.numpy()
-        if len(_HEADERS) < 4096 and not a.dtype.hasobject:
-            order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
-            _HEADERS[bytes(data[:end])] = (a.dtype, a.shape, order)
-        return a
-    return arr.numpy()
+from fedssl.flower_compat import decode_array
 
 
 def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
@@ -68,7 +45,7 @@ def check_update(content: RecordDict, global_arrays: dict[str, np.ndarray],
     sq = 0.0
     for k, ref in global_arrays.items():
         try:
-            a = decode(arrays[k])
+            a = decode_array(arrays[k])
         except Exception as e:  # malformed bytes
             return f"array {k!r} cannot be decoded ({e})"
         if a.dtype != ref.dtype:

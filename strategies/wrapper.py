@@ -1,22 +1,24 @@
-"""What fedssl adds around any Flower strategy, in one place.
+"""What fedssl adds around any Flower strategy.
 
 :class:`FedSSLStrategy` is itself a ``flwr.serverapp.strategy.Strategy`` that wraps
 an *inner* one (FedAvg, FedProx, Krum, a user's class ...). The inner strategy keeps
 its own bookkeeping (FedProx's ``proximal-mu``, FedOpt's moments, FedAvgM's momentum)
 through its own ``configure_train`` / ``aggregate_train``; the wrapper adds:
 
-- deterministic sampling of virtual clients from ``run.seed`` and the round, and
-  packing of several of them into one message per simulated node
-  (:mod:`fedssl.sampling`); under a real SuperLink, one node = one partition;
+- deterministic sampling of virtual clients from ``run.seed`` and the round, packed
+  several to one message per simulated node; under a real SuperLink, one node = one
+  partition (:mod:`fedssl.strategies.node_sampling`);
 - validation of every client's update before the inner strategy sees it
   (:mod:`fedssl.strategies.validation`), with one-line rejection reasons in the log;
-- one reply per virtual client for the inner ``aggregate_train``, sorted by
-  partition id so that the result does not depend on the packing;
+- the accepted updates for the inner ``aggregate_train``, sorted by partition id so
+  that the result does not depend on the packing: their weighted mean as one reply
+  for a mean-then-step strategy, else one reply per client
+  (:mod:`fedssl.flower_compat`, 3, says why; :mod:`fedssl.strategies.replies`);
 - the algorithm's payload records (e.g. FedoSSL's centroids) both ways, for inner
   strategies that ask for them (``config[WANT_PAYLOAD_KEY]``);
 - the inner strategy's reference model set to the arrays sent this round, so that a
   server step after aggregation reaches FedAvgM's momentum and FedOpt's moments
-  (:mod:`fedssl.strategies.reference`: the rule, and a user strategy's hook);
+  (:mod:`fedssl.strategies.reference`);
 - what the clients report about themselves: partition sizes (from ``num-examples``)
   and which classes their shards hold (evaluation bookkeeping of the open world).
 """
@@ -25,38 +27,70 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import (DEFAULT_TTL, Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata,
-                      MetricRecord, RecordDict)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedssl import protocol as P
-from fedssl.config import ConfigError
-from fedssl.sampling import auto_clients_per_node, pack, sample_clients, sample_nodes
-from fedssl.strategies.aggregation import mean_reply, takes_mean, weighted_mean
+from fedssl.flower_compat import StandInGrid, as_grid, is_simulation_grid, mean_replies, takes_mean
+from fedssl.strategies.node_sampling import NodeSampler
 from fedssl.strategies.reference import set_reference
-from fedssl.strategies.validation import check_update, in_global_order
+from fedssl.strategies.replies import Tally, client_replies, iter_updates, numeric
+from fedssl.strategies.validation import check_update
 
 log = logging.getLogger("fedssl")
 
 
 class FedSSLStrategy(Strategy):
-    """Sampling, packing, validation and payloads around ``inner``."""
+    """Sampling, packing, validation and payloads around ``inner``.
+
+    Parameters
+    ----------
+    inner : Strategy
+        The Flower strategy that aggregates (its ``configure_train`` config and
+        records go to every sampled node; its ``aggregate_train`` gets the accepted
+        updates). Its own node sampling is not used.
+    num_clients : int
+        Virtual clients (partitions) in the federation; a reply naming another
+        partition id is rejected.
+    fraction_train : float
+        Share of the clients (simulation) or nodes (deployment) sampled each round.
+    min_clients : int
+        At least this many clients or nodes are sampled each round; a deployment
+        waits for this many nodes before its first round.
+    seed : int
+        The run's seed: the sample of a round depends only on it and the round.
+    max_update_norm : float (default: 0.0)
+        An update farther than this L2 distance from the global model is rejected;
+        0 turns the check off.
+    clients_per_node : int (default: 0)
+        Virtual clients packed into one simulation message; 0 picks a count from the
+        CPUs, ``num_cpus`` and ``model_bytes``.
+    num_cpus : float (default: 1.0)
+        CPUs each simulated client takes.
+    round_timeout : float (default: 600.0)
+        Seconds to wait for nodes to connect (a node that does not reply within the
+        round's timeout is counted as failed).
+    model_bytes : int (default: 0)
+        Size of the model's weights in bytes, for the automatic packing.
+    deployment : bool | None (default: None)
+        True under a real SuperLink (each node trains its own partition), False under
+        the Simulation Engine; None decides from the grid in the first round.
+    """
 
     def __init__(self, inner: Strategy, *, num_clients: int, fraction_train: float, min_clients: int,
                  seed: int, max_update_norm: float = 0.0, clients_per_node: int = 0,
                  num_cpus: float = 1.0, round_timeout: float = 600.0, model_bytes: int = 0,
                  deployment: bool | None = None) -> None:
         self.inner = inner
-        self.num_clients, self.fraction_train, self.min_clients = num_clients, fraction_train, min_clients
-        self.seed, self.max_update_norm = seed, max_update_norm
-        self.clients_per_node, self.num_cpus = clients_per_node, num_cpus
-        self.round_timeout, self.model_bytes = round_timeout, model_bytes
-        self.deployment = deployment  # None: decided from the grid in the first round
+        self.num_clients, self.max_update_norm, self.round_timeout = num_clients, max_update_norm, round_timeout
+        self.sampler = NodeSampler(num_clients, fraction_train, min_clients, seed, clients_per_node, num_cpus,
+                                   round_timeout, model_bytes)
+        self.deployment = deployment
         self.sizes: dict[int, int] = {}  # partition id -> num-examples it first reported
         self.classes: dict[int, tuple[int, ...]] = {}  # partition id -> classes its shard holds
         self.node_pid: dict[int, int] = {}  # deployment: partition id each node last reported
@@ -64,7 +98,6 @@ class FedSSLStrategy(Strategy):
         self._global: dict[str, np.ndarray] = {}
         self._sent: list[tuple[Message, list[int]]] = []
         self._want_payload = False
-        self._started = False
 
     # -- Strategy verbs ------------------------------------------------------------
     def summary(self) -> None:
@@ -80,7 +113,12 @@ class FedSSLStrategy(Strategy):
         template = self._inner_content(server_round, arrays, config, grid)
         inner_config = template.get("config", ConfigRecord())
         self._want_payload = bool(inner_config.get(P.WANT_PAYLOAD_KEY, False))
-        node_ids, groups = self._sample(server_round, grid)
+        if self.deployment:
+            node_ids = self.sampler.deployment(server_round, grid)
+            # groups only name the partition each node reported before (logging)
+            groups = [[self.node_pid[n]] if n in self.node_pid else [] for n in node_ids]
+        else:
+            node_ids, groups = self.sampler.simulation(server_round, grid)
         messages = []
         for node, group in zip(node_ids, groups):
             content = RecordDict({k: v for k, v in template.items() if k != "config"})
@@ -97,20 +135,19 @@ class FedSSLStrategy(Strategy):
         t0 = time.perf_counter()
         updates, info = self._collect(server_round, list(replies))
         info["t_validate_s"] = time.perf_counter() - t0  # unpacking and checking every update
-        info["clients"] = len(updates)
         if not updates:
             self.last_round = info
-            return None, MetricRecord(_numeric(info))
+            return None, MetricRecord(numeric(info))
         t0 = time.perf_counter()
         arrays, _ = self.inner.aggregate_train(server_round, self._inner_input(server_round, updates))
         info["t_aggregate_s"] = time.perf_counter() - t0
         self.last_round = info
         if arrays is None:
-            return None, MetricRecord(_numeric(info))
+            return None, MetricRecord(numeric(info))
         # Flower's averages come back in float; integer buffers get their dtype back,
         # and the arrays come back in the global model's key order.
         out = ArrayRecord({k: Array(_cast(arrays[k].numpy(), ref.dtype)) for k, ref in self._global.items()})
-        return out, MetricRecord(_numeric(info))
+        return out, MetricRecord(numeric(info))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -123,33 +160,15 @@ class FedSSLStrategy(Strategy):
     def _inner_content(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                        grid: Grid) -> RecordDict:
         """The records the inner strategy would send this round (its config entries,
-        e.g. FedProx's ``proximal-mu``, and any extra records such as a payload).
-        Its node sampling is not used: it samples from a stand-in grid."""
+        e.g. FedProx's ``proximal-mu``, and any extra records such as a payload)."""
         msgs = list(self.inner.configure_train(server_round, arrays, ConfigRecord(dict(config)),
-                                               _TemplateGrid(grid, self.inner)))
+                                               as_grid(StandInGrid(grid, self.inner))))
         if msgs:
             return msgs[0].content
         log.warning("round %d: %s sampled no node; sending its config unchanged", server_round,
                     type(self.inner).__name__)
         return RecordDict({"arrays": arrays, "config": ConfigRecord({**dict(config),
                                                                      P.SERVER_ROUND: server_round})})
-
-    def _sample(self, server_round: int, grid: Grid) -> tuple[list[int], list[list[int]]]:
-        if self.deployment:
-            # wait for min_clients nodes before the first round, so that a federation
-            # still connecting does not start with a partial round
-            ids = wait_for_nodes(grid, 1 if self._started else self.min_clients, self.round_timeout)
-            self._started = True
-            nodes = sample_nodes(ids, self.fraction_train, self.min_clients, self.seed, server_round)
-            # groups only name the partition each node reported before (logging)
-            return nodes, [[self.node_pid[n]] if n in self.node_pid else [] for n in nodes]
-        pids = sample_clients(self.num_clients, self.fraction_train, self.min_clients, self.seed,
-                              server_round)
-        ids = wait_for_nodes(grid, 1, self.round_timeout)
-        parallelism = max(1, min(len(ids), int(_cpus() / self.num_cpus)))
-        cpn = self.clients_per_node or auto_clients_per_node(len(pids), parallelism, self.model_bytes)
-        groups = pack(pids, cpn, len(ids))
-        return ids[:len(groups)], groups
 
     # -- replies -----------------------------------------------------------------------
     def _collect(self, rnd: int, replies: list[Message]) -> tuple[list[tuple[int, RecordDict]], dict]:
@@ -159,7 +178,7 @@ class FedSSLStrategy(Strategy):
         # A reply names the node it answers for by the message it replies to: error
         # replies made by the SuperLink itself carry the SuperLink's id as src_node_id.
         dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m, _ in self._sent if m.metadata.message_id}
-        tally = _Tally(messages=len(self._sent))
+        tally = Tally(messages=len(self._sent))
         answered: set[int] = set()
         seen: dict[int, int] = {}  # deployment: partition id -> node that sent it this round
         for reply in replies:
@@ -188,6 +207,7 @@ class FedSSLStrategy(Strategy):
                     who = f"client {pid}" if pid is not None else "update"
                     log.warning("round %d: node %d %s: update rejected: %s", rnd, node, who, reason)
                     continue
+                assert pid is not None  # _check rejects a missing partition id
                 tally.accept(pid, content)
                 self._remember(pid, content)
                 if self.deployment:
@@ -219,34 +239,14 @@ class FedSSLStrategy(Strategy):
             self.classes[pid] = tuple(i for i, v in enumerate(present) if v)
 
     def _inner_input(self, server_round: int, updates: list[tuple[int, RecordDict]]) -> list[Message]:
-        """What the inner strategy aggregates: for a weighted-mean strategy, one reply
-        holding the mean of the updates computed in place (:mod:`fedssl.strategies.aggregation`,
-        bit for bit Flower's); else one reply per update."""
+        """What the inner strategy aggregates, in partition id order: the weighted mean
+        as one reply for a mean-then-step strategy, else one reply per update."""
         key = getattr(self.inner, "weighted_by_key", P.NUM_EXAMPLES)
-        if not takes_mean(self.inner) or any(key not in c["metrics"] for _, c in updates):
-            return self._inner_replies(server_round, updates)
         ordered = sorted(updates, key=lambda u: u[0])
-        pairs = [(c["arrays"], c["metrics"][key]) for _, c in ordered]
-        mean = weighted_mean(pairs, list(self._global))
-        content = mean_reply(mean, key, sum(w for _, w in pairs))
-        return [Message(content=content, metadata=reply_metadata(0, server_round))]
-
-    def _inner_replies(self, server_round: int, updates: list[tuple[int, RecordDict]]) -> list[Message]:
-        """One Flower reply per accepted client, sorted by partition id: the arrays,
-        the scalar metrics every update shares, and the payload if the inner asked."""
-        updates = sorted(updates, key=lambda u: u[0])
-        common = set.intersection(*(set(c["metrics"].keys()) for _, c in updates))
-        keys = [P.NUM_EXAMPLES] + sorted(k for k in common if k.startswith("train_")
-                                         and isinstance(updates[0][1]["metrics"][k], (int, float)))
-        out = []
-        for pid, content in updates:
-            m = content["metrics"]
-            rd = RecordDict({"arrays": in_global_order(content["arrays"], self._global),
-                             "metrics": MetricRecord({k: m[k] for k in keys})})
-            if self._want_payload and P.PAYLOAD in content:
-                rd[P.PAYLOAD] = content[P.PAYLOAD]
-            out.append(Message(content=rd, metadata=reply_metadata(pid, server_round)))
-        return out
+        if takes_mean(self.inner) and all(key in c["metrics"] for _, c in ordered):
+            pairs = [(c["arrays"], c["metrics"][key]) for _, c in ordered]
+            return mean_replies(pairs, list(self._global), key, server_round)
+        return client_replies(ordered, list(self._global), server_round, self._want_payload)
 
     # -- checkpoint --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -263,117 +263,6 @@ class FedSSLStrategy(Strategy):
         self.sizes = {int(k): int(v) for k, v in state.get("sizes", {}).items()}
         self.classes = {int(k): tuple(v) for k, v in state.get("classes", {}).items()}
         self.node_pid = {int(k): int(v) for k, v in state.get("node_pid", {}).items()}
-
-
-class _Tally:
-    """One round's accepted updates and counts."""
-
-    def __init__(self, messages: int) -> None:
-        self.messages, self.rejected, self.failed = messages, 0, 0
-        self.updates: list[tuple[int, RecordDict]] = []
-        self.timing: dict[str, float] = {}
-        self.train: dict[str, list[float]] = {}
-        self.stream: dict[int, dict[str, float]] = {}  # [stream]: each client's memory report
-
-    def accept(self, pid: int, content: RecordDict) -> None:
-        self.updates.append((pid, content))
-        m = content["metrics"]
-        report = {k: float(m[k]) for k in m.keys() if k.startswith("stream_")}  # type: ignore[arg-type]
-        if report:
-            self.stream[pid] = report
-        names = sorted(k for k in m.keys() if k.startswith("train_") and k != P.PRESENT_KEY)
-        present = m.get(P.PRESENT_KEY)
-        if not (isinstance(present, list) and len(present) == len(names)):
-            present = [1] * len(names)
-        for k, flag in zip(names, present):
-            v = m[k]
-            # a metric the client filled with 0 (absent this round) is not averaged in
-            if flag and isinstance(v, (int, float)):
-                self.train.setdefault(k, []).append(float(v))
-        for k in m.keys():
-            if k.startswith("t_"):
-                self.timing[k] = self.timing.get(k, 0.0) + float(m[k])  # type: ignore[arg-type]
-
-    def info(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"clients": len(self.updates), "rejected_updates": self.rejected,
-                               "failed_clients": self.failed, "messages": self.messages}
-        # sorted: replies arrive in any order, and float sums depend on it (exact resume)
-        out.update({k: float(np.mean(sorted(v))) for k, v in self.train.items()})
-        out.update({k: v / max(1, len(self.updates)) for k, v in self.timing.items()})
-        out["stream_clients"] = self.stream  # not a number: kept in last_round, not in the MetricRecord
-        return out
-
-
-class _TemplateGrid:
-    """A stand-in grid for the inner strategy's ``configure_train``: it reports
-    enough nodes for the inner's sampling never to wait."""
-
-    def __init__(self, grid: Grid, inner: Strategy) -> None:
-        self._grid = grid
-        self._n = max(1, int(getattr(inner, "min_available_nodes", 1) or 1),
-                      int(getattr(inner, "min_train_nodes", 1) or 1))
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self._n + 1))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
-def iter_updates(reply: Message) -> Iterable[tuple[int | None, RecordDict]]:
-    """Unpack a reply into (partition id, {'arrays', 'metrics', 'payload'?}) per virtual
-    client. A reply without packed keys is one update whose partition id is read from
-    its metrics (None if absent)."""
-    content = reply.content
-    metrics = content["metrics"] if "metrics" in content else {}
-    pids = metrics.get(P.PIDS_KEY)
-    if pids is None:
-        pid = metrics.get(P.PARTITION_KEY)
-        yield (int(pid) if pid is not None else None), content  # type: ignore[arg-type]
-        return
-    for pid in pids:  # type: ignore[union-attr]
-        pid = int(pid)
-        rd = RecordDict()
-        for rec in ("arrays", "metrics", P.PAYLOAD):
-            key = P.packed_key(rec, pid)
-            if key in content:
-                rd[rec] = content[key]
-        yield pid, rd
-
-
-def reply_metadata(src: int, server_round: int) -> Metadata:
-    """Metadata of a client update re-wrapped on the server for the inner strategy.
-    Given explicitly because ``Message(dst_node_id=...)`` reads the process's Flower run
-    identity, which exists only inside a running ServerApp."""
-    return Metadata(run_id=0, message_id="", src_node_id=src, dst_node_id=0, reply_to_message_id="",
-                    group_id=str(server_round), created_at=0.0, ttl=DEFAULT_TTL,
-                    message_type=MessageType.TRAIN)
-
-
-def wait_for_nodes(grid: Grid, min_count: int, timeout: float) -> list[int]:
-    """Connected node ids, waiting up to ``timeout`` for ``min_count`` of them."""
-    deadline = time.time() + timeout
-    while True:
-        ids = sorted(grid.get_node_ids())
-        if len(ids) >= min_count or time.time() > deadline:
-            if 0 < len(ids) < min_count:
-                log.warning("only %d of federation.min_clients=%d nodes connected after %.0f s; "
-                            "going on with them", len(ids), min_count, timeout)
-            if not ids:
-                raise ConfigError("no client node connected (no SuperNode joined the SuperLink)")
-            return ids
-        time.sleep(0.5)
-
-
-def is_simulation_grid(grid: Grid) -> bool:
-    """True under Flower's Simulation Engine (``run_simulation`` and ``flwr run`` on a
-    simulation SuperLink drive the ServerApp through an ``InMemoryGrid``); False under
-    a real SuperLink, where each SuperNode owns one partition."""
-    return any(c.__name__ == "InMemoryGrid" for c in type(grid).__mro__)
-
-
-def _numeric(info: dict[str, Any]) -> dict[str, int | float]:
-    return {k: v for k, v in info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _to_plain(v: Any) -> Any:
@@ -393,12 +282,3 @@ def _cast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     ``np.asarray(order="C")`` keeps 0-d arrays 0-d (BatchNorm's num_batches_tracked)."""
     out = np.rint(a).astype(dtype) if np.issubdtype(dtype, np.integer) else a.astype(dtype, copy=False)
     return np.asarray(out, order="C")
-
-
-def _cpus() -> float:
-    import os
-
-    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
-
-ServerUpdate = Callable[[ArrayRecord, int], ArrayRecord]

@@ -1,16 +1,15 @@
-"""The in-place weighted mean (strategies/aggregation.py) is Flower's, bit for bit,
-and every strategy fed the mean aggregates exactly as when fed the replies."""
+"""The in-place weighted mean (fedssl.flower_compat) is Flower's, bit for bit, and
+every mean-then-step strategy fed the mean aggregates exactly as when fed the replies."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedssl.strategies.aggregation import WEIGHTED_MEAN, mean_reply, weighted_mean
-from fedssl.strategies.wrapper import reply_metadata
+from fedssl.flower_compat import MEAN_THEN_STEP, encode_state, mean_replies, server_reply, weighted_mean
 
 
 def updates(n: int, seed: int) -> tuple[list[ArrayRecord], list[int]]:
@@ -46,7 +45,7 @@ def test_weighted_mean_is_flowers_bit_for_bit(n):
         assert np.array_equal(np.asarray(got[k]), w), k
 
 
-@pytest.mark.parametrize("cls", sorted(WEIGHTED_MEAN, key=lambda c: c.__name__))
+@pytest.mark.parametrize("cls", sorted(MEAN_THEN_STEP, key=lambda c: c.__name__))
 def test_strategy_fed_the_mean_aggregates_as_fed_the_replies(cls):
     recs, weights = updates(9, 1)
     recs = [ArrayRecord({k: r[k] for k in ("w", "b")}) for r in recs]  # float layers only
@@ -58,12 +57,9 @@ def test_strategy_fed_the_mean_aggregates_as_fed_the_replies(cls):
         s.current_arrays = as_configured(s, current)
         for rnd in (1, 2):  # two rounds: momentum / moments carry over
             if per_client:
-                replies = [Message(content=c, metadata=reply_metadata(i, rnd))
-                           for i, c in enumerate(contents(recs, weights))]
+                replies = [server_reply(c, i, rnd) for i, c in enumerate(contents(recs, weights))]
             else:
-                mean = weighted_mean(list(zip(recs, weights)), ["w", "b"])
-                replies = [Message(content=mean_reply(mean, "num-examples", sum(weights)),
-                                   metadata=reply_metadata(0, rnd))]
+                replies = mean_replies(list(zip(recs, weights)), ["w", "b"], "num-examples", rnd)
             arrays, _ = s.aggregate_train(rnd, replies)
             s.current_arrays = as_configured(s, arrays)
         results.append({k: arrays[k].numpy() for k in arrays.keys()})
@@ -76,7 +72,6 @@ def test_client_reply_arrays_have_np_saves_bytes():
     bytes Flower's ``ArrayRecord(state_dict)`` writes, for every dtype and shape."""
     import torch
 
-    from fedssl.client.app import npy_record
     from fedssl.models import build_model
 
     state = build_model("cnn", 10).state_dict()
@@ -84,7 +79,7 @@ def test_client_reply_arrays_have_np_saves_bytes():
                   "half": torch.ones(3, dtype=torch.float16), "view": torch.ones(4, 4).t()})
     want = ArrayRecord(state)
     for _ in range(2):  # the second time from the cached headers
-        got = npy_record(state)
+        got = encode_state(state)
         assert list(got.keys()) == list(want.keys())
         for k in want.keys():
             assert (got[k].data, got[k].dtype, got[k].shape) == (want[k].data, want[k].dtype, want[k].shape), k

@@ -20,7 +20,7 @@ from fedssl.algorithms import Batch, RoundContext
 from fedssl.algorithms.fl2 import class_thresholds, learning_status
 from fedssl.config import resolve
 from fedssl.training import ClientData, build_algorithm, train_client
-from fedssl.strategies.wrapper import reply_metadata
+from fedssl.flower_compat import server_reply
 from tests.conftest import kill9_after_checkpoint, run_cli, tiny
 
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], dtype=torch.float64)
@@ -147,7 +147,7 @@ GLOBAL = {"w": np.array([[1.0, -2.0], [0.5, 0.0]], dtype=np.float32), "b": np.ar
 def reply(pid: int, arrays: dict[str, np.ndarray], weight: float) -> Message:
     metrics = MetricRecord({"num-examples": 1, "partition-id": pid, "train_status_weight": weight})
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}), "metrics": metrics})
-    return Message(content=content, metadata=reply_metadata(11 + pid, 1))
+    return server_reply(content, 11 + pid, 1)
 
 
 class Grid:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import queue
 from pathlib import Path
 
 import pytest
@@ -141,31 +140,3 @@ def test_a_run_that_ends_without_a_summary_is_a_one_line_error(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert last.startswith("error: the simulation ended without writing") and "summary.json" in last
-
-
-def test_flowers_runtime_threads_wait_at_most_poll_s_on_their_queues(monkeypatch):
-    """Flower's simulation threads wait on their queues with timeout=1.0 and look at
-    the stop event only between waits (every run ended up to 1 s late). fedssl caps
-    each timed wait at PromptQueue.POLL_S; an item put is still handed over at once."""
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    from fedssl.server.simulation import PromptQueue, prompt_shutdown
-
-    prompt_shutdown()
-    assert vce_api.Queue is PromptQueue
-    waits: list[float | None] = []
-    real_get = queue.Queue.get
-
-    def spy(self, block=True, timeout=None):
-        waits.append(timeout)
-        return real_get(self, block, timeout)
-
-    monkeypatch.setattr(queue.Queue, "get", spy)
-    q = PromptQueue()
-    with pytest.raises(queue.Empty):
-        q.get(timeout=1.0)
-    q.put("m")
-    assert q.get(timeout=1.0) == "m"
-    q.put("n")
-    assert q.get() == "n"
-    assert waits == [PromptQueue.POLL_S, PromptQueue.POLL_S, None]

@@ -14,7 +14,7 @@ from fedssl import strategies
 from fedssl.algorithms import ALGORITHMS
 from fedssl.config import ConfigError, resolve
 from fedssl.training import ClientData, train_client
-from fedssl.strategies.wrapper import reply_metadata
+from fedssl.flower_compat import server_reply
 
 GLOBAL = {"w": np.array([[1.0, -2.0], [0.5, 0.0]], dtype=np.float32),
           "b": np.array([0.25, -1.0, 3.0], dtype=np.float32)}
@@ -51,7 +51,7 @@ def update(pid: int, arrays: dict[str, np.ndarray], n: int) -> Message:
     content = RecordDict({"arrays": to_arrayrecord({k: np.asarray(v) if np.issubdtype(np.asarray(v).dtype, np.integer)
                                                     else np.asarray(v, dtype=np.float32) for k, v in arrays.items()}),
                           "metrics": MetricRecord({"num-examples": n, "partition-id": pid})})
-    return Message(content=content, metadata=reply_metadata(11 + pid, 1))
+    return server_reply(content, 11 + pid, 1)
 
 
 def client_models(seed: int, k: int = 3) -> list[dict[str, np.ndarray]]:
@@ -227,25 +227,6 @@ def test_fedprox_client_step_adds_proximal_gradient():
 
 
 # -- update validation ----------------------------------------------------------------
-@pytest.mark.parametrize("a", [
-    np.arange(12, dtype=np.float32).reshape(3, 4), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
-    np.array(7, dtype=np.int64), np.zeros((0, 5), dtype=np.float16), np.arange(5, dtype=np.uint8)])
-def test_decode_matches_numpy_load_on_first_and_cached_reads(a):
-    from flwr.app import Array
-
-    from fedssl.strategies.validation import decode
-
-    for _ in range(3):  # the first read parses the header, later ones reuse it
-        arr = Array(a)
-        got = decode(arr)
-        assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, arr.numpy())
-    if a.size:  # a cut payload fails as np.load fails, not silently
-        truncated = Array(a)
-        truncated.data = truncated.data[:-1]
-        with pytest.raises(ValueError):
-            decode(truncated)
-
-
 def test_check_update_accepts_good_and_names_bad_updates():
     from fedssl.strategies.validation import check_update
 
