@@ -1,15 +1,16 @@
 """The one door to Flower 1.42's private behaviour.
 
 The apps (server/, client/, strategies/) use Flower's public API (``flwr.app``,
-``flwr.clientapp``, ``flwr.serverapp``, ``flwr.simulation``) and this module; only
-this module imports Flower's private modules (an import-linter contract in
-pyproject.toml). What fedssl relies on beyond Flower's documented API, and why:
+``flwr.clientapp``, ``flwr.serverapp``, ``flwr.simulation``) and this module, never
+Flower's private modules (an import-linter contract in pyproject.toml). What the apps
+rely on beyond Flower's documented API, and why:
 
 1. **The wire codec.** ``Array(ndarray).data`` holds ``np.save``'s .npy bytes. The
    ClientApp writes them by hand (:func:`encode_state`: one cached header per layer,
    one copy of the data) and the server reads them as zero-copy views
    (:func:`decode_array`: one header parse per layer, not per client): Flower's own
-   ``np.save`` / ``np.load`` per array and client was most of a round's server time.
+   ``np.save`` / ``np.load`` per array and client is most of a round's server time
+   at a few hundred clients.
 2. **Replies made on the server.** The wrapper hands the inner strategy one reply
    per virtual client, or one reply holding their weighted mean (3). Flower's public
    constructor derives a reply's metadata from the one instruction it answers, but a

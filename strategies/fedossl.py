@@ -4,56 +4,30 @@ clustering and calibration of the clients' feature centroids.
 A plain Flower strategy (``flwr.serverapp.strategy.FedAvg`` subclass): usable from any
 ServerApp with ``strategy.start(...)``, and by fedssl's loop inside its wrapper.
 ``configure_train`` sends the calibrated ``global_centroids`` [K, D] (once there are
-any) in a ``payload`` ArrayRecord and asks the clients for theirs
-(``config["fedssl.payload"] = True``). ``aggregate_train`` takes the payloads out of
-the replies, lets FedAvg average the weights, then :meth:`FedoSSL.absorb_payloads`
-stacks the clients' ``local_centroids``, fits K = num_classes global centroids with
-Sinkhorn-balanced k-means, and calibrates them with the clients' labeled class means
-(weighted by ``class_counts``) so that slot c holds seen class c. Payloads that are
-missing keys or malformed are skipped with a warning; a round without any usable
-payload keeps the previous centroids.
+any), the round's ``fedossl_stage`` and ``fedossl_ramp`` in a ``payload`` ArrayRecord,
+and asks the clients for theirs (``config["fedssl.payload"] = True``).
+``aggregate_train`` takes the payloads out of the replies, lets FedAvg average the
+weights, then :meth:`FedoSSL.absorb_payloads` stacks the clients' ``local_centroids``,
+clusters them into K = ``num_classes`` global centroids (:meth:`FedoSSL.cluster`) and
+calibrates them with the clients' labeled class means (weighted by ``class_counts``)
+so that slot c holds seen class c. Payloads that are missing keys or malformed are
+skipped with a warning; a round without any usable payload keeps the previous
+centroids. The calibrated centroids are the state kept (and checkpointed) for the
+next round.
 
-Global clustering (:meth:`FedoSSL.cluster`):
+Where it departs from the reference (each measured in docs/openworld.md):
 
-- ``clustering = "sgd"`` (default, the reference's): the centroids persist across
-  rounds and are refined by ``sgd_steps`` SGD steps of the reference's loss
-  (:func:`fedssl.global_clustering.refine_centroids`);
-  ``init = "kmeans"`` starts them from a balanced k-means of the first round's
-  local centroids instead of the reference's random draw (docs/openworld.md);
-  ``seen_slots = "class_mean"`` puts each seen class's labeled mean in its slot
-  instead of the centroid calibrated to it, and keeps the centroids least like any
-  seen class for the other slots (:func:`fedssl.openworld.anchor_seen_slots`);
-- ``"kmeans"``: they are re-fitted from scratch each round by Sinkhorn-balanced
-  k-means (the former default; see docs/openworld.md for where it measures better).
-
-The calibrated centroids are the state kept (and checkpointed) for the next round and
-go to every client with ``fedossl_stage`` (0: ORCA only, 1: + cluster loss, 2: +
-centroid pseudo-labels), the reference's round gates as fractions of the run
-(``cluster_start`` = 5/40 and ``pseudo_label_start`` = 7/40: its loss terms start in
-the 6th and 8th of 40 rounds). The reference starts from a SimCLR-pretrained backbone;
-fedssl's clients replace it by ``client.fedossl.pretrain_rounds`` of labeled warm start.
-``server.fedossl_gates = "after_pretrain"`` (the default; ``gate_offset`` here) counts
-the fractions over the rounds after the warm start, keeping the reference's ORCA-only
-phase; ``"run"`` counts the whole run, where the warm start eats that phase (12 rounds,
-3 of warm start: every term starts in round 4, with ORCA's) and seen accuracy crashed
-(robustness grid, docs/openworld.md: seen 68.8 vs 74.3 %, 3 collapses vs 1, 30 pairs).
-``rampup`` (``server.fedossl_rampup``, default 3; 0 = the reference's switch) > 0 also
-sends ``fedossl_ramp``: each centroid term's weight factor, a sigmoid ramp-up
-exp(-5 (1 - t)^2) over its first ``rampup`` rounds. With the client's
-``pseudo_label_guard = "prototype"`` it is the default mode; both are deviations from
-the reference, measured on 13 open-world splits (docs/openworld.md, "The prototype
-guard").
-``weighting = "uniform"`` averages the clients' weights uniformly, as the reference
-does; ``"examples"`` weights by example count.
-
-Deviation from the reference: calibration is greedy over all (seen class, centroid)
-pairs, most similar first; the reference takes the seen classes in order, each its
-most similar centroid or, if taken, its second (which fails when both are taken).
-``seen_slots = "centroid_in_order"`` calibrates as the reference does
-(:func:`fedssl.openworld.calibrate_in_order`, with the most similar free centroid
-where the reference would fail). On the robustness grid (seeds 0-2) it lost 7.4
-points of globally unseen accuracy to the greedy calibration (27.8 vs 35.2 %) and 1.1
-of seen accuracy, with 2 collapses against 1 (docs/openworld.md).
+- the reference starts from a SimCLR-pretrained backbone; fedssl's clients start
+  with ``client.fedossl.pretrain_rounds`` of labeled warm start, and ``gate_offset``
+  counts the reference's round gates over the rounds after it;
+- ``rampup`` > 0 ramps each centroid term in over its first rounds instead of
+  switching it on at full weight;
+- calibration is greedy over all (seen class, centroid) pairs, most similar first;
+  the reference takes the seen classes in order, each its most similar centroid or,
+  if taken, its second (which fails when both are taken). ``seen_slots =
+  "centroid_in_order"`` calibrates as the reference does
+  (:func:`fedssl.openworld.calibrate_in_order`, with the most similar free centroid
+  where the reference would fail).
 """
 
 from __future__ import annotations
@@ -81,9 +55,60 @@ PAYLOAD_KEYS = ("local_centroids", "class_means", "class_counts")
 
 
 class FedoSSL(FedAvg):
-    """FedAvg + FedoSSL's global centroids. ``num_seen`` defaults to ``num_classes``."""
+    """FedAvg + FedoSSL's global centroids.
 
-    wants_payload = True
+    Parameters
+    ----------
+    num_classes : int (default: 10)
+        K, the number of global centroids: seen and unseen classes.
+    num_seen : int | None (default: None)
+        Seen classes; after calibration slots 0 .. num_seen - 1 hold them. None: all
+        ``num_classes``.
+    seed : int (default: 0)
+        Seed of the centroids' initialisation and, with the round, of ``"kmeans"``.
+    num_rounds : int (default: 40)
+        The run's rounds, of which ``cluster_start`` and ``pseudo_label_start`` are
+        fractions.
+    clustering : str (default: "sgd")
+        ``"sgd"``: the centroids persist across rounds and are refined by
+        ``sgd_steps`` SGD steps of the reference's loss
+        (:func:`fedssl.global_clustering.refine_centroids`); ``"kmeans"``: they are
+        re-fitted every round by Sinkhorn-balanced k-means.
+    sgd_steps : int (default: 500)
+        SGD steps per round of ``"sgd"``.
+    init : str (default: "random")
+        Starting centroids of ``"sgd"``: ``"random"`` (the reference's draw) or
+        ``"kmeans"`` (a balanced k-means of the first round's local centroids).
+    seen_slots : str (default: "centroid")
+        What fills the seen slots: ``"centroid"``, the centroid calibrated to each
+        seen class (greedy, most similar pair first); ``"centroid_in_order"``, the
+        reference's calibration; ``"class_mean"``, each seen class's labeled mean,
+        with the centroids least like any seen class in the other slots
+        (:func:`fedssl.openworld.anchor_seen_slots`).
+    weighting : str (default: "uniform")
+        Weights of the clients' models in the average: ``"uniform"`` (1 / clients,
+        the reference's) or ``"examples"`` (by ``weighted_by_key``).
+    cluster_start : float (default: 0.125)
+        Share of the run done before the cluster loss starts (stage 1): the
+        reference's 6th of 40 rounds.
+    pseudo_label_start : float (default: 0.175)
+        Share of the run done before the centroid pseudo-labels start (stage 2): the
+        reference's 8th of 40 rounds.
+    gate_offset : int (default: 0)
+        Rounds before those shares start counting (the clients' warm start).
+    rampup : int (default: 3)
+        Rounds over which each centroid term's weight rises as exp(-5 (1 - t)^2)
+        from its gate (sent as ``fedssl_ramp``); 0 switches it on at once.
+    cluster_temperature : float (default: 0.1)
+        Softmax temperature of the ``"sgd"`` refinement's loss.
+    sinkhorn_epsilon : float (default: 0.04)
+        Entropy regularisation of the Sinkhorn balancing.
+    sinkhorn : str (default: "reference")
+        Sinkhorn variant of the balanced k-means: ``"reference"`` (softmax first) or
+        ``"log"``.
+    **fedavg_kwargs
+        FedAvg's own arguments (``weighted_by_key``, sampling ...).
+    """
 
     def __init__(self, num_classes: int = 10, num_seen: int | None = None, seed: int = 0,
                  num_rounds: int = 40, clustering: str = "sgd", sgd_steps: int = 500, init: str = "random",

@@ -376,7 +376,7 @@ def _payload(true: torch.Tensor, seed: int, classes=range(K)) -> dict[str, np.nd
 
 def test_strategy_clusters_and_calibrates_centroids_from_payloads():
     strat = _strategy()
-    assert strat.wants_payload and strat.train_payload(1) == {}  # nothing before round 1's payloads
+    assert strat.train_payload(1) == {}  # nothing before round 1's payloads
     true = unit(K, D, seed=7)
     strat.absorb_payloads(1, [(0, _payload(true, 0)), (1, _payload(true, 1, range(S + 2))),
                               (2, _payload(true, 2, [*range(S), 9]))])
