@@ -25,8 +25,8 @@ rely on beyond Flower's documented API, and why:
    Flower's weighted mean (``aggregate_arrayrecords``) followed by a step on the mean
    alone, :func:`mean_replies` computes that mean in place with Flower's arithmetic
    (bit for bit) and passes it as one reply of the total weight: Flower's mean of one
-   reply is the reply times 1.0, exact. So the mean is taken once, and the inner
-   strategy's own verb still applies its step. Other classes (robust rules, q-FedAvg,
+   reply is the reply times 1.0, exact. So fedssl reads each update once, and the
+   inner strategy's own verb still applies its step. Other classes (robust rules, q-FedAvg,
    FedoSSL, subclasses, users' classes) get one reply per client.
 4. **A stand-in grid.** The wrapper samples nodes itself but wants the inner
    strategy's training config (FedProx's ``proximal-mu``, FedoSSL's payload), so it
@@ -37,8 +37,8 @@ rely on beyond Flower's documented API, and why:
    ``InMemoryGrid`` (:func:`is_simulation_grid`); its reply poll period
    ``pull_interval`` (0.1 s) is lowered (:func:`poll_replies_every`).
 6. **A runtime patch.** Flower's simulation threads (``vce_api``) wait on queues with
-   ``timeout=1.0`` and look at the stop event only between waits, so every run ended
-   up to 1 s after its ServerApp returned. :func:`prompt_shutdown` makes ``vce_api``
+   ``timeout=1.0`` and look at the stop event only between waits, so unpatched, a run
+   ends up to 1 s after its ServerApp returns. :func:`prompt_shutdown` makes ``vce_api``
    create :class:`PromptQueue` queues, whose timed waits last at most ``POLL_S``.
 7. **Strategy attributes.** A server step is measured against ``current_arrays``
    (FedAvgM's and FedOpt's name; :mod:`fedssl.strategies.reference` sets it).
