@@ -17,8 +17,9 @@ from fedssl.metrics import evaluate
 from fedssl.models import build_model
 from fedssl.protocol import config_from_run_config
 from fedssl.state import ClientStateStore
-from fedssl.training import (ClientData, TrainResult, build_algorithm, client_data, derive_seed, model_kwargs,
-                             train_client)
+from fedssl.data.tensors import ClientData, client_data
+from fedssl.seeding import derive_seed
+from fedssl.training import TrainResult, build_algorithm, model_kwargs, train_client
 
 #: share of a client's labeled examples held out of training for stock-server evaluation
 HOLDOUT_FRACTION = 0.2

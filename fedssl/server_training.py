@@ -47,7 +47,8 @@ from torch import nn
 from fedssl.config import Config
 from fedssl.data.augment import normalize, weak
 from fedssl.threads import one_thread
-from fedssl.training import build_algorithm, derive_seed
+from fedssl.seeding import derive_seed
+from fedssl.training import build_algorithm
 
 Penalty = Callable[[nn.Module, int], "torch.Tensor | None"]
 

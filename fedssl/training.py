@@ -28,22 +28,8 @@ from torch import nn
 from fedssl.algorithms import Algorithm, Batch, RoundContext
 from fedssl.config import Config
 from fedssl.data.augment import VIEWS, normalize
-from fedssl.seeding import derive_seed  # noqa: F401 - re-exported for callers
-
-
-@dataclass
-class ClientData:
-    """A client's shard as uint8 tensors [N, C, H, W] (labels int64)."""
-
-    x_l: torch.Tensor
-    y_l: torch.Tensor
-    x_u: torch.Tensor
-    y_u: torch.Tensor  # hidden; diagnostics only
-    flip: bool = True
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.y_l) + len(self.y_u)
+from fedssl.data.tensors import ClientData
+from fedssl.seeding import derive_seed
 
 
 @dataclass
@@ -273,15 +259,6 @@ def _accumulate(sums: dict[str, torch.Tensor | float], counts: dict[str, int], m
     for k, v in metrics.items():
         sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
         counts[k] = counts.get(k, 0) + 1
-
-
-def client_data(x: np.ndarray, y: np.ndarray, labeled: np.ndarray, unlabeled: np.ndarray) -> ClientData:
-    """Gather a shard from NHWC uint8 arrays into NCHW tensors."""
-    def nchw(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2)))
-
-    return ClientData(nchw(labeled), torch.from_numpy(y[labeled].astype(np.int64)),
-                      nchw(unlabeled), torch.from_numpy(y[unlabeled].astype(np.int64)))
 
 
 def model_kwargs(cfg: Config, splits: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import site
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 from conftest import ROOT, as_set_flags, tiny
 
