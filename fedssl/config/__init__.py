@@ -20,7 +20,6 @@ from fedssl.config.schema import (
     PARTITIONS,
     SECTIONS,
     ClientConfig,
-    Config,
     DataConfig,
     FaultsConfig,
     FederationConfig,
@@ -45,16 +44,14 @@ from fedssl.config.validate import (
     check_key,
     checked_keys,
     coerce,
-    fault_clients,
     flatten,
-    from_flat,
     own_keys_only,
     parse_set,
     read_toml,
-    resolve,
     suggest,
     unknown_key,
 )
+from fedssl.config.experiment import Config, fault_clients, from_flat, resolve
 
 __all__ = [
     "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "SECTIONS",

@@ -11,8 +11,8 @@ Adding a key is one line in its section's dataclass::
 then ``python -m fedssl.config --write`` regenerates pyproject.toml and the README table
 (the drift tests in ``tests/test_config_schema.py`` fail until you do). A key whose check
 needs other keys (e.g. a class count that depends on the dataset) adds a small function
-to ``CROSS_CHECKS`` in :mod:`fedssl.config.validate`. A new section is a dataclass here
-plus one entry in ``SECTIONS`` and one field of :class:`Config`.
+to ``CROSS_CHECKS`` in :mod:`fedssl.config.experiment`. A new section is a dataclass here
+plus one entry in ``SECTIONS`` and one field of :class:`fedssl.config.experiment.Config`.
 
 This module imports no torch and no Flower: names of algorithms and strategies come
 from the torch-free tables in :mod:`fedssl.registry`.
@@ -242,84 +242,6 @@ def section_of(algorithm: type) -> str:
     """The ``[client.<name>]`` section of an algorithm class: its registered name, or
     its lower-cased class name for a user's class."""
     return str(vars(algorithm).get("name") or algorithm.__name__.lower())
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    faults: FaultsConfig = field(default_factory=FaultsConfig)
-    stream: StreamConfig = field(default_factory=StreamConfig)
-    #: the chosen algorithm's own keys, ``[client.<name>]``; left out: its defaults
-    algo_params: Params = field(default_factory=Params)
-
-    def __post_init__(self) -> None:
-        wanted = self.algorithm_class.params_class
-        if type(self.algo_params) is Params and wanted is not Params:
-            object.__setattr__(self, "algo_params", wanted())
-        if type(self.algo_params) is not wanted:
-            raise TypeError(f"algo_params is {type(self.algo_params).__name__}, "
-                            f"{self.client.algorithm} takes {wanted.__name__}")
-
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        """Pickled as its keys and rebuilt by validation: a user algorithm's parameters
-        are an instance of a class from a file, which another process (a Ray worker)
-        can only import by the path in ``client.algorithm``."""
-        from fedssl.config.validate import from_flat
-
-        return from_flat, (self.to_flat(),)
-
-    @property
-    def algorithm_class(self) -> Any:
-        """The class ``client.algorithm`` names (built-in or the user's)."""
-        return ALGORITHMS.load(self.client.algorithm)
-
-    @property
-    def algorithm_section(self) -> str:
-        """``client.<name>``: the section of the chosen algorithm's own keys."""
-        return f"client.{section_of(self.algorithm_class)}"
-
-    def to_flat(self) -> dict[str, Any]:
-        """``{"section.key": value}`` for every key (Flower run config form); the
-        algorithm's own keys as ``client.<name>.<key>``."""
-        flat = {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items()}
-        own = dataclasses.asdict(self.algo_params)
-        return {**flat, **{f"{self.algorithm_section}.{k}": v for k, v in own.items()}}
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
-        own = dataclasses.asdict(self.algo_params)
-        if own:  # [client.<name>], a sub-table of [client]
-            out["client"][self.algorithm_section.partition(".")[2]] = own
-        return out
-
-    def to_toml(self) -> str:
-        import tomli_w
-
-        return tomli_w.dumps(self.to_dict())
-
-    def replace(self, **flat: Any) -> Config:
-        """A copy with dotted keys overridden (validated). Another algorithm starts
-        from its own defaults (its section and its overrides of shared keys)."""
-        from fedssl.config.validate import from_flat
-
-        mine = self.to_flat()
-        if flat.get("client.algorithm", self.client.algorithm) != self.client.algorithm:
-            own = self.algorithm_section + "."
-            mine = {k: v for k, v in mine.items() if not k.startswith(own)}
-        return from_flat({**mine, **flat})
-
-    @property
-    def num_classes(self) -> int:
-        return num_classes_of(self.data.dataset)
-
-    @property
-    def num_seen(self) -> int:
-        return self.data.seen_classes or self.num_classes
 
 
 def num_classes_of(dataset: str) -> int:
