@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedssl.bench.layout import runs_dir
+from fedssl.report.layout import runs_dir
 from fedssl.config import (
     Config,
     ConfigError,

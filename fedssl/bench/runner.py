@@ -21,7 +21,7 @@ from typing import Any
 
 from fedssl.bench.grid import Grid, GridCell, fmt_value
 from fedssl.bench.pool import WarmWorker, WorkerDied, main_thread, terminate_group
-from fedssl.bench.layout import (
+from fedssl.report.layout import (
     GRID_JSON,
     GRID_TOML,
     cell_config_path,

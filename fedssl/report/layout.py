@@ -1,13 +1,14 @@
-"""The directory layout of a bench (``fedssl bench --out DIR``), owned by the bench.
+"""The directory layout of a bench (``fedssl bench --out DIR``): written by
+:mod:`fedssl.bench`, read by the report.
 
 ``DIR/grid.json`` (cells: id, varied values, seed), ``DIR/grid.toml`` (copy of the grid
 file), ``DIR/cells/<id>.toml`` (the cell's resolved config), ``DIR/cells/<id>.json``
 (the bench's record: status, exit code, error, seconds), ``DIR/runs/<id>/`` (the run's
 own files), ``DIR/logs/<id>.stdout|.stderr`` and ``DIR/logs/worker.log`` (the warm
 worker's own messages). The report files next to them
-(``results.csv``, ``summary.md``, ``report.html``, ``plots/``) belong to
-:mod:`fedssl.report`. This module imports nothing of fedssl, so the report can read a
-bench directory without importing the runner.
+(``results.csv``, ``summary.md``, ``report.html``, ``plots/``) are the report's own
+(:mod:`fedssl.report.model`). This module imports nothing: the bench imports the report,
+never the other way round.
 """
 
 from __future__ import annotations
