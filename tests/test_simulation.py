@@ -149,7 +149,7 @@ def test_flowers_runtime_threads_wait_at_most_poll_s_on_their_queues(monkeypatch
     each timed wait at PromptQueue.POLL_S; an item put is still handed over at once."""
     from flwr.server.superlink.fleet.vce import vce_api
 
-    from fedssl.server.simulation import PromptQueue, prompt_shutdown
+    from fedssl.simulation import PromptQueue, prompt_shutdown
 
     prompt_shutdown()
     assert vce_api.Queue is PromptQueue
