@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedssl.client.app import make_client_app
-from fedssl.algorithms import ALGORITHMS
+from fedssl.registry import ALGORITHMS
 from fedssl.config import own_keys_only, resolve
 from fedssl.data import load_dataset
 from fedssl.data.augment import normalize

@@ -93,7 +93,8 @@ def name_load_cycles(root: Path = ROOT) -> list[str]:
     """Each by-name edge that closes a cycle, with the chain of imports back."""
     import grimp
 
-    graph = grimp.build_graph("fedssl")
+    # an import under TYPE_CHECKING never runs, so it closes no cycle at run time
+    graph = grimp.build_graph("fedssl", exclude_type_checking_imports=True)
     edges = by_name_edges(root)
     for a, b in edges:
         graph.add_import(importer=a, imported=b)

@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fedssl.config.schema import Params, param
-from fedssl.registry import ALGORITHMS
+from fedssl.config.keys import Params, param
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,8 +52,17 @@ def lazy(module: str) -> Any:
 if not TYPE_CHECKING:
     torch, F, nn, np = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn"), lazy("numpy")
 
-#: ``@register("name")`` adds an algorithm class to the registry under ``name``
-register = ALGORITHMS.register
+def register(name: str) -> Any:
+    """``@register("name")``: the class is the built-in algorithm ``name``. The registry
+    (:data:`fedssl.registry.ALGORITHMS`) finds it when it imports this package's
+    modules, so an algorithm file does not import the registry."""
+
+    def deco(cls: Any) -> Any:
+        cls.name = name
+        return cls
+
+    return deco
+
 
 __all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "RoundContext", "StepMetrics", "lazy", "nn", "np",
            "param", "register", "torch"]

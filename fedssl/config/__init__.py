@@ -12,6 +12,7 @@ and ``fedssl config`` are generated from these declarations. Every entry point
 Importing this package imports neither torch nor Flower.
 """
 
+from fedssl.config.keys import Key, Params, algorithm_keys, key, param, section_of
 from fedssl.config.schema import (
     DATASETS,
     FAULT_MODES,
@@ -23,18 +24,12 @@ from fedssl.config.schema import (
     DataConfig,
     FaultsConfig,
     FederationConfig,
-    Key,
     ModelConfig,
-    Params,
     RunConfig,
     ServerConfig,
     StreamConfig,
-    algorithm_keys,
-    key,
     keys,
     num_classes_of,
-    param,
-    section_of,
     shared_keys,
 )
 from fedssl.config.validate import (

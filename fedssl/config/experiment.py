@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedssl.config.keys import Params, algorithm_keys, section_of
 from fedssl.config.schema import (PARTITIONS, SECTIONS, ClientConfig, DataConfig, FaultsConfig, FederationConfig,
-                                  ModelConfig, Params, RunConfig, ServerConfig, StreamConfig, algorithm_keys,
-                                  num_classes_of, section_of, shared_keys)
+                                  ModelConfig, RunConfig, ServerConfig, StreamConfig, num_classes_of, shared_keys)
 from fedssl.config.validate import (FLWR_PARTITION, ConfigError, algorithm_class, check_class_counts, check_key,
                                     checked_keys, flatten, foreign_key, read_toml, require, stream_lists, unknown_key)
 from fedssl.registry import ALGORITHMS

@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedssl.config.schema import (ClientConfig, DataConfig, Key, Params, algorithm_keys, keys,
-                                  section_of, shared_keys)
+from fedssl.config.keys import Key, Params, algorithm_keys, section_of
+from fedssl.config.schema import ClientConfig, DataConfig, keys, shared_keys
 from fedssl.plugins import PluginError, is_import_path
 from fedssl.registry import ALGORITHMS
 
