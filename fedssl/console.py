@@ -1,9 +1,10 @@
 """What the command-line entry points share: the parser whose errors are one line and
 exit 2, the logging setup, the error handling of a command, the ``--config`` / ``--set``
-flags, the config they resolve to, and the final summary table of a run.
+flags and the config they resolve to. (A run's final table is
+:func:`fedssl.report.terminal.print_summary`.)
 
-It sits above the config and report packages and below the commands that use it
-(``fedssl.cli``, ``fedssl.run_command``, ``fedssl.deploy``), so none of them imports
+It sits above the config package and below the commands that use it (``fedssl.cli``,
+``fedssl.run_command``, ``fedssl.deploy``, ``fedssl data``), so none of them imports
 another to reach it.
 """
 
@@ -71,30 +72,3 @@ def config_from_flags(args: argparse.Namespace, extra: dict[str, Any] | None = N
     overrides = parse_set(args.set or [])
     overrides.update(extra or {})
     return resolve(args.config, overrides)
-
-
-def print_summary(summary: dict[str, Any], out_dir: str) -> None:
-    """The final accuracies of a run as a table, then its status and files."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from fedssl.report.model import FINAL, ORCA_PROTOCOL
-
-    final = summary.get("final", {})
-    cfg = summary.get("config", {})
-    table = Table(title=f"{cfg.get('server', {}).get('strategy')} + "
-                        f"{cfg.get('client', {}).get('algorithm')} after round {final.get('round')}")
-    # open world: all-class accuracy and the all-sample matching's columns lead, the ORCA
-    # protocol's follow; a closed-world run shows no unseen column
-    cols = [c for c in FINAL if c in ("acc_all", "acc_seen", "loss") or final.get(c) is not None]
-    for col in cols:
-        table.add_column(col.removeprefix("acc_").replace("_", " ") + (" ¹" if col in ORCA_PROTOCOL else ""),
-                         justify="right")
-    if any(c in ORCA_PROTOCOL for c in cols):
-        table.caption = "¹ ORCA protocol: matched on the unseen samples alone (credits absorption)"
-    table.add_row(*[("-" if final.get(c) is None else f"{final[c]:.0f}" if c == "discovered"
-                     else f"{final[c]:.4f}") for c in cols])
-    console = Console()
-    console.print(table)
-    console.print(f"status: {summary.get('status')}   elapsed: {summary.get('elapsed_s', 0):.1f} s   "
-                  f"files: {out_dir}/metrics.csv, summary.json, config.toml")

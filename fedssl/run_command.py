@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from fedssl.config import ConfigError, parse_set, resolve
-from fedssl.console import CommandParser, add_config_flags, print_summary, run_command
+from fedssl.console import CommandParser, add_config_flags, run_command
+from fedssl.report.terminal import print_summary
 from fedssl.simulation import run_experiment
 
 HELP = "run one experiment as a Flower simulation (Ray backend)"

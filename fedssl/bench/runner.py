@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedssl.bench.grid import Grid, GridCell, fmt_value
+from fedssl.bench.grid import Grid, GridCell
 from fedssl.bench.pool import WarmWorker, WorkerDied, main_thread, terminate_group
 from fedssl.report.layout import (
     GRID_JSON,
     GRID_TOML,
     cell_config_path,
     cells_dir,
+    fmt_value,
     logs_dir,
     record_path,
     runs_dir,

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from fedssl.config import Config, ConfigError
+from fedssl.console import add_config_flags, config_from_flags
 from fedssl.data.sources import DataError
 
 FORMAT = "fedssl-shard/1"
@@ -306,9 +307,7 @@ def load_client_shard(data_dir: str | Path, node_config: dict[str, Any] | None =
 
 # ----------------------------------------------------------------------------- CLI
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedssl.config import parse_set, resolve
-
-    cfg = resolve(args.config, parse_set(args.set or []))
+    cfg = config_from_flags(args)
     ids = _parse_ids(args.partitions, cfg.data.num_clients)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -335,8 +334,7 @@ def add_parser(subparsers: Any) -> None:
                                    "(uint8 NCHW images, int64 labels, JSON metadata) plus "
                                    "DIR/manifest.json.")
     e.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    e.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
-    e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    add_config_flags(e)
     e.add_argument("--partitions", metavar="IDS", help="only these partition ids, e.g. 0,3 (default: all)")
     e.add_argument("--quiet", action="store_true", help="print nothing on success")
     e.set_defaults(func=cmd_export)
