@@ -165,9 +165,21 @@ class Algorithm:
             return logits.sum() * 0.0
         return F.cross_entropy(logits, y)
 
+    def supervised_only(self, model: nn.Module, batch: Batch, **unlabeled: float) -> tuple[torch.Tensor, StepMetrics]:
+        """The step of a client without unlabeled data: cross-entropy on the labeled
+        batch; ``unlabeled`` gives the unlabeled terms' metrics (e.g. ``loss_u=0.0``)."""
+        loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
+        return loss_x, {"loss_x": loss_x.detach(), **unlabeled}
+
     def pseudo_probs(self, model: nn.Module, x: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
         """Target probabilities on the weak view: from the EMA teacher when the
         algorithm keeps one, else from the student without gradient."""
         net = ctx.teacher if (self.uses_teacher and ctx.teacher is not None) else model
         with torch.no_grad():
             return torch.softmax(net(x), dim=1)
+
+    def weak_strong(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """FixMatch's pair on the unlabeled batch: (target probabilities q on the weak
+        view, :meth:`pseudo_probs`; the strong view, which the student learns q on)."""
+        u_weak, u_strong = batch.x_u
+        return self.pseudo_probs(model, u_weak, ctx), u_strong

@@ -20,6 +20,8 @@ from the torch-free tables in :mod:`fedssl.registry`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 
 from fedssl.config.keys import Key, algorithm_keys, fields_of, key
@@ -49,24 +51,25 @@ def _strategy_name(value: str) -> str | None:
     return f"unknown strategy {value!r} (choose from {', '.join(STRATEGY_NAMES)}, or give 'module:Class')"
 
 
-def _dataset_plugin(value: str) -> str | None:
-    """A user's dataset function must load and return well-formed arrays."""
-    try:
-        if is_import_path(value):
-            load_dataset(value)
-    except PluginError as e:
-        return str(e)
-    return None
+def _plugin_check(load: Callable[[str], Any]) -> Callable[[str], str | None]:
+    """A key check: a user's import path must pass ``load`` (its PluginError is the
+    error text); a built-in name passes."""
+
+    def check(value: str) -> str | None:
+        try:
+            if is_import_path(value):
+                load(value)
+        except PluginError as e:
+            return str(e)
+        return None
+
+    return check
 
 
-def _model_plugin(value: str) -> str | None:
-    """A user's model function must import and be callable (its model is checked when built)."""
-    try:
-        if is_import_path(value):
-            load_callable(value)
-    except PluginError as e:
-        return str(e)
-    return None
+#: a user's dataset function must load and return well-formed arrays
+_dataset_plugin = _plugin_check(load_dataset)
+#: a user's model function must import and be callable (its model is checked when built)
+_model_plugin = _plugin_check(load_callable)
 
 
 @dataclass(frozen=True)
