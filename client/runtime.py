@@ -21,7 +21,7 @@ from fedssl.algorithms import Algorithm
 
 from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
-from fedssl.metrics import evaluate
+from fedssl.metrics import evaluate_logits, predict
 from fedssl.models import run_model
 from fedssl.protocol import config_from_run_config
 from fedssl.state import ClientStateStore
@@ -132,7 +132,8 @@ class ClientRuntime:
         d = self.split_holdout(partition_id)[1]
         if len(d.y_l) == 0:  # weight 0 in the server's mean; zeros, not NaN, so the mean stays finite
             return {"num-examples": 0, "eval_loss": 0.0, "eval_acc": 0.0}
-        m = evaluate(self.model, normalize(d.x_l), d.y_l.numpy(), self.cfg.num_classes, self.cfg.num_seen)
+        m = evaluate_logits(predict(self.model, normalize(d.x_l))[1], d.y_l.numpy(), self.cfg.num_classes,
+                            self.cfg.num_seen)
         return {"num-examples": len(d.y_l), "eval_loss": m["loss"], "eval_acc": m["acc_seen"]}
 
 

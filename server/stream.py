@@ -19,7 +19,7 @@ from fedssl import protocol as P
 from fedssl.config import Config
 from fedssl.data.augment import normalize
 from fedssl.data.tensors import nchw_tensor
-from fedssl.metrics import evaluate, predict
+from fedssl.metrics import evaluate_logits, predict
 from fedssl.stream import metrics as M
 from fedssl.stream.domains import stage_domains
 from fedssl.stream.stages import is_stage_end, stage_images, stage_of_round, test_domains
@@ -57,7 +57,8 @@ class StreamTracker:
         """The usual metrics on the current stage's domain, plus ``acc_domain_<j>`` for every
         domain; at a stage's last round also the row of R and, at the last, the summary."""
         stage = self.stage(rnd)
-        row = evaluate(model, self.test_x[stage], self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
+        row = evaluate_logits(predict(model, self.test_x[stage])[1], self.test_y, self.cfg.num_classes,
+                              self.cfg.num_seen, local, glob)
         accs = self.domain_accuracy(model)
         row.update({"stage": stage, **{f"acc_domain_{j}": a for j, a in enumerate(accs)}})
         if rnd == 0:

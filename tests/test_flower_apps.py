@@ -28,7 +28,7 @@ from fedssl.registry import ALGORITHMS
 from fedssl.config import own_keys_only, resolve
 from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
-from fedssl.metrics import evaluate
+from fedssl.metrics import evaluate_logits, predict
 from fedssl.data.tensors import nchw_tensor
 from fedssl.models import run_model
 from fedssl.strategies.fedossl import FedoSSL
@@ -56,7 +56,7 @@ def central_eval(cfg):
 
     def fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        m = evaluate(model, x, splits.test_y, cfg.num_classes, cfg.num_seen)
+        m = evaluate_logits(predict(model, x)[1], splits.test_y, cfg.num_classes, cfg.num_seen)
         return MetricRecord({"acc_all": m["acc_all"], "loss": m["loss"]})
 
     return model, fn
