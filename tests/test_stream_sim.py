@@ -75,3 +75,41 @@ def test_kill9_and_resume_mid_stage_is_exact(tmp_path, monkeypatch):
     assert got == want
     a, b = (json.loads((d / "summary.json").read_text())["stream"] for d in (killed, tmp_path / "straight"))
     assert a["R"] == b["R"] and a["client_passes_per_stage"] == b["client_passes_per_stage"]
+
+
+STREAM_KEYS = {"client.algorithm": "fedmobile", "federation.rounds": 4, "stream.stages": 2,
+               "stream.rounds_per_stage": 2, "stream.domains": "contrast,inverse"}
+
+
+def test_stream_under_flwr_run(tmp_path):
+    """``flwr run .``: the stage travels in each round's config; the matrix fills."""
+    from tests.test_flwr_run import flwr_run
+
+    keys = {**STREAM_KEYS, "federation.rounds": 2, "stream.rounds_per_stage": 1}
+    summary = flwr_run(tmp_path, resolve(overrides=tiny(tmp_path / "run", **keys)))
+    s = summary["stream"]
+    assert s["domains"] == ["contrast:4", "inverse:1"] and len(s["R"]) == 2 and all(len(r) == 2 for r in s["R"])
+    assert all(len(p) == 2 and min(p) > 0 for p in s["client_passes_per_stage"].values())
+
+
+def test_stream_on_real_supernodes_equals_the_simulation(tmp_path):
+    """``fedssl deploy local``: real SuperLink + SuperNodes through ``flwr run``. A node
+    needs nothing but the round's config to know its stage: the run equals the simulation."""
+    import uuid
+
+    from tests.test_deploy import RUN_TIMEOUT, SMALL, kill_tagged, set_flags
+
+    keys = {**{k: v for k, v in SMALL.items() if k != "data.num_clients"}, **STREAM_KEYS}
+    tag, dep, sim = uuid.uuid4().hex, tmp_path / "deploy", tmp_path / "sim"
+    try:
+        res = run_cli("deploy", "local", "--clients", "3", "--out", str(dep), "--quiet", *set_flags(keys),
+                      timeout=RUN_TIMEOUT + 120, env={"FEDSSL_DEPLOY_TAG": tag})
+    finally:
+        kill_tagged(tag)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    sim_res = run_cli("run", "--out", str(sim), "--quiet", *set_flags({**keys, "data.num_clients": 3}))
+    assert sim_res.returncode == 0, sim_res.stderr[-3000:]
+    a, b = (json.loads((d / "summary.json").read_text())["stream"] for d in (dep, sim))
+    assert len(a["R"]) == 2 and a["R"] == pytest.approx(b["R"], abs=1e-4)
+    assert a["client_passes_per_stage"] == b["client_passes_per_stage"]
+    assert [r["stage"] for r in rows(dep)] == ["0", "0", "1", "1"]
