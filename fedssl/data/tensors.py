@@ -11,8 +11,11 @@ import torch
 
 
 def to_nchw(x: np.ndarray) -> np.ndarray:
-    """NHWC images [N, H, W, C] as a contiguous NCHW array [N, C, H, W] (same dtype)."""
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """NHWC images [N, H, W, C] as a contiguous, writable NCHW array [N, C, H, W] (same
+    dtype). With one channel the transpose is already contiguous and would share the
+    dataset's read-only cache, which torch must not wrap: then it is copied."""
+    out = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return out if out.flags.writeable else out.copy()
 
 
 def nchw_tensor(x: np.ndarray) -> torch.Tensor:
