@@ -1,6 +1,6 @@
 """Per-cell overhead of ``fedssl bench``: a fresh ``fedssl run`` process per cell
-(``--fresh-process``, the former way) against cells forked from the warm worker (the
-default), on the README's small grid (examples/closed_world_small.toml: Fashion-MNIST, 10
+(``--fresh-process``) against cells forked from the warm worker (the
+default), on the small example grid (examples/closed_world_small.toml: Fashion-MNIST, 10
 clients, Dirichlet 0.3, 1% labels, 2,000 test images, CNN; its 12 cells, 2 strategies x 3
 algorithms x 2 seeds) with fewer rounds and local steps: the overhead is per cell, not per round.
 

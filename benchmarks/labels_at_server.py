@@ -1,5 +1,5 @@
 """Labels at server on Fashion-MNIST: server-only vs FedAvg+FixMatch vs SemiFL vs FedSTO,
-with a centralized SSL upper reference (issue 11).
+with a centralized SSL upper reference.
 
 Every run: 100 clients holding only unlabeled data, 10 sampled per round, the server
 holding ``labels`` samples per class and training on them after every aggregation

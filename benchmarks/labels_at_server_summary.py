@@ -1,4 +1,4 @@
-"""Paired gains of finished labels-at-server runs (issue 11), from the run directories
+"""Paired gains of finished labels-at-server runs, from the run directories
 ``benchmarks/labels_at_server.py`` writes: per seed, each variant's final accuracy
 minus server-only's on the same seed (same 100- or 500-label draw), their mean, the
 gap to a reference variant, and the gain at chosen rounds (how it grows with rounds).

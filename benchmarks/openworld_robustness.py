@@ -1,4 +1,4 @@
-"""Summarise open-world robustness bench directories (examples/openworld_robustness*.toml).
+"""Summarise open-world robustness bench directories (benchmarks/grids/openworld_robustness*.toml).
 
 For every split (seen classes, clients, globally unseen) and method: mean +- std over
 seeds of the final all-class accuracy, unseen accuracy under the all-sample matching
@@ -103,7 +103,7 @@ def rescore(run_dir: Path, summary: dict) -> dict:
         return summary
     try:
         cfg = resolve(str(run_dir / "config.toml"))
-    except ConfigError as e:  # a config of keys this fedssl no longer reads
+    except ConfigError as e:  # a config with keys this fedssl does not read
         print(f"warning: {run_dir} not re-scored: {e}", file=sys.stderr)
         return summary
     x, y = load_test_split(cfg)

@@ -19,7 +19,7 @@ The issue's grid (3 seeds) and the labels-at-server variant:
     python benchmarks/stream.py --out runs/stream --seeds 0,1,2
     python benchmarks/stream.py --out runs/stream_las --seeds 0,1,2 --labels-at-server 10
 
-The same grid for ``fedssl bench``: examples/stream_grid.toml. Runs whose summary.json
+The same grid for ``fedssl bench``: benchmarks/grids/stream_grid.toml. Runs whose summary.json
 exists are not rerun; ``--jobs`` runs go at once (each its own ``fedssl run``). Prints
 and writes OUT/table.md (mean and std over seeds of the continual-learning figures,
 peak client memory and sample passes per stage) and OUT/heatmap.png (R per method,

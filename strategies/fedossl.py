@@ -24,7 +24,7 @@ Global clustering (:meth:`FedoSSL.cluster`):
   instead of the centroid calibrated to it, and keeps the centroids least like any
   seen class for the other slots (:func:`fedssl.openworld.anchor_seen_slots`);
 - ``"kmeans"``: they are re-fitted from scratch each round by Sinkhorn-balanced
-  k-means (the former default; see docs/openworld.md for where it measures better).
+  k-means (docs/openworld.md says where it measures better).
 
 The calibrated centroids are the state kept (and checkpointed) for the next round and
 go to every client with ``fedossl_stage`` (0: ORCA only, 1: + cluster loss, 2: +

@@ -536,7 +536,7 @@ def test_no_gain_line_without_a_supervised_twin(tmp_path):
 
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("openworld_robustness*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "grids").glob("openworld_robustness*.toml")), ids=lambda p: p.name)
 def test_openworld_robustness_grids_are_valid_and_pin_their_fedossl_mode(tmp_path, path):
     """Every robustness grid loads, and names the guard and ramp-up its FedoSSL rows were
     measured with, so a change of defaults cannot change what a documented grid runs."""

@@ -294,7 +294,7 @@ def test_bad_fedossl_keys_are_config_errors(key, value):
 def test_robustness_grids_are_valid(tmp_path, name, cells, methods):
     from fedssl import bench
     from tests.conftest import ROOT
-    g = bench.load_grid(ROOT / "examples" / name, tmp_path / "out")
+    g = bench.load_grid(ROOT / "benchmarks" / "grids" / name, tmp_path / "out")
     assert len(g.cells) == cells
     c = lambda cell: (cell.cfg.server.strategy, cell.cfg.client.algorithm)  # noqa: E731
     # FedoSSL's own keys; the other algorithms' cells leave them out ("none" / "all" in the grids' rows)
@@ -310,7 +310,7 @@ def test_robustness_grids_are_valid(tmp_path, name, cells, methods):
 def test_ablation_grid_is_valid_and_only_varies_fedossl_keys(tmp_path):
     from fedssl import bench
     from tests.conftest import ROOT
-    g = bench.load_grid(ROOT / "examples" / "openworld_robustness_ablations.toml", tmp_path / "out")
+    g = bench.load_grid(ROOT / "benchmarks" / "grids" / "openworld_robustness_ablations.toml", tmp_path / "out")
     assert len(g.cells) == 54
     assert {(c.cfg.server.strategy, c.cfg.client.algorithm) for c in g.cells} == {("fedossl", "fedossl")}
     variants = {(c.cfg.algo_params.pseudo_label_round, c.cfg.server.fedossl_init, c.cfg.algo_params.pseudo_label_slots)
@@ -323,7 +323,7 @@ def test_seen_slot_and_gate_grids_are_valid():
     from tests.conftest import ROOT
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        anchor, gates, held = (bench.load_grid(ROOT / "examples" / f"openworld_robustness_{name}.toml", f"{tmp}/{name}")
+        anchor, gates, held = (bench.load_grid(ROOT / "benchmarks" / "grids" / f"openworld_robustness_{name}.toml", f"{tmp}/{name}")
                                for name in ("anchor", "gates", "heldout"))
     assert len(anchor.cells) == 6 and {(c.cfg.server.fedossl_seen_slots, c.cfg.algo_params.pseudo_label_slots)
                                         for c in anchor.cells} == {("class_mean", "unseen")}

@@ -46,8 +46,8 @@ the pseudo-label term refines the head's clusters instead of relabelling them.
 
 Round gates: the server sends ``fedossl_stage`` (the reference's gates, as fractions
 of the rounds after the warm start by default: see :mod:`fedssl.strategies.fedossl`); an
-explicit ``client.fedossl.warmup_rounds`` / ``client.fedossl.pseudo_label_round`` > 0 overrides it
-(the former defaults were 2 and 4). With ``server.fedossl_rampup`` > 0 the server also
+explicit ``client.fedossl.warmup_rounds`` / ``client.fedossl.pseudo_label_round`` > 0 overrides it.
+With ``server.fedossl_rampup`` > 0 the server also
 sends ``fedossl_ramp``, the factors [0, 1] that scale the two centroid terms in over
 their first rounds.
 

@@ -136,9 +136,9 @@ class ServerConfig:
     tau: float = key(1e-3, "fedadam / fedyogi: adaptivity epsilon", gt=0)
     max_update_norm: float = key(0.0, "reject updates with a larger L2 norm; 0 = no bound", ge=0)
     divergence_factor: float = key(10.0, "stop when loss > factor x best loss", gt=1)
-    # FedoSSL server, issue 16 (docs/openworld.md): defaults follow cugzj/FedoSSL
+    # FedoSSL server (docs/openworld.md): defaults follow cugzj/FedoSSL
     fedossl_clustering: str = key("sgd", "fedossl: sgd = persistent centroids refined by SGD (reference); "
-                                  "kmeans = balanced k-means re-fitted each round (former)",
+                                  "kmeans = balanced k-means re-fitted each round",
                                   choices=FEDOSSL_CLUSTERING)
     fedossl_init: str = key("random", "fedossl (sgd): start of the persistent centroids, random (reference) "
                             "or kmeans = balanced k-means of the first round's local centroids",
