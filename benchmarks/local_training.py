@@ -34,12 +34,13 @@ import fedssl.training
 from fedssl.config import resolve
 from fedssl.data import client_shard
 from fedssl.data.augment import normalize
-from fedssl.models import build_model
-from fedssl.training import build_algorithm, client_data, ema_update, model_kwargs, train_client
+from fedssl.data.tensors import client_data
+from fedssl.models import run_model
+from fedssl.training import build_algorithm, ema_update, train_client
 
 
 def fedssl_round(cfg, data, kw, device, rnd: int) -> dict[str, float]:
-    model = build_model(cfg.model.name, **kw).to(device)
+    model = run_model(cfg, *kw).to(device)
     res = train_client(model, build_algorithm(cfg), data, cfg, server_round=rnd, partition_id=0,
                        state=None, device=device)
     return res.timings
@@ -49,7 +50,7 @@ def bare_round(cfg, data, kw, device, steps: int) -> float:
     """FixMatch's step on pre-normalised tensors (other algorithms: plain CE on the
     same shapes), timed like ``train_s``: forward + backward + step (+ EMA)."""
     c = cfg.client
-    model = build_model(cfg.model.name, **kw).to(device)
+    model = run_model(cfg, *kw).to(device)
     teacher = copy.deepcopy(model).eval()
     opt = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=True)
@@ -109,7 +110,7 @@ def main() -> None:
     cfg = resolve(overrides={"client.algorithm": a.algorithm, "client.local_steps": a.steps})
     splits, shard = client_shard(cfg.data, cfg.run.seed, 0)
     data = client_data(splits.train_x, splits.train_y, shard.labeled, shard.unlabeled)
-    kw = model_kwargs(cfg, splits)
+    kw = (splits.train_x.shape[-1], splits.train_x.shape[1])  # (in_channels, image_size)
     print(f"{a.algorithm} on {cfg.model.name}, {a.steps} steps, batch {cfg.client.batch_size} labeled"
           f" + {cfg.client.batch_size * cfg.client.uratio} unlabeled, device {device},"
           f" {a.threads} thread(s), {a.clock if device.type == 'cpu' else 'wall'} clock,"

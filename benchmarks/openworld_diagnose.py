@@ -54,7 +54,7 @@ def merged(m: np.ndarray) -> int:
 
 
 def diagnose_round(runner: ServerRunner, rnd: int, prev: dict) -> dict[str, float]:
-    model, k, p = runner.model, runner.cfg.num_classes, runner.partition
+    model, k, num_seen = runner.model, runner.cfg.num_classes, runner.cfg.num_seen
     y = np.asarray(runner.test_y)
     model.eval()
     with torch.no_grad():
@@ -73,7 +73,7 @@ def diagnose_round(runner: ServerRunner, rnd: int, prev: dict) -> dict[str, floa
         row["slot_purity"] = float((ms.max(axis=1)[used] / ms.sum(axis=1)[used]).mean())
         row["merged_slots"] = merged(ms)
         row["slot_stability"] = float((slot == prev["slot"]).mean()) if prev.get("slot") is not None else float("nan")
-    for u in range(p.num_seen, k):
+    for u in range(num_seen, k):
         sel = y == u
         counts = np.bincount(head[sel], minlength=k)
         row[f"head_of_{u}"], row[f"head_share_{u}"] = int(counts.argmax()), float(counts.max() / sel.sum())

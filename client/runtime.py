@@ -1,8 +1,13 @@
-"""Per-process client runtime: dataset, partition, model and state store are built
-once per Ray actor (or SuperNode process) and reused for every message."""
+"""Per-process client runtime. The dataset, the model and the algorithm are built once
+per process (a Ray actor, or a SuperNode's app process) and experiment, and shared by
+every node whose messages the process handles: an actor of the Simulation Engine
+serves several nodes in turn, and each message loads the global weights into the model
+before it trains. What belongs to one node (its node config, its shard when it has a
+``data-dir``, its state store) is a :class:`ClientRuntime` of its own."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,15 +15,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from flwr.app import Context
+from torch import nn
+
+from fedssl.algorithms import Algorithm
 
 from fedssl.config import Config, ConfigError
 from fedssl.data import client_shard
-from fedssl.metrics import evaluate
-from fedssl.models import build_model
+from fedssl.metrics import evaluate_logits, predict
+from fedssl.models import run_model
 from fedssl.protocol import config_from_run_config
 from fedssl.state import ClientStateStore
-from fedssl.training import (ClientData, TrainResult, build_algorithm, client_data, derive_seed, model_kwargs,
-                             train_client)
+from fedssl.data.tensors import ClientData, client_data
+from fedssl.seeding import derive_seed
+from fedssl.training import TrainResult, build_algorithm, train_client
 
 #: share of a client's labeled examples held out of training for stock-server evaluation
 HOLDOUT_FRACTION = 0.2
@@ -35,20 +44,15 @@ class ClientRuntime:
     def __init__(self, cfg: Config, node_config: dict[str, Any]) -> None:
         self.cfg = cfg
         self.node_config = node_config
-        torch.set_num_threads(max(1, int(cfg.federation.num_cpus)))
-        use_cuda = cfg.federation.num_gpus > 0 and torch.cuda.is_available()
-        self.device = torch.device("cuda" if use_cuda else "cpu")
         self.data_dir = node_config.get("data-dir")
         if self.data_dir:
             from fedssl.data.export import load_client_shard
             self.local = load_client_shard(self.data_dir, node_config, cfg)
-            shape = self.local.x_l.shape if len(self.local.y_l) else self.local.x_u.shape
-            kw = model_kwargs_from_shape(cfg, shape)
+            _, channels, side, _ = self.local.x_l.shape if len(self.local.y_l) else self.local.x_u.shape
         else:
             splits, _ = client_shard(cfg.data, cfg.run.seed, 0)
-            kw = model_kwargs(cfg, splits)
-        self.model = build_model(cfg.model.name, **kw).to(self.device)
-        self.algorithm = build_algorithm(cfg)
+            _, side, _, channels = splits.train_x.shape
+        self.device, self.model, self.algorithm = _trainer(cfg, channels, side)
         state_dir = node_config.get("state-dir") or os.path.join(cfg.run.out_dir, "client_state")
         self.store = ClientStateStore(Path(state_dir))
 
@@ -57,7 +61,8 @@ class ClientRuntime:
         node_config = dict(context.node_config)
         key = (cfg, tuple(sorted((k, str(v)) for k, v in node_config.items())))
         if key not in cls._cache:
-            cls._cache.clear()  # one experiment per process at a time
+            if any(k[0] != cfg for k in cls._cache):
+                cls._cache.clear()  # one experiment per process at a time
             cls._cache[key] = cls(cfg, node_config)
         return cls._cache[key]
 
@@ -127,10 +132,15 @@ class ClientRuntime:
         d = self.split_holdout(partition_id)[1]
         if len(d.y_l) == 0:  # weight 0 in the server's mean; zeros, not NaN, so the mean stays finite
             return {"num-examples": 0, "eval_loss": 0.0, "eval_acc": 0.0}
-        m = evaluate(self.model, normalize(d.x_l), d.y_l.numpy(), self.cfg.num_classes, self.cfg.num_seen)
+        m = evaluate_logits(predict(self.model, normalize(d.x_l))[1], d.y_l.numpy(), self.cfg.num_classes,
+                            self.cfg.num_seen)
         return {"num-examples": len(d.y_l), "eval_loss": m["loss"], "eval_acc": m["acc_seen"]}
 
 
-def model_kwargs_from_shape(cfg: Config, shape: tuple[int, ...]) -> dict[str, Any]:
-    return {"num_classes": cfg.num_classes, "in_channels": shape[1], "image_size": shape[2],
-            "cosine_head": cfg.algorithm_class.open_world}
+@functools.lru_cache(maxsize=1)  # one experiment per process at a time
+def _trainer(cfg: Config, in_channels: int, image_size: int) -> tuple[torch.device, nn.Module, Algorithm]:
+    """(device, model, algorithm) of this process, built once and shared by its nodes."""
+    torch.set_num_threads(max(1, int(cfg.federation.num_cpus)))
+    use_cuda = cfg.federation.num_gpus > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    return device, run_model(cfg, in_channels, image_size).to(device), build_algorithm(cfg)

@@ -12,7 +12,6 @@ import copy
 import functools
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,7 +20,7 @@ from fedssl.protocol import STAGE_KEY
 from fedssl.config import Config
 from fedssl.stream.memory import StreamMemory
 from fedssl.stream.stages import client_stage, stage_of_round
-from fedssl.training import ClientData
+from fedssl.data.tensors import ClientData, nchw_tensor
 
 def round_stage(cfg: Config, config: Any, server_round: int) -> int:
     """The round's stage: from the message's config, else from the round number."""
@@ -30,16 +29,12 @@ def round_stage(cfg: Config, config: Any, server_round: int) -> int:
     return stage_of_round(cfg.stream, server_round)
 
 
-def _nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
 @functools.lru_cache(maxsize=32)
 def stage_data(cfg: Config, partition_id: int, stage: int) -> ClientData:
     """The client's samples of ``stage``, in the stage's domain (cached: a client trains
     several rounds in one stage; never modified by its users)."""
     x_l, y_l, _, x_u, y_u, _ = client_stage(cfg, partition_id, stage)
-    return ClientData(_nchw(x_l), torch.from_numpy(y_l), _nchw(x_u), torch.from_numpy(y_u))
+    return ClientData(nchw_tensor(x_l), torch.from_numpy(y_l), nchw_tensor(x_u), torch.from_numpy(y_u))
 
 
 def prepare(cfg: Config, algorithm: Algorithm, model: nn.Module, data: ClientData, stage: int,

@@ -16,12 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from importlib import metadata as _metadata
-
-try:  # the one place the version is written is pyproject.toml (Flower's app config needs it there)
-    __version__ = _metadata.version("fedssl")
-except _metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+from fedssl.versions import __version__
 
 if TYPE_CHECKING:
     from fedssl.api import Result, load_result, run

@@ -12,10 +12,15 @@ from fedssl.config import Config
 WARM_RAY_ENV = "FEDSSL_BENCH_RAY_ADDRESS"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def local_ray_resources(cfg: Config) -> dict[str, int]:
     """The resources of the local Ray cluster a run starts: every CPU this process may
     use (or ``FEDSSL_RAY_CPUS``), and every GPU when the clients ask for GPUs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     gpus = 0
     if cfg.federation.num_gpus > 0:
         gpus = _gpu_count()

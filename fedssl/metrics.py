@@ -162,19 +162,6 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> tuple[
     return logits.argmax(1).numpy(), logits
 
 
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: np.ndarray,
-    num_classes: int,
-    num_seen: int,
-    local_unseen: Sequence[int] = (),
-    global_unseen: Sequence[int] = (),
-) -> dict[str, float]:
-    """Metrics of ``model`` on a held-out split (:func:`evaluate_logits`)."""
-    return evaluate_logits(predict(model, x)[1], y, num_classes, num_seen, local_unseen, global_unseen)
-
-
 def evaluate_logits(
     logits: torch.Tensor,
     y: np.ndarray,

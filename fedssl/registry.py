@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fedssl.plugins import PluginError, is_import_path, load_object
 
 
 class Registry(Mapping[str, Any]):
-    """A mapping filled by ``@registry.register("name")`` in the modules of a package.
+    """The classes a package's modules declare by name (a class attribute ``name``,
+    which a decorator such as :func:`fedssl.algorithms.register` sets), by that name.
 
     The package's modules are imported on first lookup, so a new file is picked up
-    without editing any list.
+    without editing any list, and the modules do not import the registry.
     """
 
     def __init__(self, kind: str, package: str, base: str = "") -> None:
@@ -28,24 +29,21 @@ class Registry(Mapping[str, Any]):
         self._items: dict[str, Any] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[Any], Any]:
-        def deco(obj: Any) -> Any:
-            if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            obj.name = name
-            self._items[name] = obj
-            return obj
-
-        return deco
-
     def _load(self) -> None:
         if self._loaded:
             return
         self._loaded = True
         pkg = importlib.import_module(self.package)
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{mod.name}")
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{self.package}.{info.name}")
+            for obj in vars(module).values():  # the classes this module declares, not those it imports
+                name = vars(obj).get("name") if isinstance(obj, type) and obj.__module__ == module.__name__ else None
+                if name:
+                    if name in self._items and self._items[name] is not obj:
+                        raise ValueError(f"{self.kind} {name!r} declared twice")
+                    self._items[name] = obj
 
     def __getitem__(self, name: str) -> Any:
         self._load()

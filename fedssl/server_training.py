@@ -35,7 +35,6 @@ Choices (SemiFL's code unless noted):
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from collections.abc import Callable
 
@@ -47,7 +46,8 @@ from torch import nn
 from fedssl.config import Config
 from fedssl.data.augment import normalize, weak
 from fedssl.threads import one_thread
-from fedssl.training import build_algorithm, derive_seed
+from fedssl.seeding import derive_seed
+from fedssl.training import build_algorithm, scheduled_lr
 
 Penalty = Callable[[nn.Module, int], "torch.Tensor | None"]
 
@@ -66,10 +66,7 @@ class ServerTrainer:
         return len(self.y)
 
     def lr(self, server_round: int) -> float:
-        lr, rounds = self.cfg.server.train_lr, max(1, self.cfg.federation.rounds)
-        if self.cfg.client.lr_schedule == "constant":
-            return lr
-        return lr * 0.5 * (1.0 + math.cos(math.pi * max(server_round - 1, 0) / rounds))
+        return scheduled_lr(self.cfg.server.train_lr, self.cfg, server_round)
 
     def step(self, model: nn.Module, server_round: int, steps: int | None = None) -> dict[str, float]:
         """Train ``model`` in place for ``steps`` (default ``server.train_steps``);

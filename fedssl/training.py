@@ -19,7 +19,6 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,22 +27,8 @@ from torch import nn
 from fedssl.algorithms import Algorithm, Batch, RoundContext
 from fedssl.config import Config
 from fedssl.data.augment import VIEWS, normalize
-from fedssl.seeding import derive_seed  # noqa: F401 - re-exported for callers
-
-
-@dataclass
-class ClientData:
-    """A client's shard as uint8 tensors [N, C, H, W] (labels int64)."""
-
-    x_l: torch.Tensor
-    y_l: torch.Tensor
-    x_u: torch.Tensor
-    y_u: torch.Tensor  # hidden; diagnostics only
-    flip: bool = True
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.y_l) + len(self.y_u)
+from fedssl.data.tensors import ClientData
+from fedssl.seeding import derive_seed
 
 
 @dataclass
@@ -133,13 +118,19 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
         t.copy_(s)
 
 
+def scheduled_lr(lr: float, cfg: Config, server_round: int) -> float:
+    """``lr`` in ``server_round`` under ``client.lr_schedule``: constant, or cosine-decayed
+    over the run's R rounds, lr * (1 + cos(pi * (r - 1) / R)) / 2 (half-cosine as in
+    SGDR/FixMatch); round 0 (the server's warm-up) gets round 1's."""
+    if cfg.client.lr_schedule == "constant":
+        return lr
+    r = max(server_round, 1)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (r - 1) / max(1, cfg.federation.rounds)))
+
+
 def round_lr(cfg: Config, server_round: int) -> float:
-    """Local learning rate in ``server_round``: constant, or cosine-decayed over the
-    run's rounds, lr * (1 + cos(pi * (r - 1) / R)) / 2 (half-cosine as in SGDR/FixMatch)."""
-    c = cfg.client
-    if c.lr_schedule == "constant":
-        return c.lr
-    return c.lr * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / max(1, cfg.federation.rounds)))
+    """The clients' learning rate in ``server_round`` (``client.lr``, scheduled)."""
+    return scheduled_lr(cfg.client.lr, cfg, server_round)
 
 
 def train_client(
@@ -273,22 +264,3 @@ def _accumulate(sums: dict[str, torch.Tensor | float], counts: dict[str, int], m
     for k, v in metrics.items():
         sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
         counts[k] = counts.get(k, 0) + 1
-
-
-def client_data(x: np.ndarray, y: np.ndarray, labeled: np.ndarray, unlabeled: np.ndarray) -> ClientData:
-    """Gather a shard from NHWC uint8 arrays into NCHW tensors."""
-    def nchw(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x[idx].transpose(0, 3, 1, 2)))
-
-    return ClientData(nchw(labeled), torch.from_numpy(y[labeled].astype(np.int64)),
-                      nchw(unlabeled), torch.from_numpy(y[unlabeled].astype(np.int64)))
-
-
-def model_kwargs(cfg: Config, splits: Any) -> dict[str, Any]:
-    """build_model keyword arguments for this config's dataset and algorithm."""
-    return {
-        "num_classes": cfg.num_classes,
-        "in_channels": splits.train_x.shape[-1],
-        "image_size": splits.train_x.shape[1],
-        "cosine_head": cfg.algorithm_class.open_world,
-    }

@@ -8,8 +8,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import fedssl
-
 
 def _version(dist: str) -> str | None:
     try:
@@ -18,10 +16,15 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# The one place the version is written is pyproject.toml (Flower's app config needs it
+# there); a source tree that was never installed has none.
+__version__ = _version("fedssl") or "0+unknown"
+
+
 def git_commit(path: Path | None = None) -> str | None:
     """HEAD of the git work tree holding ``path`` (fedssl's source), with ``+dirty`` when
     tracked files differ from it; None outside a work tree or without git."""
-    where = str(path or Path(fedssl.__file__).resolve().parent)
+    where = str(path or Path(__file__).resolve().parent)
     try:
         head = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10)
@@ -36,6 +39,6 @@ def git_commit(path: Path | None = None) -> str | None:
 
 def provenance() -> dict[str, Any]:
     """``{"versions": {fedssl, flwr, torch, ray}, "git_commit": ...}`` for summary.json."""
-    return {"versions": {"fedssl": fedssl.__version__, "flwr": _version("flwr"), "torch": _version("torch"),
+    return {"versions": {"fedssl": __version__, "flwr": _version("flwr"), "torch": _version("torch"),
                          "ray": _version("ray")},
             "git_commit": git_commit()}

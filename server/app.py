@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedssl.config import Config
 from fedssl.protocol import config_from_run_config
-from fedssl.server.loop import ServerRunner, ServerUpdate
+from fedssl.server.loop import ServerRunner, ServerSetup
 
 _log = logging.getLogger("fedssl")
 if not _log.handlers:  # under `flwr run` nobody else configures fedssl's logger
@@ -21,16 +21,16 @@ if not _log.handlers:  # under `flwr run` nobody else configures fedssl's logger
 
 
 def make_server_app(cfg: Config | None = None, resume: bool = False, quiet: bool = False,
-                    server_update: ServerUpdate | None = None) -> ServerApp:
+                    setup: ServerSetup | None = None) -> ServerApp:
     """A ServerApp bound to ``cfg`` (``fedssl run``) or reading the run config
-    (``flwr run``) when ``cfg`` is None; ``server_update`` is an optional server step
-    after each aggregation."""
+    (``flwr run``) when ``cfg`` is None; ``setup``: what ``fedssl run`` built for ``cfg``
+    before the simulation started (built here when None)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = cfg or config_from_run_config(context.run_config)
-        ServerRunner(grid, run_cfg, resume=resume, quiet=quiet, server_update=server_update).run()
+        ServerRunner(grid, run_cfg, resume=resume, quiet=quiet, setup=setup).run()
 
     return app
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,8 @@ from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
 from fedssl.data.augment import normalize
 from fedssl.metrics import confusion_matrix, evaluate_logits, predict
-from fedssl.models import build_model, state_nbytes
+from fedssl.data.tensors import nchw_tensor
+from fedssl.models import run_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
@@ -50,31 +50,35 @@ REPLY_POLL_S = 0.005
 COLLAPSE_SHARE = 0.95  # a trained 10-class model never gives one answer this often
 VARIED_SHARE = 0.5  # ...and has once given varied answers (an untrained one often does not)
 
-#: An optional server step after aggregation: (aggregated arrays, round) -> arrays
-#: (e.g. training on a labeled set the server holds). Its output is what the clients
-#: receive next round and the strategy's reference for their update
-#: (strategies/reference.py).
-ServerUpdate = Callable[[ArrayRecord, int], ArrayRecord]
+class ServerSetup:
+    """What the server builds before round 1: the test split, the initial global model,
+    the strategy, and (when configured) the trainer on the server's own labels and the
+    incremental run's tracker. ``fedssl run`` builds it once, before the simulation
+    starts (the model's size places the clients on nodes, and a bad strategy setting
+    fails before Ray starts), and hands it to the ServerApp; under ``flwr run`` the
+    ServerApp builds it."""
 
-
-class ServerRunner:
-    def __init__(self, grid: Grid, cfg: Config, resume: bool = False, quiet: bool = False,
-                 server_update: ServerUpdate | None = None) -> None:
-        self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
-        self.server_update = server_update
-        self.out = Path(cfg.run.out_dir)
-        self.provenance = provenance()  # once: it asks git
-        self.console = Console(stderr=True, quiet=quiet)
+    def __init__(self, cfg: Config) -> None:
         test_x, self.test_y = load_test_split(cfg)
-        self.test_x = normalize(torch.from_numpy(np.ascontiguousarray(test_x.transpose(0, 3, 1, 2))))
+        self.test_x = normalize(nchw_tensor(test_x))
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-        self.model = build_model(cfg.model.name, num_classes=cfg.num_classes, in_channels=test_x.shape[-1],
-                                 image_size=test_x.shape[1],
-                                 cosine_head=cfg.algorithm_class.open_world)
+        self.model = run_model(cfg, in_channels=test_x.shape[-1], image_size=test_x.shape[1])
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
         self.stream = _stream_tracker(cfg, self.test_y)  # incremental runs only
+
+
+class ServerRunner:
+    def __init__(self, grid: Grid, cfg: Config, resume: bool = False, quiet: bool = False,
+                 setup: ServerSetup | None = None) -> None:
+        self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
+        self.out = Path(cfg.run.out_dir)
+        self.provenance = provenance()  # once: it asks git
+        self.console = Console(stderr=True, quiet=quiet)
+        setup = setup or ServerSetup(cfg)
+        self.test_x, self.test_y, self.model = setup.test_x, setup.test_y, setup.model
+        self.strategy, self.server_trainer, self.stream = setup.strategy, setup.server_trainer, setup.stream
         if self.stream is not None and self.server_trainer is not None:
             splits, idx = server_index(cfg)
             self._server_set = (splits.train_x[idx], idx)
@@ -181,8 +185,6 @@ class ServerRunner:
             info["status"] = "no_update"
             log.warning("round %d: no acceptable update; the aggregate is the previous model", rnd)
             new_arrays = arrays
-        elif self.server_update is not None:
-            new_arrays = self.server_update(new_arrays, rnd)
         if self.server_trainer is not None:  # labels at server: after every aggregation
             new_arrays = self.server_step(rnd, new_arrays, info)
         return new_arrays, info

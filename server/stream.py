@@ -18,21 +18,18 @@ from torch import nn
 from fedssl import protocol as P
 from fedssl.config import Config
 from fedssl.data.augment import normalize
-from fedssl.metrics import evaluate, predict
+from fedssl.data.tensors import nchw_tensor
+from fedssl.metrics import evaluate_logits, predict
 from fedssl.stream import metrics as M
 from fedssl.stream.domains import stage_domains
 from fedssl.stream.stages import is_stage_end, stage_images, stage_of_round, test_domains
-
-
-def _nchw(x: np.ndarray) -> torch.Tensor:
-    return normalize(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
 
 
 class StreamTracker:
     def __init__(self, cfg: Config, test_y: np.ndarray) -> None:
         self.cfg, self.s, self.test_y = cfg, cfg.stream, test_y
         self.domains = [f"{d}:{v}" for d, v in stage_domains(cfg.stream)]
-        self.test_x = [_nchw(x) for x in test_domains(cfg)]
+        self.test_x = [normalize(nchw_tensor(x)) for x in test_domains(cfg)]
         self.R: list[list[float]] = []  # one row per finished stage
         self.baseline: list[float] = []  # the initial model's accuracy per domain (FWT's b)
         self.clients: dict[str, dict[str, Any]] = {}  # pid -> peaks and passes per stage
@@ -50,7 +47,7 @@ class StreamTracker:
     def server_images(self, x: np.ndarray, idx: np.ndarray, rnd: int) -> torch.Tensor:
         """The server's labeled images (NHWC, train positions ``idx``) in round ``rnd``'s domain."""
         out = stage_images(self.cfg, x, idx, self.stage(rnd), 0)
-        return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+        return nchw_tensor(out)
 
     def domain_accuracy(self, model: nn.Module) -> list[float]:
         y = torch.as_tensor(self.test_y, dtype=torch.long)
@@ -60,7 +57,8 @@ class StreamTracker:
         """The usual metrics on the current stage's domain, plus ``acc_domain_<j>`` for every
         domain; at a stage's last round also the row of R and, at the last, the summary."""
         stage = self.stage(rnd)
-        row = evaluate(model, self.test_x[stage], self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
+        row = evaluate_logits(predict(model, self.test_x[stage])[1], self.test_y, self.cfg.num_classes,
+                              self.cfg.num_seen, local, glob)
         accs = self.domain_accuracy(model)
         row.update({"stage": stage, **{f"acc_domain_{j}": a for j, a in enumerate(accs)}})
         if rnd == 0:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from fedssl.algorithms import ALGORITHMS, Batch, RoundContext
+from fedssl.algorithms import Batch, RoundContext
+from fedssl.registry import ALGORITHMS
 from fedssl.algorithms.shrinkmatch import shrink_class_space
 from fedssl.algorithms.uda import sharpen
 from fedssl.config import resolve

@@ -146,7 +146,7 @@ def test_fresh_process_flag_runs_cells_without_the_worker(tmp_path):
     (c,) = bench.load_grid(grid, out).cells
     assert report.read_json(out / "cells" / f"{c.id}.json")["status"] == "ok"
     header = (out / "logs" / f"{c.id}.stderr").read_text().splitlines()[0]
-    assert "-m fedssl.cli run --quiet --config" in header and "warm worker" not in header
+    assert "-m fedssl.run_command --quiet --config" in header and "warm worker" not in header
     assert not (out / "logs" / "worker.log").exists()
 
 

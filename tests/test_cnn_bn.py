@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fedssl import runlog
-from fedssl.algorithms import ALGORITHMS
+from fedssl.registry import ALGORITHMS
 from fedssl.config import resolve
 from fedssl.models import build_model
 from fedssl.threads import one_thread

@@ -8,6 +8,9 @@ from tests.conftest import ROOT
 
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
+#: the core and the apps (fedssl/server etc. are links to the top-level folders, which
+#: rglob does not follow)
+PACKAGES = ("fedssl", "server", "client", "strategies")
 # Known offenders, owned elsewhere and due to be split; an entry that no longer
 # exceeds the limit fails the test, so the list only shrinks.
 KNOWN: set[str] = set()
@@ -15,7 +18,7 @@ KNOWN: set[str] = set()
 
 def _offenders() -> set[str]:
     out = set()
-    for path in sorted((ROOT / "fedssl").rglob("*.py")):
+    for path in sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
         text = path.read_text()
         if len(text.splitlines()) > MAX_FILE_LINES:

@@ -27,7 +27,7 @@ from fedssl.deploy import (DeployError, LocalFederation, ProcessSet, descendants
                            make_node_key, parse_node_config, run_config_string)
 from fedssl.deploy.processes import pump
 from fedssl.runlog import load_checkpoint
-from fedssl.training import client_data
+from fedssl.data.tensors import client_data
 from tests.conftest import ROOT, assert_bad_input, run_cli
 
 BIN = Path(sys.executable).parent

@@ -24,13 +24,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedssl.client.app import make_client_app
-from fedssl.algorithms import ALGORITHMS
+from fedssl.registry import ALGORITHMS
 from fedssl.config import own_keys_only, resolve
 from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
-from fedssl.metrics import evaluate
-from fedssl.models import build_model
-from fedssl.training import model_kwargs
+from fedssl.metrics import evaluate_logits, predict
+from fedssl.data.tensors import nchw_tensor
+from fedssl.models import run_model
 from fedssl.strategies.fedossl import FedoSSL
 from tests.conftest import tiny
 
@@ -51,12 +51,12 @@ def config(alg: str, out):
 def central_eval(cfg):
     """Flower's ``evaluate_fn``: the global model on the test split."""
     splits = load_dataset(cfg.data, cfg.run.seed)
-    model = build_model(cfg.model.name, **model_kwargs(cfg, splits))
-    x = normalize(torch.from_numpy(np.ascontiguousarray(splits.test_x.transpose(0, 3, 1, 2))))
+    model = run_model(cfg, in_channels=splits.test_x.shape[-1], image_size=splits.test_x.shape[1])
+    x = normalize(nchw_tensor(splits.test_x))
 
     def fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        m = evaluate(model, x, splits.test_y, cfg.num_classes, cfg.num_seen)
+        m = evaluate_logits(predict(model, x)[1], splits.test_y, cfg.num_classes, cfg.num_seen)
         return MetricRecord({"acc_all": m["acc_all"], "loss": m["loss"]})
 
     return model, fn
@@ -66,7 +66,7 @@ def central_eval(cfg):
 def flower_runs(tmp_path_factory):
     from flwr.simulation import run_simulation
 
-    from fedssl.server.simulation import backend_config
+    from fedssl.simulation import backend_config
 
     out = tmp_path_factory.mktemp("flower")
     cfgs = {alg: config(alg, out) for alg in ALGORITHMS}

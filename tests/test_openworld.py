@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedssl.algorithms import ALGORITHMS, Batch, RoundContext
+from fedssl.algorithms import Batch, RoundContext
+from fedssl.registry import ALGORITHMS
 from fedssl.config import ConfigError, own_keys_only, resolve
 from fedssl.models import build_model
 from fedssl.openworld import (adaptive_margin, anchor_seen_slots, balanced_kmeans, calibrate, calibrate_in_order,

@@ -11,7 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
 from fedssl import strategies
-from fedssl.algorithms import ALGORITHMS
+from fedssl.registry import ALGORITHMS
 from fedssl.config import ConfigError, resolve
 from fedssl.training import ClientData, train_client
 from fedssl.flower_compat import server_reply

@@ -24,8 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from fedssl.config.schema import Params, param
-from fedssl.registry import ALGORITHMS
+from fedssl.config.keys import Params, param
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,8 +52,17 @@ def lazy(module: str) -> Any:
 if not TYPE_CHECKING:
     torch, F, nn, np = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn"), lazy("numpy")
 
-#: ``@register("name")`` adds an algorithm class to the registry under ``name``
-register = ALGORITHMS.register
+def register(name: str) -> Any:
+    """``@register("name")``: the class is the built-in algorithm ``name``. The registry
+    (:data:`fedssl.registry.ALGORITHMS`) finds it when it imports this package's
+    modules, so an algorithm file does not import the registry."""
+
+    def deco(cls: Any) -> Any:
+        cls.name = name
+        return cls
+
+    return deco
+
 
 __all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "RoundContext", "StepMetrics", "lazy", "nn", "np",
            "param", "register", "torch"]
@@ -157,9 +165,21 @@ class Algorithm:
             return logits.sum() * 0.0
         return F.cross_entropy(logits, y)
 
+    def supervised_only(self, model: nn.Module, batch: Batch, **unlabeled: float) -> tuple[torch.Tensor, StepMetrics]:
+        """The step of a client without unlabeled data: cross-entropy on the labeled
+        batch; ``unlabeled`` gives the unlabeled terms' metrics (e.g. ``loss_u=0.0``)."""
+        loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
+        return loss_x, {"loss_x": loss_x.detach(), **unlabeled}
+
     def pseudo_probs(self, model: nn.Module, x: torch.Tensor, ctx: RoundContext) -> torch.Tensor:
         """Target probabilities on the weak view: from the EMA teacher when the
         algorithm keeps one, else from the student without gradient."""
         net = ctx.teacher if (self.uses_teacher and ctx.teacher is not None) else model
         with torch.no_grad():
             return torch.softmax(net(x), dim=1)
+
+    def weak_strong(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """FixMatch's pair on the unlabeled batch: (target probabilities q on the weak
+        view, :meth:`pseudo_probs`; the strong view, which the student learns q on)."""
+        u_weak, u_strong = batch.x_u
+        return self.pseudo_probs(model, u_weak, ctx), u_strong

@@ -139,10 +139,8 @@ class FreeMatch(Algorithm):
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         if not batch.x_u:  # a client with labels only
-            loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "loss_f": 0.0, "mask": 0.0}
-        u_weak, u_strong = batch.x_u
-        q = self.pseudo_probs(model, u_weak, ctx)
+            return self.supervised_only(model, batch, loss_u=0.0, loss_f=0.0, mask=0.0)
+        q, u_strong = self.weak_strong(model, batch, ctx)
         update_thresholds(ctx.state, q, self.params)
         mask, pseudo_label = self_adaptive_mask(q, ctx.state)
 

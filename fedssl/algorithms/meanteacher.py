@@ -46,8 +46,7 @@ class MeanTeacher(Algorithm):
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
-            loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0}
+            return self.supervised_only(model, batch, loss_u=0.0)
         u_student, u_teacher = batch.x_u
         teacher_probs = self.pseudo_probs(model, u_teacher, ctx)
 

@@ -105,10 +105,8 @@ class ShrinkMatch(Algorithm):
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
-            loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "mask": 0.0}
-        u_weak, u_strong = batch.x_u
-        q = self.pseudo_probs(model, u_weak, ctx)
+            return self.supervised_only(model, batch, loss_u=0.0, mask=0.0)
+        q, u_strong = self.weak_strong(model, batch, ctx)
         shrunk = shrink_class_space(q, self.params.threshold)
         pseudo_label = shrunk.pseudo_label  # argmax q, tie-broken as in ``keep``
         max_probs = q.gather(1, pseudo_label[:, None]).squeeze(1)

@@ -44,10 +44,8 @@ class UDA(Algorithm):
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # client without unlabeled data: supervised only
-            loss_x = self.supervised_ce(model(batch.x_l[0]), batch.y_l)
-            return loss_x, {"loss_x": loss_x.detach(), "loss_u": 0.0, "mask": 0.0}
-        u_weak, u_strong = batch.x_u
-        q = self.pseudo_probs(model, u_weak, ctx)
+            return self.supervised_only(model, batch, loss_u=0.0, mask=0.0)
+        q, u_strong = self.weak_strong(model, batch, ctx)
         max_probs = q.max(dim=1).values
         mask = (max_probs >= self.params.threshold).float()
         pseudo_label = sharpen(q, self.params.temperature)  # soft target

@@ -22,7 +22,7 @@ before anything runs; a bad grid exits 2 with one ``error:`` line.
 
 Directory layout
 ----------------
-Owned by :mod:`fedssl.bench.layout`: ``DIR/grid.json`` (cells: id, varied values, seed),
+Described in :mod:`fedssl.report.layout`: ``DIR/grid.json`` (cells: id, varied values, seed),
 ``DIR/grid.toml`` (copy of the grid file), ``DIR/cells/<id>.toml`` (the cell's resolved
 config), ``DIR/cells/<id>.json`` (the bench's record: status, exit code, error, seconds),
 ``DIR/runs/<id>/`` (the run's own files), ``DIR/logs/<id>.stdout|.stderr``, and the report (``results.csv``,
@@ -47,7 +47,7 @@ invocation unless ``--skip-failed``. Ctrl-C (or SIGTERM) stops the running child
 process group (the worker's, with its Ray cluster), keeps what is done, renders the
 report and prints how to resume.
 
-Modules: :mod:`~fedssl.bench.grid` (the grid file, pure), :mod:`~fedssl.bench.layout`,
+Modules: :mod:`~fedssl.bench.grid` (the grid file, pure),
 :mod:`~fedssl.bench.state` (cell states, the directory lock), :mod:`~fedssl.bench.runner`
 (cells, progress, report), :mod:`~fedssl.bench.pool` and :mod:`~fedssl.bench.worker`
 (the warm worker, both sides) and :mod:`~fedssl.bench.cli`.
@@ -58,9 +58,8 @@ import sys
 import types
 from typing import Any
 
-# Public names, imported on first use: the report reads bench directories through
-# fedssl.bench.layout, so importing this package must not import the runner (which
-# imports the report) eagerly.
+# Public names, imported on first use: importing this package (``fedssl.bench`` is the
+# API's grid runner) does not load the runner, the report and their libraries.
 _EXPORTS = {
     "Grid": "grid", "GridCell": "grid", "cell_id": "grid", "load_grid": "grid",
     "EXIT_FAILED_CELLS": "runner", "EXIT_INTERRUPTED": "runner", "BenchRunner": "runner",

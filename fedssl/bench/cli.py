@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from fedssl.bench.grid import load_grid
-from fedssl.bench.layout import runs_dir
+from fedssl.report.layout import runs_dir
 from fedssl.bench.runner import BenchRunner
 from fedssl.bench.state import cell_state, check_out_dir, exclusive
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedssl.bench.layout import runs_dir
+from fedssl.report.layout import fmt_value, runs_dir
 from fedssl.config import (
     Config,
     ConfigError,
@@ -56,14 +56,6 @@ class Grid:
         so an interrupted grid already covers every configuration."""
         seeds = list(dict.fromkeys(c.seed for c in self.cells))
         return sorted(self.cells, key=lambda c: seeds.index(c.seed))
-
-
-def fmt_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
 
 
 def cell_id(params: dict[str, Any]) -> str:

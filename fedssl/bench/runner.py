@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedssl.bench.grid import Grid, GridCell, fmt_value
+from fedssl.bench.grid import Grid, GridCell
 from fedssl.bench.pool import WarmWorker, WorkerDied, main_thread, terminate_group
-from fedssl.bench.layout import (
+from fedssl.report.layout import (
     GRID_JSON,
     GRID_TOML,
     cell_config_path,
     cells_dir,
+    fmt_value,
     logs_dir,
     record_path,
     runs_dir,
@@ -127,7 +128,7 @@ class BenchRunner:
         from fedssl.runlog import write_atomic
 
         write_atomic(cfg_file, cell.cfg.to_toml())
-        argv = ["run", "--quiet"]
+        argv = ["--quiet"]  # fedssl run's arguments
         argv += ["--resume", str(run_dir)] if resume else ["--config", str(cfg_file), "--out", str(run_dir)]
         logs = logs_dir(self.out)
         t0 = time.monotonic()
@@ -139,7 +140,7 @@ class BenchRunner:
         how = "" if self.fresh else " (in the bench's warm worker)"
         with open(logs / f"{cell.id}.stdout", "ab") as out, open(logs / f"{cell.id}.stderr", "ab") as err:
             header = (f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: "
-                      f"{sys.executable} -m fedssl.cli {' '.join(argv)}{how}\n")
+                      f"{sys.executable} -m fedssl.run_command {' '.join(argv)}{how}\n")
             out.write(header.encode()), err.write(header.encode())
             out.flush(), err.flush()
             err_from = err.tell()
@@ -166,7 +167,7 @@ class BenchRunner:
     def _fresh(self, argv: list[str], out: Any, err: Any, poll) -> int:
         """``fedssl run ARGV`` in a fresh child process (own process group)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "fedssl.cli", *argv], stdout=out, stderr=err,
+        proc = subprocess.Popen([sys.executable, "-m", "fedssl.run_command", *argv], stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             while True:

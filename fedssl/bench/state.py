@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.bench.grid import Grid, GridCell
-from fedssl.bench.layout import LOCK, record_path
+from fedssl.report.layout import LOCK, record_path
 from fedssl.config import Config, ConfigError, resolve
 from fedssl.report.model import finished_summary, read_json
 

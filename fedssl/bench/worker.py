@@ -12,21 +12,22 @@ A long-lived child of the bench (own process group) that pays the start-up of a
   simulation; against a cluster joined by address that only disconnects the driver,
   so the cluster (GCS, raylet) outlives the cell. Each cell is a new Ray job: its
   client actors are new worker processes, as in a fresh run;
-- each cell runs in a process forked from it: ``fedssl run``'s own ``main`` with the
-  same arguments, stdout/stderr appended to the cell's log files. Forking gives every
-  cell a pristine copy of the warm process -- no cache, RNG state, thread setting,
-  environment variable or logging handler of one cell reaches the next -- and a
-  crashing cell (even a segfault) takes only its own process down. The worker has
-  one thread and has not initialised Ray, CUDA or OpenMP when it forks.
+- each cell runs in a process forked from it: ``fedssl run``'s own ``main``
+  (:func:`fedssl.run_command.main`) with the same arguments, stdout/stderr appended
+  to the cell's log files. Forking gives every cell a pristine copy of the warm
+  process -- no cache, RNG state, thread setting, environment variable or logging
+  handler of one cell reaches the next -- and a crashing cell (even a segfault) takes
+  only its own process down. The worker has one thread and has not initialised Ray,
+  CUDA or OpenMP when it forks.
 
 - it reads each cell's dataset once, before forking (``"data"`` in the request), so
   that cells share the decoded arrays instead of decompressing the files each time.
 
-Protocol, one JSON object per line: the bench writes ``{"argv": [...], "stdout": path,
-"stderr": path, "ray": {"num_cpus": n, "num_gpus": g} | null, "data": [dataset, root]
-| null}`` to the worker's stdin
-and reads ``{"code": exit status, or -signal}`` back from its stdout. The worker's own
-messages go to its stderr (``logs/worker.log``). EOF on stdin: stop the cluster, exit.
+Protocol, one JSON object per line: the bench writes ``{"argv": [fedssl run's
+arguments], "stdout": path, "stderr": path, "ray": {"num_cpus": n, "num_gpus": g} |
+null, "data": [dataset, root] | null}`` to the worker's stdin and reads ``{"code": exit
+status, or -signal}`` back from its stdout. The worker's own messages go to its stderr
+(``logs/worker.log``). EOF on stdin: stop the cluster, exit.
 SIGINT/SIGTERM: wait for the running cell (it got the signal too), stop, exit 130.
 """
 
@@ -46,12 +47,13 @@ import time
 import traceback
 from typing import Any
 
-# Imported once, before the first fork. Not server.app: it configures the "fedssl"
-# logger at import when nobody has, which `fedssl run` does first (the order matters).
+# Imported once, before the first fork: what a cell (``fedssl run``) imports. Not
+# fedssl.server.app: it configures the "fedssl" logger at import when nobody has, which
+# `fedssl run` does first (the order matters).
 PRELOAD = ("numpy", "pandas", "scipy", "rich", "torch", "torchvision", "ray", "flwr.app",
-           "flwr.clientapp", "flwr.serverapp", "flwr.simulation", "fedssl.cli", "fedssl.simulation",
-           "server.loop", "server.simulation", "client.app", "fedssl.bench.cli", "fedssl.deploy.cli",
-           "fedssl.data.export", "flwr.server.superlink.fleet.vce.backend.raybackend", "rich.logging")
+           "flwr.clientapp", "flwr.serverapp", "flwr.simulation", "fedssl.run_command", "fedssl.simulation",
+           "fedssl.server.loop", "fedssl.client.app", "flwr.server.superlink.fleet.vce.backend.raybackend",
+           "rich.logging")
 _READY = "Ray runtime started."
 TEMP_PREFIX = "fedssl-ray-"
 
@@ -94,7 +96,7 @@ class WarmRay:
                # 10002, 10003, ... and two benches at once then bind the same port (one
                # cell died of "Address already in use" on port 10002)
                "--min-worker-port=0", "--max-worker-port=0"]
-        # What server.simulation sets before its own ray.init, for the raylet and workers.
+        # What fedssl.simulation sets before its own ray.init, for the raylet and workers.
         env = {"RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", **os.environ,
                "RAY_USAGE_STATS_ENABLED": "0"}
         with open(self.out_path, "wb") as out:
@@ -181,8 +183,8 @@ def _run_cell(req: dict[str, Any], private_fds: tuple[int, ...], handlers: dict[
             from fedssl.local_ray import WARM_RAY_ENV
 
             os.environ[WARM_RAY_ENV] = address
-        sys.argv = ["fedssl", *req["argv"]]
-        from fedssl.cli import main
+        sys.argv = ["fedssl", "run", *req["argv"]]
+        from fedssl.run_command import main
 
         code = main(list(req["argv"]))
     except SystemExit as e:

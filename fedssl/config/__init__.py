@@ -12,6 +12,7 @@ and ``fedssl config`` are generated from these declarations. Every entry point
 Importing this package imports neither torch nor Flower.
 """
 
+from fedssl.config.keys import Key, Params, algorithm_keys, key, param, section_of
 from fedssl.config.schema import (
     DATASETS,
     FAULT_MODES,
@@ -20,22 +21,15 @@ from fedssl.config.schema import (
     PARTITIONS,
     SECTIONS,
     ClientConfig,
-    Config,
     DataConfig,
     FaultsConfig,
     FederationConfig,
-    Key,
     ModelConfig,
-    Params,
     RunConfig,
     ServerConfig,
     StreamConfig,
-    algorithm_keys,
-    key,
     keys,
     num_classes_of,
-    param,
-    section_of,
     shared_keys,
 )
 from fedssl.config.validate import (
@@ -45,16 +39,14 @@ from fedssl.config.validate import (
     check_key,
     checked_keys,
     coerce,
-    fault_clients,
     flatten,
-    from_flat,
     own_keys_only,
     parse_set,
     read_toml,
-    resolve,
     suggest,
     unknown_key,
 )
+from fedssl.config.experiment import Config, fault_clients, from_flat, resolve
 
 __all__ = [
     "DATASETS", "FAULT_MODES", "LR_SCHEDULES", "MODELS", "PARTITIONS", "SECTIONS",

@@ -11,8 +11,8 @@ Adding a key is one line in its section's dataclass::
 then ``python -m fedssl.config --write`` regenerates pyproject.toml and the README table
 (the drift tests in ``tests/test_config_schema.py`` fail until you do). A key whose check
 needs other keys (e.g. a class count that depends on the dataset) adds a small function
-to ``CROSS_CHECKS`` in :mod:`fedssl.config.validate`. A new section is a dataclass here
-plus one entry in ``SECTIONS`` and one field of :class:`Config`.
+to ``CROSS_CHECKS`` in :mod:`fedssl.config.experiment`. A new section is a dataclass here
+plus one entry in ``SECTIONS`` and one field of :class:`fedssl.config.experiment.Config`.
 
 This module imports no torch and no Flower: names of algorithms and strategies come
 from the torch-free tables in :mod:`fedssl.registry`.
@@ -20,12 +20,12 @@ from the torch-free tables in :mod:`fedssl.registry`.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
+from dataclasses import dataclass
 
-from fedssl.plugins import PluginError, absolute_spec, is_import_path, load_callable, load_dataset
+from fedssl.config.keys import Key, algorithm_keys, fields_of, key
+from fedssl.plugins import PluginError, is_import_path, load_callable, load_dataset
 from fedssl.registry import ALGORITHMS, STRATEGY_NAMES
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "cinic10", "synthetic")
@@ -51,43 +51,25 @@ def _strategy_name(value: str) -> str | None:
     return f"unknown strategy {value!r} (choose from {', '.join(STRATEGY_NAMES)}, or give 'module:Class')"
 
 
-def _dataset_plugin(value: str) -> str | None:
-    """A user's dataset function must load and return well-formed arrays."""
-    try:
-        if is_import_path(value):
-            load_dataset(value)
-    except PluginError as e:
-        return str(e)
-    return None
+def _plugin_check(load: Callable[[str], Any]) -> Callable[[str], str | None]:
+    """A key check: a user's import path must pass ``load`` (its PluginError is the
+    error text); a built-in name passes."""
+
+    def check(value: str) -> str | None:
+        try:
+            if is_import_path(value):
+                load(value)
+        except PluginError as e:
+            return str(e)
+        return None
+
+    return check
 
 
-def _model_plugin(value: str) -> str | None:
-    """A user's model function must import and be callable (its model is checked when built)."""
-    try:
-        if is_import_path(value):
-            load_callable(value)
-    except PluginError as e:
-        return str(e)
-    return None
-
-
-def key(default: Any, help: str, *, choices: Sequence[str] | Callable[[], Sequence[str]] | None = None,
-        gt: float | None = None, ge: float | None = None, lt: float | None = None,
-        le: float | None = None, each: bool = False, norm: Callable[[Any], Any] | None = None,
-        check: Callable[[Any], str | None] | None = None, flwr: Any = None, plugin: str = "") -> Any:
-    """Declare one key. ``choices``: allowed values (or a function returning them);
-    ``each``: the value is a comma-separated list, each item in ``choices``;
-    ``gt/ge/lt/le``: the numeric range; ``norm``: normalises the value once, at
-    validation, so every reader sees the same form; ``check``: any other test of the value
-    alone, returning an error text (or None when fine), e.g. an import path that must
-    resolve; ``flwr``: a different default in ``[tool.flwr.app.config]``; ``plugin``: besides
-    ``choices``, a user's ``"module:<plugin>"`` (e.g. ``plugin="Class"``) (see :mod:`fedssl.plugins`; a relative file
-    path is made absolute)."""
-    if plugin:
-        norm = absolute_spec
-    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt, "le": le,
-            "each": each, "norm": norm, "check": check, "flwr": flwr, "plugin": plugin}
-    return field(default=default, metadata=meta)
+#: a user's dataset function must load and return well-formed arrays
+_dataset_plugin = _plugin_check(load_dataset)
+#: a user's model function must import and be callable (its model is checked when built)
+_model_plugin = _plugin_check(load_callable)
 
 
 @dataclass(frozen=True)
@@ -227,101 +209,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass(frozen=True)
-class Params:
-    """Base of an algorithm's own parameters, the keys of its ``[client.<name>]``
-    section. A subclass is a frozen dataclass whose fields are declared with
-    :func:`param`, one line each (type, default, help, range)."""
-
-
-#: declares one field of a :class:`Params` subclass (the same as :func:`key`)
-param = key
-
-
-def section_of(algorithm: type) -> str:
-    """The ``[client.<name>]`` section of an algorithm class: its registered name, or
-    its lower-cased class name for a user's class."""
-    return str(vars(algorithm).get("name") or algorithm.__name__.lower())
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    faults: FaultsConfig = field(default_factory=FaultsConfig)
-    stream: StreamConfig = field(default_factory=StreamConfig)
-    #: the chosen algorithm's own keys, ``[client.<name>]``; left out: its defaults
-    algo_params: Params = field(default_factory=Params)
-
-    def __post_init__(self) -> None:
-        wanted = self.algorithm_class.params_class
-        if type(self.algo_params) is Params and wanted is not Params:
-            object.__setattr__(self, "algo_params", wanted())
-        if type(self.algo_params) is not wanted:
-            raise TypeError(f"algo_params is {type(self.algo_params).__name__}, "
-                            f"{self.client.algorithm} takes {wanted.__name__}")
-
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        """Pickled as its keys and rebuilt by validation: a user algorithm's parameters
-        are an instance of a class from a file, which another process (a Ray worker)
-        can only import by the path in ``client.algorithm``."""
-        from fedssl.config.validate import from_flat
-
-        return from_flat, (self.to_flat(),)
-
-    @property
-    def algorithm_class(self) -> Any:
-        """The class ``client.algorithm`` names (built-in or the user's)."""
-        return ALGORITHMS.load(self.client.algorithm)
-
-    @property
-    def algorithm_section(self) -> str:
-        """``client.<name>``: the section of the chosen algorithm's own keys."""
-        return f"client.{section_of(self.algorithm_class)}"
-
-    def to_flat(self) -> dict[str, Any]:
-        """``{"section.key": value}`` for every key (Flower run config form); the
-        algorithm's own keys as ``client.<name>.<key>``."""
-        flat = {f"{s}.{k}": v for s in SECTIONS for k, v in dataclasses.asdict(getattr(self, s)).items()}
-        own = dataclasses.asdict(self.algo_params)
-        return {**flat, **{f"{self.algorithm_section}.{k}": v for k, v in own.items()}}
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        out = {s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS}
-        own = dataclasses.asdict(self.algo_params)
-        if own:  # [client.<name>], a sub-table of [client]
-            out["client"][self.algorithm_section.partition(".")[2]] = own
-        return out
-
-    def to_toml(self) -> str:
-        import tomli_w
-
-        return tomli_w.dumps(self.to_dict())
-
-    def replace(self, **flat: Any) -> Config:
-        """A copy with dotted keys overridden (validated). Another algorithm starts
-        from its own defaults (its section and its overrides of shared keys)."""
-        from fedssl.config.validate import from_flat
-
-        mine = self.to_flat()
-        if flat.get("client.algorithm", self.client.algorithm) != self.client.algorithm:
-            own = self.algorithm_section + "."
-            mine = {k: v for k, v in mine.items() if not k.startswith(own)}
-        return from_flat({**mine, **flat})
-
-    @property
-    def num_classes(self) -> int:
-        return num_classes_of(self.data.dataset)
-
-    @property
-    def num_seen(self) -> int:
-        return self.data.seen_classes or self.num_classes
-
-
 def num_classes_of(dataset: str) -> int:
     """Classes of a dataset (a user's: the length of its class_names)."""
     if is_import_path(dataset):
@@ -329,62 +216,9 @@ def num_classes_of(dataset: str) -> int:
     return {"cifar100": 100}.get(dataset, 10)
 
 
-@dataclass(frozen=True)
-class Key:
-    """One declared key, as the generators see it."""
-
-    name: str  # dotted: "data.alpha"
-    type: type
-    default: Any
-    help: str
-    meta: dict[str, Any]
-
-    @property
-    def choices(self) -> tuple[str, ...] | None:
-        c = self.meta["choices"]
-        return tuple(c() if callable(c) else c) if c is not None else None
-
-    @property
-    def flwr_default(self) -> Any:
-        return self.default if self.meta["flwr"] is None else self.meta["flwr"]
-
-    def range_text(self) -> str:
-        """``"> 0"``, ``"in (0, 1]"`` ... or "" when unbounded."""
-        m = self.meta
-        lo = (f"({m['gt']}" if m["gt"] is not None else f"[{m['ge']}" if m["ge"] is not None else None)
-        hi = (f"{m['lt']})" if m["lt"] is not None else f"{m['le']}]" if m["le"] is not None else None)
-        if lo and hi:
-            return f"in {lo}, {hi}"
-        if lo:
-            return ("> " if lo[0] == "(" else ">= ") + lo[1:]
-        if hi:
-            return ("< " if hi[-1] == ")" else "<= ") + hi[:-1]
-        return ""
-
-
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
-
-
-def _fields(section: str, cls: type) -> dict[str, Key]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        typ = f.type if isinstance(f.type, type) else _TYPES.get(str(f.type))
-        if typ is None or typ not in _TYPES.values() or "help" not in f.metadata:
-            raise TypeError(f"{cls.__qualname__}.{f.name}: declare it as `name: str|int|float|bool = "
-                            f"param(default, help, ...)`")
-        out[f"{section}.{f.name}"] = Key(f"{section}.{f.name}", typ, f.default, f.metadata["help"],
-                                         dict(f.metadata))
-    return out
-
-
-def algorithm_keys(algorithm: Any) -> dict[str, Key]:
-    """The keys of one algorithm's own section, ``client.<name>.<key>``."""
-    return _fields(f"client.{section_of(algorithm)}", algorithm.params_class)
-
-
 def shared_keys() -> dict[str, Key]:
     """The keys of the sections every run has (``[data]``, ``[client]`` ...)."""
-    return {n: k for s, cls in SECTIONS.items() for n, k in _fields(s, cls).items()}
+    return {n: k for s, cls in SECTIONS.items() for n, k in fields_of(s, cls).items()}
 
 
 def keys() -> dict[str, Key]:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from fedssl.config import Config, ConfigError
+from fedssl.console import add_config_flags, config_from_flags
 from fedssl.data.sources import DataError
 
 FORMAT = "fedssl-shard/1"
@@ -104,6 +105,7 @@ def export_shards(cfg: Config, out: str | Path, partitions: list[int] | None = N
     """Write one shard per client of ``cfg``'s partition under ``out``; returns the
     shard paths (in partition order)."""
     from fedssl.data import load_dataset, make_partition
+    from fedssl.data.tensors import to_nchw  # imports torch: not at the top, which `fedssl --help` loads
 
     out = Path(out)
     splits = load_dataset(cfg.data, cfg.run.seed)
@@ -133,9 +135,9 @@ def export_shards(cfg: Config, out: str | Path, partitions: list[int] | None = N
         tmp = d / f".{SHARD_NAME}.tmp.npz"
         np.savez_compressed(
             tmp,
-            x_l=np.ascontiguousarray(x[shard.labeled].transpose(0, 3, 1, 2)),
+            x_l=to_nchw(x[shard.labeled]),
             y_l=y[shard.labeled],
-            x_u=np.ascontiguousarray(x[shard.unlabeled].transpose(0, 3, 1, 2)),
+            x_u=to_nchw(x[shard.unlabeled]),
             y_u=y[shard.unlabeled],
             meta=np.array(json.dumps(meta, sort_keys=True)),
         )
@@ -257,14 +259,14 @@ def check_node_config(node_config: dict[str, Any], cfg: Config | None = None) ->
 def load_client_shard(data_dir: str | Path, node_config: dict[str, Any] | None = None,
                       cfg: Config | None = None):
     """Load the shard named by a node's ``data-dir`` as a
-    :class:`fedssl.training.ClientData` (uint8 NCHW tensors, int64 labels).
+    :class:`fedssl.data.tensors.ClientData` (uint8 NCHW tensors, int64 labels).
 
     With ``node_config`` (and optionally the run's ``cfg``) the node config is checked
     against the shard first (:func:`check_node_config`). Every problem raises
     :class:`DataError` / :class:`ConfigError` with a one-line message."""
     import torch
 
-    from fedssl.training import ClientData
+    from fedssl.data.tensors import ClientData
 
     if node_config is not None:
         check_node_config({**node_config, "data-dir": str(data_dir)}, cfg)
@@ -305,9 +307,7 @@ def load_client_shard(data_dir: str | Path, node_config: dict[str, Any] | None =
 
 # ----------------------------------------------------------------------------- CLI
 def cmd_export(args: argparse.Namespace) -> int:
-    from fedssl.config import parse_set, resolve
-
-    cfg = resolve(args.config, parse_set(args.set or []))
+    cfg = config_from_flags(args)
     ids = _parse_ids(args.partitions, cfg.data.num_clients)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -334,8 +334,7 @@ def add_parser(subparsers: Any) -> None:
                                    "(uint8 NCHW images, int64 labels, JSON metadata) plus "
                                    "DIR/manifest.json.")
     e.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    e.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
-    e.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    add_config_flags(e)
     e.add_argument("--partitions", metavar="IDS", help="only these partition ids, e.g. 0,3 (default: all)")
     e.add_argument("--quiet", action="store_true", help="print nothing on success")
     e.set_defaults(func=cmd_export)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedssl.config import Config, ConfigError
+from fedssl.console import add_config_flags, config_from_flags
 from fedssl.data.partition import Partition
 
 PARTITION_CSV = "partition.csv"
@@ -84,10 +85,9 @@ def label_distribution_figure(counts: np.ndarray, title: str = ""):
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from fedssl.config import parse_set, resolve
     from fedssl.runlog import write_atomic
 
-    cfg = resolve(args.config, parse_set(args.set or []))
+    cfg = config_from_flags(args)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: expected a .png file name")
@@ -108,7 +108,6 @@ def add_parser(sub: Any) -> None:
                                    "draw each client's samples per class (labeled part hatched) to "
                                    "FILE.png, with the counts in FILE.csv.")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the figure (counts go to FILE.csv)")
-    p.add_argument("--config", help="TOML config file (default: the built-in default experiment)")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key")
+    add_config_flags(p)
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=cmd_plot)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.config import Config, ConfigError
-from fedssl.console import config_from_flags, print_summary
+from fedssl.console import config_from_flags
+from fedssl.report.terminal import print_summary
 from fedssl.deploy.federation import Echo, Federation, app_dir, flower_exe, parse_node_config
 from fedssl.deploy.pki import make_certs, make_node_key
 from fedssl.deploy.processes import DeployError

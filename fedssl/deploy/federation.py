@@ -210,11 +210,13 @@ class Federation:
     def register(self, public_key: Path) -> int:
         """Register a SuperNode public key with the SuperLink (``flwr supernode register``)."""
         res = self.flwr("supernode", "register", str(public_key), self.connection, "--format", "json")
+        out: Any = None
         try:
             out = json.loads(res.stdout[res.stdout.index("{"):])
             return int(out["node-id"])
         except (ValueError, KeyError, TypeError):
-            said = ANSI.sub("", (res.stdout + res.stderr).strip()).splitlines()[-1:] or res.returncode
+            said = out.get("error-message") if isinstance(out, dict) and out.get("error-message") else \
+                ANSI.sub("", (res.stdout + res.stderr).strip()).splitlines()[-1:] or res.returncode
             raise DeployError(f"flwr supernode register {public_key.name} failed: {said}") from None
 
     # -- the run

@@ -131,6 +131,8 @@ class LocalFederation(Federation):
         for i, shard in enumerate(shards):
             nc = {"partition-id": i, "num-partitions": self.cfg.data.num_clients,
                   "data-dir": str(shard), "state-dir": str(state_root / f"partition-{i}")}
+            if self.cfg.stream.stages:  # a stage's samples come from the whole dataset: nodes load it
+                del nc["data-dir"]
             self.start_node(f"supernode-{i}", nc, keys.get(i), wait=False)
         for i in range(n):
             name = f"supernode-{i}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedssl.config import ConfigError
+from fedssl.config import Config, ConfigError
 from fedssl.models.heads import NormedLinear
 from fedssl.plugins import PluginError, is_import_path, load_callable
 from fedssl.models.resnet import ResNet18
@@ -66,6 +66,13 @@ def build_model(name: str, num_classes: int, in_channels: int = 1,
     if name == "resnet18":
         return ResNet18(num_classes, in_channels, cosine_head)
     raise ValueError(f"unknown model {name!r}")
+
+
+def run_model(cfg: Config, in_channels: int, image_size: int) -> nn.Module:
+    """The model of ``cfg``'s run for images [in_channels, image_size, image_size]:
+    ``model.name`` with one output per class of the dataset, and the cosine head when
+    the algorithm is an open-world one."""
+    return build_model(cfg.model.name, cfg.num_classes, in_channels, cfg.algorithm_class.open_world, image_size)
 
 
 def _user_model(name: str, num_classes: int, in_channels: int, cosine_head: bool, image_size: int) -> nn.Module:

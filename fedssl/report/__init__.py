@@ -19,22 +19,8 @@ The output is a pure function of those files, so ``fedssl report DIR`` reproduce
 ``summary.md`` that ``fedssl bench`` wrote byte for byte.
 """
 
-from fedssl.report.model import (
-                                 ACC,
-                                 FINAL,
-                                 FINISHED,
-                                 PLOTS,
-                                 REPORT_HTML,
-                                 RESULTS_CSV,
-                                 SEED_KEY,
-                                 SUMMARY_MD,
-                                 Bench,
-                                 Cell,
-                                 finished_summary,
-                                 load_bench,
-                                 read_json,
-                                 results_frame,
-)
+from fedssl.report.model import (ACC, FINAL, FINISHED, PLOTS, REPORT_HTML, RESULTS_CSV, SEED_KEY, SUMMARY_MD, Bench,
+                                 Cell, finished_summary, load_bench, read_json, results_frame)
 from fedssl.report.render import render, render_bench, render_run, write_results
 from fedssl.report.stats import Group, groups_of, summary_stats
 

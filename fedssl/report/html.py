@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.report.model import Bench, column_label
-from fedssl.report.stats import fmt_value, summary_cells
+from fedssl.report.layout import fmt_value
+from fedssl.report.stats import summary_cells
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>

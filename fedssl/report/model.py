@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedssl.bench.layout import GRID_JSON, cells_dir, record_path, runs_dir
+from fedssl.report.layout import GRID_JSON, cells_dir, record_path, runs_dir
 from fedssl.config import ConfigError
 
 RESULTS_CSV = "results.csv"

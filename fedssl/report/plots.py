@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fedssl.report.model import ACC, ORCA_PROTOCOL, Bench, Cell, num
-from fedssl.report.stats import Group, fmt_value, mean_std_n
+from fedssl.report.layout import fmt_value
+from fedssl.report.stats import Group, mean_std_n
 
 
 def _figure(w: float, h: float):

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedssl.bench.layout import GRID_JSON
+from fedssl.report.layout import GRID_JSON
 from fedssl.config import ConfigError
 from fedssl.report import html, plots
 from fedssl.report import stream as stream_plots

@@ -10,21 +10,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fedssl.report.layout import fmt_value
 from fedssl.report.model import ACC, SEED_KEY, Bench, Cell
 
 SUMMARY_COLS = ACC[:2] + ["discovered"] + ACC[2:] + ["best_acc_all", "loss", "wall_s"]
 LOWER_IS_BETTER = {"loss", "wall_s"}
 
 Stats = dict[tuple[str, str], tuple[float, float, int]]  # (group label, column) -> (mean, std, n)
-
-
-def fmt_value(v: Any) -> str:
-    """A config value as it appears in labels and tables (TOML-like booleans, exact floats)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
 
 
 def config_label(bench: Bench, params: dict[str, Any]) -> str:
