@@ -9,12 +9,12 @@ SuperLink each SuperNode owns one partition, so nodes are sampled instead.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from flwr.serverapp import Grid
 
 from fedssl.config import ConfigError
+from fedssl.local_ray import usable_cpus
 from fedssl.sampling import auto_clients_per_node, pack, sample_clients, sample_nodes
 
 log = logging.getLogger("fedssl")
@@ -57,7 +57,7 @@ class NodeSampler:
         """(node ids, the partition ids each one trains)."""
         pids = sample_clients(self.num_clients, self.fraction_train, self.min_clients, self.seed, server_round)
         ids = wait_for_nodes(grid, 1, self.round_timeout)
-        parallelism = max(1, min(len(ids), int(cpu_count() / self.num_cpus)))
+        parallelism = max(1, min(len(ids), int(usable_cpus() / self.num_cpus)))
         cpn = self.clients_per_node or auto_clients_per_node(len(pids), parallelism, self.model_bytes)
         groups = pack(pids, cpn, len(ids))
         return ids[:len(groups)], groups
@@ -86,6 +86,3 @@ def wait_for_nodes(grid: Grid, min_count: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def cpu_count() -> float:
-    """CPUs this process may use."""
-    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

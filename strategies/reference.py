@@ -3,8 +3,7 @@
 A strategy with server-side optimisation measures the clients' update against a
 reference model: FedAvgM's pseudo-gradient is ``reference - aggregate``, FedOpt's
 delta (FedAdam, FedYogi, FedAdagrad) ``aggregate - reference``. The server may change
-the global model after aggregation (the labels-at-server step, a ``ServerUpdate``
-hook), so the model the clients receive is not the strategy's last output. Their
+the global model after aggregation (the labels-at-server step), so the model the clients receive is not the strategy's last output. Their
 update must be measured against what they received, as SemiFL does; measured against
 the strategy's own output, a server step of round t comes back as part of round
 t+1's pseudo-gradient, and FedAvgM's momentum re-applies it for many rounds.
