@@ -34,7 +34,7 @@ def test_the_wheel_installs_only_fedssl_and_runs(tmp_path):
     sp = next((venv / "lib").glob("python3*/site-packages"))
     (sp / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     vpy = venv / "bin" / "python"
-    inst = subprocess.run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "-q",
+    inst = subprocess.run([sys.executable, "-m", "pip", "--python", str(vpy), "install", "--no-deps", "--ignore-installed", "-q",
                            str(wheel)], capture_output=True, text=True, timeout=600)
     assert inst.returncode == 0, inst.stderr[-3000:]
     installed = {p.name for p in sp.iterdir() if not p.name.endswith((".dist-info", ".pth"))}
