@@ -9,6 +9,7 @@ venv's editable-install hooks are ``.pth`` files that a path line does not run.
 from __future__ import annotations
 
 import json
+import os
 import site
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from conftest import ROOT, as_set_flags, tiny
 
 
 def test_the_wheel_installs_only_fedssl_and_runs(tmp_path):
+    # The venv must see fedssl only through the wheel: a PYTHONPATH inherited from the
+    # caller (CI sets one to the checkout) would put the repo's copy first.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
     dist = tmp_path / "dist"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                             "-w", str(dist), str(ROOT)], capture_output=True, text=True, timeout=600)
@@ -41,13 +45,13 @@ def test_the_wheel_installs_only_fedssl_and_runs(tmp_path):
     assert "fedssl" in installed and not installed & {"server", "client", "strategies"}, installed
 
     where = subprocess.run([str(vpy), "-c", "import fedssl, fedssl.server.app as a; print(fedssl.__file__, a.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert where.returncode == 0, where.stderr[-2000:]
     assert all(str(sp) in f for f in where.stdout.split()), where.stdout  # the wheel's copy, not the repo's
 
     out = tmp_path / "run"
     run = subprocess.run([str(venv / "bin" / "fedssl"), "run", "--quiet", *as_set_flags(tiny(out))],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds_completed"] == 2, summary
