@@ -25,6 +25,9 @@ from fedssl.faults import apply_fault
 from fedssl.flower_compat import encode_state
 from fedssl.protocol import PAYLOAD, PIDS_KEY, packed_key
 from fedssl.state import RUN_ID_KEY
+from fedssl.timing import stamp
+
+stamp("worker: ClientApp imported (torch, Flower, fedssl)")
 
 log = logging.getLogger("fedssl")
 
@@ -80,6 +83,7 @@ class ClientMessage:
                 # One bad virtual client must not take its pack-mates down with it.
                 log.error("client %d failed in round %d: %s", pid, self.server_round, e)
                 failed.append(pid)
+        stamp(f"worker: round {self.server_round}, {len(pids)} clients trained")
         if self.packed:
             ok = [p for p in pids if p not in failed]
             reply["metrics"] = MetricRecord({PIDS_KEY: ok, P.FAILED_KEY: failed, P.NUM_EXAMPLES: 0})

@@ -27,6 +27,7 @@ from fedssl.protocol import config_from_run_config
 from fedssl.state import ClientStateStore
 from fedssl.data.tensors import ClientData, client_data
 from fedssl.seeding import derive_seed
+from fedssl.timing import stamp
 from fedssl.training import TrainResult, build_algorithm, train_client
 
 #: share of a client's labeled examples held out of training for stock-server evaluation
@@ -55,6 +56,7 @@ class ClientRuntime:
         self.device, self.model, self.algorithm = _trainer(cfg, channels, side)
         state_dir = node_config.get("state-dir") or os.path.join(cfg.run.out_dir, "client_state")
         self.store = ClientStateStore(Path(state_dir))
+        stamp("worker: runtime built (dataset, model, algorithm)")
 
     @classmethod
     def get(cls, cfg: Config, context: Context) -> ClientRuntime:

@@ -23,6 +23,7 @@ from fedssl.local_ray import WARM_RAY_ENV, local_ray_resources, usable_cpus
 from fedssl.runlog import RunError
 from fedssl.sampling import auto_clients_per_node
 from fedssl.stream.stages import check_stages
+from fedssl.timing import stamp
 from fedssl.tracking import check_trackers
 
 
@@ -66,6 +67,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     # Bad data, bad strategy settings, a missing tracker package or an unreachable
     # tracking server and a bad checkpoint to resume from fail here, before Ray or
     # Flower start. The data loaded and partitioned here is this process's cache.
+    stamp("driver: run_experiment")
     check_trackers(cfg)
     if resume:
         from fedssl.runlog import load_checkpoint
@@ -74,6 +76,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     splits, _ = client_shard(cfg.data, cfg.run.seed, 0)
     check_stages(cfg)  # an incremental run's stages must fit the dataset
     write_partition_counts(cfg, splits)
+    stamp("driver: dataset loaded and partitioned")
 
     import ray
     from flwr.simulation import run_simulation
@@ -84,7 +87,9 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     from fedssl.server.app import make_server_app
     from fedssl.server.loop import ServerSetup
 
+    stamp("driver: Flower, Ray and the apps imported")
     setup = ServerSetup(cfg)  # the test split, the initial model and the strategy, once
+    stamp("driver: server set-up (test split, model, strategy)")
 
     prompt_shutdown()
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
@@ -111,6 +116,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
         flwr_log.setLevel(level)
         if ray.is_initialized():
             ray.shutdown()
+        stamp("driver: simulation ended, Ray shut down")
     summary_path = Path(cfg.run.out_dir) / "summary.json"
     if not summary_path.exists():
         why = f" ({type(crash).__name__}: {str(crash).strip().splitlines()[0] if str(crash).strip() else ''})" \

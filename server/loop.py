@@ -39,6 +39,7 @@ from fedssl.models import run_model, state_nbytes
 from fedssl.seeding import derive_seed
 from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
+from fedssl.timing import stamp
 from fedssl.tracking import Trackers
 from fedssl.strategies import build_strategy
 from fedssl.flower_compat import poll_replies_every
@@ -72,6 +73,7 @@ class ServerSetup:
 class ServerRunner:
     def __init__(self, grid: Grid, cfg: Config, resume: bool = False, quiet: bool = False,
                  setup: ServerSetup | None = None) -> None:
+        stamp("server: ServerApp started")
         self.grid, self.cfg, self.resume, self.quiet = grid, cfg, resume, quiet
         self.out = Path(cfg.run.out_dir)
         self.provenance = provenance()  # once: it asks git
@@ -131,6 +133,7 @@ class ServerRunner:
         if not math.isfinite(st.best_loss):  # the initial model's loss anchors divergence checks
             init = self.evaluate(0, arrays)
             st.best_loss, self._init_share = init["loss"], init["top_class_share"]
+        stamp("server: initial evaluation done")
         t_start = time.time()
         rounds = cfg.federation.rounds
         progress = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
@@ -168,8 +171,12 @@ class ServerRunner:
                                **(self.stream.round_config(rnd) if self.stream else {})})
         messages = list(self.strategy.configure_train(rnd, arrays, config, self.grid))
         t0 = time.time()
+        if rnd <= 2:
+            stamp(f"server: round {rnd} sent")
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         t_send = time.time() - t0
+        if rnd <= 2:
+            stamp(f"server: round {rnd} replies in")
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         info: dict[str, Any] = dict(metrics or {})
         info["t_round_trip_s"] = t_send

@@ -22,7 +22,6 @@ holds it or which other images are transformed with it.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 #: severity tables of the reference (index = severity - 1)
 SEVERITY = {
@@ -56,6 +55,8 @@ def _rotate(x: np.ndarray, signs: np.ndarray, angle: float) -> np.ndarray:
     cos, sin = np.cos(th), np.sin(th)
     src_c = cos * cc - sin * rr + ctr_c
     src_r = sin * cc + cos * rr + ctr_r
+    from scipy import ndimage  # here, not at the top: every run imports this module, few rotate
+
     img = np.broadcast_to(np.arange(n)[:, None, None], src_r.shape).astype(np.float64)
     return ndimage.map_coordinates(x, [img, src_r, src_c], order=1, mode="constant", cval=0.0)
 
@@ -80,6 +81,8 @@ def corrupt(x: np.ndarray, domain: str, severity: int, *, seed: int, split: int,
         noise = np.stack([g.normal(size=f.shape[1:], scale=c) for g in _rngs(seed, domain, split, index)])
         out = f + noise
     elif domain == "gaussian_blur":
+        from scipy import ndimage
+
         out = ndimage.gaussian_filter(f, sigma=(0, c, c, 0), mode="nearest", truncate=4.0)
     else:  # rotate: one sign per image, drawn as the reference does (choice of -1, 1)
         signs = np.array([g.choice([-1, 1]) for g in _rngs(seed, domain, split, index)], dtype=np.float64)
