@@ -1,18 +1,23 @@
-"""Where does simulation time go? The same FL workload three ways, in one process.
+"""Where does simulation time go? The same FL workload several ways, from one process.
 
   (a) plain PyTorch loop: sequential, one thread, FedAvg averaging (the compute floor);
   (a') the same clients split over one process per core, started together: what the
       cores deliver at the time (on a shared machine, less than cores x (a))
   (b) stock Flower 1.42 simulation (Ray backend, num_cpus=1 per client), stock FedAvg
       and a minimal ClientApp doing the same local training
+  (p) pfl-research (Apple's `pfl`, the optional `bench` extra) on 1 process and on one
+      process per core (torchrun): benchmarks/pfl_arm.py, same model, data, local work
   (c) `fedssl run` with `supervised` (and `fixmatch`), packed (auto clients_per_node)
       and unpacked (clients_per_node=1)
+
+The arms run in turn, `--repeats` times (a, a', p, b, c, a, a', ...), and each row is
+the arm's median; ratios are to pfl on one process per core and to (a'), the floor.
 
 Workload: N clients (IID shards of real Fashion-MNIST), R rounds, every client trains
 `--steps` SGD steps of batch 32 on the CNN each round. "ideal" = (a) / cores.
 Also prints the per-update time breakdown of (c) from its metrics.csv.
 
-    python benchmarks/sim_overhead.py --clients 50,200,1000,10000 --rounds 3 --steps 1 [--fixmatch]
+    python benchmarks/sim_overhead.py --clients 200,1000 --rounds 6 --steps 1 --repeats 3 --stock-max 0
 
 At N=10000, `federation.fraction_train` 0.02 (`--fraction`) samples 200 clients a round,
 the same ones in every run; stock Flower runs only up to `--stock-max` clients.
@@ -31,6 +36,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -283,53 +289,107 @@ def fractions(spec: str) -> dict[int, float]:
     return {int(n): float(f) for n, _, f in (p.partition("=") for p in spec.split(",") if p)}
 
 
+def pfl_arm(n: int, rounds: int, steps: int, procs: int) -> tuple[float, list[float]]:
+    """pfl-research on ``procs`` processes (``benchmarks/pfl_arm.py``; torchrun for more
+    than one), same model, data and local work; its end-to-end seconds go to WALL."""
+    import subprocess
+
+    script = str(Path(__file__).with_name("pfl_arm.py"))
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"] if procs > 1
+                else [sys.executable])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    t_wall = time.perf_counter()
+    proc = subprocess.run([*launcher, script, "--clients", str(n), "--rounds", str(rounds), "--steps", str(steps)],
+                          capture_output=True, text=True, env=env)
+    WALL[f"pfl{procs}"] = time.perf_counter() - t_wall
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"pfl_arm.py on {procs} processes failed: {proc.stderr.strip()[-2000:]}")
+    out = json.loads(lines[-1])
+    return out["total_s"], out["rounds_s"]
+
+
+def has_pfl() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pfl") is not None
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
 def report(n: int, f: float, args: argparse.Namespace, floor: dict[str, float], header: str) -> None:
-    """Runs (a), (a'), (b) and (c) at N=n, fraction_train f, and prints their rows."""
+    """Runs every arm at N=n, fraction_train f, ``--repeats`` times in turn (a, a', pfl,
+    stock, fedssl, a, a', ...), and prints each arm's medians and their ratios."""
     k = len(sampled(n, f, 1))
     notes = []
-    a, a_rounds = plain_loop(n, args.rounds, args.steps, f)
-    a2, a2_rounds = parallel_plain(n, args.rounds, args.steps, f)
-    res = [("(a) plain PyTorch loop", a, a_rounds, "", ""),
-           (f"(a') (a) in {CORES} processes", a2, a2_rounds, "", "")]
-    b = b_steady = None
+    arms: list[tuple[str, Any]] = [
+        ("(a) plain PyTorch loop", lambda: plain_loop(n, args.rounds, args.steps, f)),
+        (f"(a') (a) in {CORES} processes", lambda: parallel_plain(n, args.rounds, args.steps, f))]
+    floor_name = arms[1][0]
+    pfl_ref = None
+    if args.pfl and f == 1.0:
+        for procs in (1, CORES):
+            name = f"(p) pfl, {procs} process{'es' if procs > 1 else ''}"
+            arms.append((name, lambda procs=procs: pfl_arm(n, args.rounds, args.steps, procs) + (f"pfl{procs}",)))
+        pfl_ref = arms[-1][0]
+    elif args.pfl:
+        notes.append(f"      pfl skipped at N={n}: fraction_train {f} (its cohort would be other clients)")
     if n <= args.stock_max:
-        b, b_rounds = stock_flower(n, args.rounds, args.steps, f)
-        res.append(("(b) stock Flower FedAvg", b, b_rounds, "", f"{WALL['stock']:.1f}"))
-        b_steady = steady(b_rounds)
+        arms.append(("(b) stock Flower FedAvg", lambda: stock_flower(n, args.rounds, args.steps, f) + ("stock",)))
     else:
         notes.append(f"      stock Flower skipped at N={n} (> --stock-max {args.stock_max}: {n} Flower nodes)")
     runs = ([("supervised", 0)] + ([("supervised", 1)] if args.unpacked else [])
             + ([("fixmatch", 0)] if args.fixmatch else []))
     for algo, cpn in runs:
-        t, rounds_s, bd = fedssl_run(n, args.rounds, args.steps, algo, cpn, f)
-        mem = f"{bd.pop('peak_pss_gib'):.2f}/{bd.pop('peak_rss_sum_gib'):.2f}"
-        res.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}", t, rounds_s, mem,
-                    f"{WALL['fedssl']:.1f}"))
-        notes.append(f"      per update ({algo}, cpn={cpn or 'auto'}): " +
-                     "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
-    ideal, ideal_steady = a / CORES, steady(a_rounds) / CORES
+        arms.append((f"(c) fedssl {algo} cpn={'auto' if cpn == 0 else cpn}",
+                     lambda algo=algo, cpn=cpn: fedssl_run(n, args.rounds, args.steps, algo, cpn, f)))
+    totals: dict[str, list[float]] = {name: [] for name, _ in arms}
+    steadies: dict[str, list[float]] = {name: [] for name, _ in arms}
+    extra: dict[str, tuple[str, str]] = {}
+    for rep in range(args.repeats):
+        for name, fn in arms:
+            res = fn()
+            totals[name].append(res[0])
+            steadies[name].append(steady(res[1]))
+            if name.startswith("(c)"):
+                bd = res[2]
+                mem = f"{bd.pop('peak_pss_gib'):.2f}/{bd.pop('peak_rss_sum_gib'):.2f}"
+                extra[name] = (mem, f"{WALL['fedssl']:.1f}")
+                if rep == args.repeats - 1:
+                        notes.append(f"      per update ({name[4:]}): " +
+                                 "  ".join(f"{k}={v * 1000:.1f}ms" for k, v in bd.items()))
+            elif len(res) > 2:
+                extra[name] = ("", f"{WALL[res[2]]:.1f}")
+    total = {name: median(v) for name, v in totals.items()}
+    stead = {name: median(v) for name, v in steadies.items()}
+    ideal, ideal_steady = total[arms[0][0]] / CORES, stead[arms[0][0]] / CORES
     cold = floor["actors_ready_s"]  # worker spawn, imports, runtime, first optimizer
     print(header)
-    print(f"{n:>5} {k:>7} {'ideal = (a) / cores':28} {ideal:8.2f} {1.0:8.2f} {'':>9} {ideal_steady:9.3f} "
-          f"{1.0:8.2f}")
-    for name, t, rounds_s, mem, wall in res:
-        vs = f"{b / t:8.2f}x" if b else "       -"
-        st = steady(rounds_s)
-        vs_st = f"{b_steady / st:8.2f}x" if b_steady else "       -"
-        print(f"{n:>5} {k:>7} {name:28} {t:8.2f} {t / ideal:8.2f} {vs:>9} {st:9.3f} {st / ideal_steady:8.2f} "
-              f"{vs_st:>9} {mem:>12} {wall:>12}")
+    print(f"{n:>5} {k:>7} {'ideal = (a) / cores':30} {ideal:8.2f} {ideal_steady:9.3f}")
+
+    def ratio(a: float, b: float | None) -> str:
+        return f"{a / b:8.2f}x" if b else "        -"
+
+    for name, _ in arms:
+        t, st = total[name], stead[name]
+        pt, ps = (total[pfl_ref], stead[pfl_ref]) if pfl_ref else (None, None)
+        mem, wall = extra.get(name, ("", ""))
+        print(f"{n:>5} {k:>7} {name:30} {t:8.2f} {st:9.3f} {ratio(t, pt):>9} {ratio(st, ps):>9} "
+              f"{ratio(st, stead[floor_name]):>9} {mem:>12} {wall:>12}")
         if name.startswith("(c)"):
             notes.append(f"      {name[4:]}: total - cold-start floor = {t - cold:.2f} s = "
-                         f"{(t - cold) / ideal:.2f}x ideal; steady = {st / steady(a2_rounds):.2f}x (a')")
-    notes.append(f"      loadavg after N={n}: {open('/proc/loadavg').read().split()[:3]}")
+                         f"{(t - cold) / ideal:.2f}x ideal")
+    notes.append(f"      medians of {args.repeats} alternated repeats; loadavg after N={n}: "
+                 f"{open('/proc/loadavg').read().split()[:3]}")
     print("\n".join(notes), flush=True)
-
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", default="50,200,1000,10000")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--fraction", default="10000=0.02",
                     help="federation.fraction_train per N, e.g. '10000=0.02' (1.0 for the others)")
@@ -337,7 +397,12 @@ def main() -> None:
                     help="run stock Flower only for N <= this (it needs N Flower nodes)")
     ap.add_argument("--unpacked", action="store_true", help="also time fedssl with clients_per_node=1")
     ap.add_argument("--fixmatch", action="store_true", help="also time fixmatch")
+    ap.add_argument("--repeats", type=int, default=1, help="alternated repeats of every arm (medians printed)")
+    ap.add_argument("--no-pfl", dest="pfl", action="store_false",
+                    help="leave out pfl-research (benchmarks/pfl_arm.py; installed by the 'bench' extra)")
     args = ap.parse_args()
+    if args.pfl and not has_pfl():
+        sys.exit("error: pfl is not installed (pip install 'fedssl[bench]'), or pass --no-pfl")
     frac = fractions(args.fraction)
     print(f"cores={CORES}  rounds={args.rounds}  steps/client/round={args.steps}  batch=32  model=cnn  "
           f"loadavg at start: {open('/proc/loadavg').read().split()[:3]}")
@@ -345,8 +410,8 @@ def main() -> None:
           "steady = mean seconds per round after round 1 (no evaluation in any of them);\n"
           "peak memory = PSS sum / RSS sum of the fedssl run's process tree; end-to-end = the whole\n"
           "call (Ray start-up, data loading, set-up, rounds, shut-down)")
-    header = (f"{'N':>5} {'sampled':>7} {'run':28} {'total s':>8} {'x ideal':>8} {'vs stock':>9} "
-              f"{'steady s':>9} {'x ideal':>8} {'vs stock':>9} {'PSS/RSS GiB':>12} {'end-to-end s':>12}")
+    header = (f"{'N':>5} {'sampled':>7} {'run':30} {'total s':>8} {'steady s':>9} {'total/pfl':>9} "
+              f"{'steady/pfl':>9} {'st/floor':>9} {'PSS/RSS GiB':>12} {'end-to-end s':>12}")
     floor = cold_start_floor(min(int(v) for v in args.clients.split(",")))
     print(f"cold-start floor, bare Ray without Flower: ray.init {floor['ray_init_s']:.2f} s (before any "
           f"clock), then {CORES} actors ready in {floor['actors_ready_s']:.2f} s (inside each actor: imports "
