@@ -1,10 +1,12 @@
 """A run sets itself up once: one real ``run_experiment`` loads its dataset at most once
 per process and builds its model and its strategy once per process before round 1
-(the driver and each Ray client actor are processes of their own)."""
+(the driver and each Ray client actor are processes of their own). The same run,
+timed with ``FEDSSL_TIMING``, records its cold start in every process."""
 
 from __future__ import annotations
 
 import collections
+import os
 import textwrap
 from pathlib import Path
 
@@ -75,7 +77,10 @@ def calls(folder: Path) -> dict[str, collections.Counter]:
     return out
 
 
-def test_a_run_loads_its_data_and_builds_its_model_and_strategy_once_per_process(tmp_path, counting):
+def test_a_run_loads_its_data_and_builds_its_model_and_strategy_once_per_process(tmp_path, counting,
+                                                                                monkeypatch):
+    timing = tmp_path / "timing.log"
+    monkeypatch.setenv("FEDSSL_TIMING", str(timing))
     plug = counting / "fedssl_counting.py"
     cfg = resolve(overrides=tiny(tmp_path / "run", **{
         "data.dataset": f"{plug}:data", "model.name": f"{plug}:net",
@@ -90,3 +95,31 @@ def test_a_run_loads_its_data_and_builds_its_model_and_strategy_once_per_process
     assert max(seen["model"].values()) == 1, seen
     assert set(seen["model"]) <= set(seen["data"]), seen  # a process that builds the model has the data
     assert sum(seen["strategy"].values()) == 1, seen  # the driver's, built once
+
+    check_timing(timing, workers=set(seen["model"]) - {os.getpid()})
+
+
+def check_timing(path: Path, workers: set[int]) -> None:
+    """The driver's events in order; each worker's cold start (its imports, then its
+    runtime) before its first training, which falls between that round's send and replies."""
+    from fedssl.timing import breakdown
+
+    events: dict[int, dict[str, float]] = collections.defaultdict(dict)
+    for line in path.read_text().splitlines():
+        t, pid, event = line.split(" ", 2)
+        events[int(pid)].setdefault(event, float(t))
+    driver = events[os.getpid()]
+    order = ["driver: run_experiment", "driver: dataset loaded and partitioned", "driver: Ray started",
+             "server: round 1 sent", "server: round 1 replies in", "server: round 2 sent",
+             "driver: simulation ended, Ray shut down"]
+    assert [driver[e] for e in order] == sorted(driver[e] for e in order), driver
+    assert workers and workers <= set(events), (workers, set(events))
+    for pid in workers:
+        mine = events[pid]
+        first = min((t, e) for e, t in mine.items() if e.startswith("worker: round "))
+        rnd = first[1].split()[2].rstrip(",")  # "worker: round 2, 2 clients trained"
+        assert mine["process start"] <= mine["worker: ClientApp imported (torch, Flower, fedssl)"] \
+            <= mine["worker: runtime built (dataset, model, algorithm)"] <= first[0], mine
+        assert driver[f"server: round {rnd} sent"] <= first[0] <= driver[f"server: round {rnd} replies in"], \
+            (mine, driver)
+    assert f"pid {os.getpid()}" in breakdown(str(path))
