@@ -110,9 +110,10 @@ def write_partition_counts(cfg: Config, splits: Any) -> None:
 
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or resume it) and return its summary.json."""
-    # Bad data, bad strategy settings, a missing tracker package or an unreachable
-    # tracking server and a bad checkpoint to resume from fail here, before Ray or
-    # Flower start. The data loaded and partitioned here is this process's cache.
+    # Bad data, a missing tracker package or an unreachable tracking server and a bad
+    # checkpoint to resume from fail here, before Ray starts; bad strategy settings fail
+    # in the server's set-up, before the simulation starts (Ray, started meanwhile, is
+    # shut down). The data loaded and partitioned here is this process's cache.
     stamp("driver: run_experiment")
     check_trackers(cfg)
     if resume:
