@@ -109,7 +109,8 @@ class ServerRunner:
         y_pred, logits = predict(self.model, self.test_x)
         if self.cfg.num_seen < self.cfg.num_classes:
             self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes, self.cfg.num_seen)
-        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
+        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen,
+                               local_unseen=local, global_unseen=glob)
 
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
