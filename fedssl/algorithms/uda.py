@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedssl.algorithms.base import F, PseudoLabelParams, param, register, torch
-from fedssl.algorithms.fixmatch import FixMatch
+from fedssl.algorithms.base import F, param, register, torch
+from fedssl.algorithms.fixmatch import FixMatch, FixMatchParams
 
 
 @dataclass(frozen=True)
-class UDAParams(PseudoLabelParams):
+class UDAParams(FixMatchParams):
     temperature: float = param(0.4, "sharpening temperature T of the soft target", gt=0)
 
 
