@@ -111,8 +111,8 @@ def rescore(run_dir: Path, summary: dict) -> dict:
                         cosine_head=cfg.algorithm_class.open_world)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt["arrays"].items()})
     y_pred, logits = predict(model, normalize(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())))
-    final = evaluate_logits(logits, y, cfg.num_classes, cfg.num_seen, summary["local_unseen_classes"],
-                            summary["global_unseen_classes"])
+    final = evaluate_logits(logits, y, cfg.num_classes, cfg.num_seen, local_unseen=summary["local_unseen_classes"],
+                            global_unseen=summary["global_unseen_classes"])
     summary = {**summary, "final": {**summary["final"], **final},
                "confusion_matrix": confusion_matrix(y, y_pred, cfg.num_classes, cfg.num_seen)}
     write_json(cached, summary)

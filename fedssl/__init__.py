@@ -20,6 +20,7 @@ from fedssl.versions import __version__
 
 if TYPE_CHECKING:
     from fedssl.api import Result, load_result, run
+    from fedssl.bench.api import bench
     from fedssl.config import Config, ConfigError
 
 _API = {"run": "fedssl.api", "Result": "fedssl.api", "load_result": "fedssl.api",

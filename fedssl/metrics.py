@@ -167,10 +167,10 @@ def evaluate_logits(
     y: np.ndarray,
     num_classes: int,
     num_seen: int,
-    local_unseen: Sequence[int] = (),
-    global_unseen: Sequence[int] = (),
+    **unseen: Sequence[int],
 ) -> dict[str, float]:
-    """Metrics of a model's ``logits`` [N, K] on a held-out split with labels ``y``.
+    """Metrics of a model's ``logits`` [N, K] on a held-out split with labels ``y``;
+    ``unseen`` (``local_unseen``, ``global_unseen``) goes to :func:`openworld_accuracy`.
     ``loss`` is cross-entropy on the seen-class samples (cluster ids of unseen classes
     carry no fixed label). ``top_class_share`` is the share of samples given the most
     frequent prediction: near 1 the model has collapsed to one output, which the loss
@@ -180,5 +180,5 @@ def evaluate_logits(
     seen = y_t < num_seen
     loss = float(F.cross_entropy(logits[seen], y_t[seen])) if seen.any() else float("nan")
     top = float(np.bincount(y_pred).max() / len(y_pred)) if len(y_pred) else float("nan")
-    return {"loss": loss, **openworld_accuracy(y, y_pred, num_classes, num_seen, local_unseen, global_unseen),
+    return {"loss": loss, **openworld_accuracy(y, y_pred, num_classes, num_seen, **unseen),
             "top_class_share": top}

@@ -33,11 +33,12 @@ class RunError(ConfigError):
     """A run that ended without its results (one line; the CLI exits 2)."""
 
 
-METRIC_COLUMNS = ["round", "loss", "acc_all", "acc_seen", "acc_unseen", "acc_local_unseen",
-                  "acc_global_unseen", "wall_s", "clients", "rejected_updates", "status"]
+CONTRACT_COLUMNS = ["round", "loss", "acc_all", "acc_seen", "acc_unseen", "acc_local_unseen",
+                    "acc_global_unseen", "wall_s"]
 # open world under one matching over all samples (fedssl.metrics.strict_openworld): first
 # after the contract columns, since the unseen-only matching above can credit absorption
 STRICT_COLUMNS = ("acc_unseen_strict", "discovered", "absorbed_")
+ROUND_COLUMNS = ["clients", "rejected_updates", "status"]  # always written, after the strict ones
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "fedssl-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -69,19 +70,24 @@ def _cell(v: Any) -> Any:
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
     """CSV text with the contract columns first, then the all-sample matching's
-    open-world columns, then per-class accuracies."""
+    open-world columns, then ``clients, rejected_updates, status``, then per-class
+    accuracies and the rest."""
     def order(k: str) -> tuple[int, int, str]:
         strict = next((i for i, p in enumerate(STRICT_COLUMNS) if k.startswith(p)), None)
-        return (strict if strict is not None else len(STRICT_COLUMNS) + (not k.startswith("acc_class_")),
-                len(k), k)
+        if strict is not None:
+            return strict, len(k), k
+        if k in ROUND_COLUMNS:
+            return len(STRICT_COLUMNS), ROUND_COLUMNS.index(k), k
+        return len(STRICT_COLUMNS) + 1 + (not k.startswith("acc_class_")), len(k), k
 
-    extra = sorted({k for r in rows for k in r if k not in METRIC_COLUMNS}, key=order)
+    fields = CONTRACT_COLUMNS + sorted({k for r in rows for k in r if k not in CONTRACT_COLUMNS} | set(ROUND_COLUMNS),
+                                       key=order)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + extra, extrasaction="ignore",
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore",
                        lineterminator="\n")
     w.writeheader()
     for r in sorted(rows, key=lambda r: r["round"]):
-        w.writerow({k: _cell(r.get(k)) for k in METRIC_COLUMNS + extra})
+        w.writerow({k: _cell(r.get(k)) for k in fields})
     return buf.getvalue()
 
 

@@ -111,7 +111,8 @@ class ServerRunner:
         y_pred, logits = predict(self.model, self.test_x)
         if self.cfg.num_seen < self.cfg.num_classes:
             self.confusion = confusion_matrix(self.test_y, y_pred, self.cfg.num_classes, self.cfg.num_seen)
-        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen, local, glob)
+        return evaluate_logits(logits, self.test_y, self.cfg.num_classes, self.cfg.num_seen,
+                               local_unseen=local, global_unseen=glob)
 
     def run(self) -> dict[str, Any]:
         cfg, out = self.cfg, self.out
@@ -144,6 +145,7 @@ class ServerRunner:
             for rnd in range(st.start_round, rounds + 1):
                 t_round = time.time()
                 arrays, info = self._round(rnd, arrays, st.last_ckpt)
+                st.client_updates += info.get("status") != "no_update"
                 st.train_s.append(time.time() - t_round)
                 row: dict[str, Any] = {"round": rnd, **info}
                 if rnd % cfg.run.eval_every == 0 or rnd == rounds or (self.stream and self.stream.must_evaluate(rnd)):
@@ -160,6 +162,11 @@ class ServerRunner:
                 progress.advance(task)
                 if cfg.run.checkpoint_every and (rnd % cfg.run.checkpoint_every == 0 or rnd == rounds):
                     self._checkpoint(rnd, arrays, st, st.wall_offset + time.time() - t_start)
+        if st.status == "ok" and st.rows and not st.client_updates:
+            # every round kept the previous model: nothing a client sent was used
+            st.status = "no_client_update"
+            log.warning("no round received an acceptable client update: the final model has learned "
+                        "nothing from the clients (see failed_clients and rejected_updates in metrics.csv)")
         summary = self._summary(st, st.wall_offset + time.time() - t_start)
         trackers.finish(st.status)
         return summary
@@ -246,7 +253,7 @@ class ServerRunner:
         runlog.save_checkpoint(self.out, {
             "round": rnd, "arrays": {k: arrays[k].numpy() for k in arrays},
             "strategy": self.strategy.state_dict(), "rows": st.rows, "wall_s": wall_s,
-            "best_loss": st.best_loss, "run_id": self.run_id,
+            "best_loss": st.best_loss, "run_id": self.run_id, "client_updates": st.client_updates,
             **({"server_training": self.server_trainer.state_dict()} if self.server_trainer else {}),
             **({"stream": self.stream.state_dict()} if self.stream else {}),
         })
@@ -261,6 +268,7 @@ class ServerRunner:
         st.rows = [r for r in ckpt["rows"] if r["round"] <= ckpt["round"]]
         st.start_round, st.wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
         st.best_loss, st.last_ckpt = ckpt["best_loss"], ckpt["round"]
+        st.client_updates = ckpt.get("client_updates", 1)
         log.info("resuming %s after round %d", self.out, ckpt["round"])
         return ArrayRecord({k: _array(v) for k, v in ckpt["arrays"].items()})
 
@@ -295,6 +303,7 @@ class _State:
         self.rows: list[dict[str, Any]] = []
         self.start_round, self.wall_offset, self.best_loss = 1, 0.0, math.inf
         self.last_ckpt, self.status = 0, "ok"
+        self.client_updates = 0  # rounds that aggregated at least one client update
         self.train_s: list[float] = []  # per round: sample, send, train, validate, aggregate
 
 

@@ -58,7 +58,7 @@ class StreamTracker:
         domain; at a stage's last round also the row of R and, at the last, the summary."""
         stage = self.stage(rnd)
         row = evaluate_logits(predict(model, self.test_x[stage])[1], self.test_y, self.cfg.num_classes,
-                              self.cfg.num_seen, local, glob)
+                              self.cfg.num_seen, local_unseen=local, global_unseen=glob)
         accs = self.domain_accuracy(model)
         row.update({"stage": stage, **{f"acc_domain_{j}": a for j, a in enumerate(accs)}})
         if rnd == 0:

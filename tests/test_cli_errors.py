@@ -96,3 +96,20 @@ def test_missing_and_corrupt_dataset_files(tmp_path):
     proc = run_cli("run", "--set", f"data.root='{root}'", "--out", str(tmp_path / "o"))
     assert_bad_input(proc, "t10k-labels-idx1-ubyte")
     assert not (tmp_path / "o" / "metrics.csv").exists()
+
+
+def test_data_export_and_plot_refuse_to_overwrite_without_the_flag(tmp_path, capsys):
+    # in-process: the same entry point as the command line, no subprocess start
+    from fedssl.cli import main
+
+    flags = ["--set", "data.dataset=synthetic", "--set", "data.num_clients=2", "--set", "data.max_train_samples=200",
+             "--quiet"]
+    shards, fig = tmp_path / "shards", tmp_path / "p.png"
+    for cmd, out in (("export", shards), ("plot", fig)):
+        assert main(["data", cmd, "--out", str(out), *flags]) == 0
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+        assert main(["data", cmd, "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "--overwrite" in err[0], err
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched
+        assert main(["data", cmd, "--out", str(out), "--overwrite", *flags]) == 0

@@ -112,6 +112,13 @@ def test_missing_engine_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_stream_config_is_refused_before_any_container(tmp_path):
+    res = run_cli("deploy", "containers", "--clients", "2", "--out", str(tmp_path / "o"),
+                  "--set", "stream.stages=2", "--set", "federation.rounds=20")
+    assert_bad_input(res, "stream.stages > 0 needs the whole dataset", "fedssl deploy local")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("tls", [False, True])
 def test_generated_compose_file_is_valid_for_docker_compose(tmp_path, tls):
     """The compose file `fedssl deploy containers` writes, parsed by Docker Compose v2

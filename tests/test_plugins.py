@@ -172,9 +172,9 @@ def test_a_user_algorithms_keys_travel_in_flowers_run_config(plugin):
     assert config_from_run_config(packed) == cfg
 
 
-def test_the_readme_algorithm_declares_its_section_and_its_lr(tmp_path):
+def test_the_readme_algorithm_declares_its_section_and_its_lr_and_trains(tmp_path):
     """The README's user algorithm, as printed: its section, and its own default of a
-    shared key, shown as such in `fedssl config`."""
+    shared key, shown as such in `fedssl config`; then it trains in a simulation."""
     from tests.conftest import ROOT
 
     text = (ROOT / "README.md").read_text()
@@ -188,6 +188,15 @@ def test_the_readme_algorithm_declares_its_section_and_its_lr(tmp_path):
     assert lines[j - 1] == "# scaledce's default: 0.01 (shared default 0.03)"
     i = lines.index("[client.scaledce]")
     assert lines[i + 2] == "scale = 2.0" and "threshold = 0.9" in lines[i:]
+    # and it trains: a real 2-round simulation with it, its parameter set by --set
+    out = tmp_path / "run"
+    proc = run_cli("run", "--quiet", *as_set_flags(tiny(out, **{
+        "client.algorithm": f"{tmp_path / 'my_loss.py'}:ScaledCE", "client.scaledce.scale": 2,
+        "client.scaledce.threshold": 0.05})))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = pd.read_csv(out / "metrics.csv")
+    assert json.loads((out / "summary.json").read_text())["status"] == "ok"
+    assert (m["clients"] == 4).all() and (m["train_mask"] > 0).all() and (m["train_loss_u"] > 0).all()
 
 
 def test_run_config_keeps_flower_defaults_and_the_algorithms_own():

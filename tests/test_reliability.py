@@ -48,7 +48,9 @@ def test_nan_client_is_rejected_and_the_model_is_not_poisoned(tmp_path):
 
 def test_all_updates_rejected_keeps_the_global_model(tmp_path):
     out = tmp_path / "all"
-    run_experiment(resolve(overrides=tiny(out, **{"faults.mode": "nan", "faults.clients": "0,1,2,3"})), quiet=True)
+    summary = run_experiment(resolve(overrides=tiny(out, **{"faults.mode": "nan", "faults.clients": "0,1,2,3"})),
+                             quiet=True)
+    assert summary["status"] == "no_client_update", summary["status"]  # not "ok": nothing was learned
     rs = rows(out)
     assert all(r["status"] == "no_update" and r["rejected_updates"] == "4" for r in rs)
     assert rs[0]["acc_all"] == rs[1]["acc_all"] and rs[0]["loss"] == rs[1]["loss"]

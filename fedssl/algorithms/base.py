@@ -52,6 +52,16 @@ def lazy(module: str) -> Any:
 if not TYPE_CHECKING:
     torch, F, nn, np = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn"), lazy("numpy")
 
+
+@dataclass(frozen=True)
+class PseudoLabelParams(Params):
+    """The two knobs of a confidence-thresholded pseudo-label loss, at FixMatch's values;
+    an algorithm of that family subclasses it with its own keys."""
+
+    threshold: float = param(0.95, "pseudo-label confidence threshold tau", gt=0, le=1)
+    lambda_u: float = param(1.0, "weight of the unlabeled loss", ge=0)
+
+
 def register(name: str) -> Any:
     """``@register("name")``: the class is the built-in algorithm ``name``. The registry
     (:data:`fedssl.registry.ALGORITHMS`) finds it when it imports this package's
@@ -64,7 +74,7 @@ def register(name: str) -> Any:
     return deco
 
 
-__all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "RoundContext", "StepMetrics", "lazy", "nn", "np",
+__all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "PseudoLabelParams", "RoundContext", "StepMetrics", "lazy", "nn", "np",
            "param", "register", "torch"]
 
 

@@ -24,16 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedssl.algorithms.base import F, Algorithm, Batch, Params, RoundContext, StepMetrics, nn, param, register, torch
-from fedssl.algorithms.lwf import kd_loss
+from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, register, torch)
+from fedssl.algorithms.lwf import LwFParams, kd_loss
 
 
 @dataclass(frozen=True)
-class FedMobileParams(Params):
-    threshold: float = param(0.95, "pseudo-label confidence threshold tau (FixMatch's)", gt=0, le=1)
-    lambda_u: float = param(1.0, "weight of the consistency term (FixMatch's)", ge=0)
-    temperature: float = param(2.0, "distillation temperature T (as lwf)", gt=0)
-    lambda_kd: float = param(3.0, "weight of the distillation term (as lwf)", ge=0)
+class FedMobileParams(LwFParams, PseudoLabelParams):
+    """FixMatch's ``threshold`` and ``lambda_u`` with lwf's ``temperature`` and ``lambda_kd``."""
 
 
 @register("fedmobile")

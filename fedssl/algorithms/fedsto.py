@@ -42,14 +42,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, nn, param, register,
-                                    torch)
+from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, param,
+                                    register, torch)
 
 
 @dataclass(frozen=True)
-class FedSTOParams(Params):
-    threshold: float = param(0.95, "confidence threshold tau of the teacher's pseudo-labels", gt=0, le=1)
-    lambda_u: float = param(1.0, "weight of the unlabeled loss", ge=0)
+class FedSTOParams(PseudoLabelParams):
     selective_fraction: float = param(0.5, "fraction of rounds in the selective (backbone-only) phase",
                                       ge=0, le=1)
     ortho_lambda: float = param(0.01, "weight of the SRIP orthogonality penalty on the head (phase 2)", ge=0)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param,
+from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, lazy, nn,
                                     register, torch)
 
 metrics = lazy("fedssl.metrics")
 
 
 @dataclass(frozen=True)
-class FixMatchParams(Params):
-    threshold: float = param(0.95, "pseudo-label confidence threshold tau", gt=0, le=1)
-    lambda_u: float = param(1.0, "weight of the unlabeled loss", ge=0)
+class FixMatchParams(PseudoLabelParams):
+    """FixMatch's knobs are the family's: ``threshold`` and ``lambda_u``."""
 
 
 @register("fixmatch")
@@ -40,9 +39,14 @@ class FixMatch(Algorithm):
         n_l = batch.y_l.numel()
         logits = model(torch.cat([batch.x_l[0], u_strong]))
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
-        loss_u = (F.cross_entropy(logits[n_l:], pseudo_label, reduction="none") * mask).mean()
+        loss_u = (self.unlabeled_loss(logits[n_l:], q) * mask).mean()
         out: StepMetrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
         pl_acc = metrics.pseudo_label_accuracy(pseudo_label, batch.y_u, mask)  # hidden labels (-1) excluded
         if pl_acc is not None:
             out["pl_acc"] = pl_acc
         return loss_x + self.params.lambda_u * loss_u, out
+
+    def unlabeled_loss(self, student_logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of the strong view against the teacher's weak-view
+        probabilities ``q``; FixMatch's is cross-entropy to the hard pseudo-label."""
+        return F.cross_entropy(student_logits, q.argmax(dim=1), reduction="none")

@@ -55,16 +55,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param,
-                                    register, torch)
+from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, lazy, nn,
+                                    param, register, torch)
 
 augment = lazy("fedssl.data.augment")
 
 
 @dataclass(frozen=True)
-class SemiFLParams(Params):
-    threshold: float = param(0.95, "confidence threshold tau of the round's fixed pseudo-labels", gt=0, le=1)
-    lambda_u: float = param(1.0, "weight of the Mix term (SemiFL's is 1)", ge=0)
+class SemiFLParams(PseudoLabelParams):
     mix_alpha: float = param(0.75, "mixup lambda ~ Beta(mix_alpha, mix_alpha)", gt=0)
     teacher: str = param("global", "the round's fixed pseudo-labels come from the received global model "
                          "(global, the paper) or the client's persistent EMA teacher (ema, met with the global "

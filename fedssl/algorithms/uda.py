@@ -16,16 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedssl.algorithms.base import (F, StepMetrics, Algorithm, Batch, Params, RoundContext, lazy, nn, param,
-                                    register, torch)
-
-fmetrics = lazy("fedssl.metrics")
+from fedssl.algorithms.base import F, param, register, torch
+from fedssl.algorithms.fixmatch import FixMatch, FixMatchParams
 
 
 @dataclass(frozen=True)
-class UDAParams(Params):
-    threshold: float = param(0.95, "confidence mask threshold on the unsharpened prediction", gt=0, le=1)
-    lambda_u: float = param(1.0, "weight of the unlabeled loss", ge=0)
+class UDAParams(FixMatchParams):
     temperature: float = param(0.4, "sharpening temperature T of the soft target", gt=0)
 
 
@@ -35,28 +31,11 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 @register("uda")
-class UDA(Algorithm):
+class UDA(FixMatch):
+    """FixMatch's step with the sharpened-KL unlabeled term."""
+
     params_class = UDAParams
-    metric_keys = ("loss", "loss_x", "loss_u", "mask", "pl_acc")
-    uses_teacher = True
-    unlabeled_views = ("weak", "strong")
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
-        n_l = batch.y_l.numel()
-        if not batch.x_u:  # client without unlabeled data: supervised only
-            return self.supervised_only(model, batch, loss_u=0.0, mask=0.0)
-        q, u_strong = self.weak_strong(model, batch, ctx)
-        max_probs = q.max(dim=1).values
-        mask = (max_probs >= self.params.threshold).float()
-        pseudo_label = sharpen(q, self.params.temperature)  # soft target
-
-        logits = model(torch.cat([batch.x_l[0], u_strong]))
-        loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
-        log_student = F.log_softmax(logits[n_l:], dim=1)
-        kl = F.kl_div(log_student, pseudo_label, reduction="none").sum(dim=1)
-        loss_u = (kl * mask).mean()
-        metrics: StepMetrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask": mask.mean()}
-        pl_acc = fmetrics.pseudo_label_accuracy(pseudo_label.argmax(dim=1), batch.y_u, mask)  # hidden labels (-1) excluded
-        if pl_acc is not None:
-            metrics["pl_acc"] = pl_acc
-        return loss_x + self.params.lambda_u * loss_u, metrics
+    def unlabeled_loss(self, student_logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        target = sharpen(q, self.params.temperature)  # soft target
+        return F.kl_div(F.log_softmax(student_logits, dim=1), target, reduction="none").sum(dim=1)

@@ -40,7 +40,7 @@ even a segfault -- cannot take the grid down: a cell killed by a signal, or a wo
 that dies, is recorded as failed and the worker is replaced. ``--fresh-process`` runs
 each cell as a fresh ``fedssl run`` child instead (slower; for debugging). The worker
 writes its own messages to ``logs/worker.log``. A cell is *finished* iff
-``runs/<id>/summary.json`` exists with status ``ok`` or ``diverged``; finished cells are skipped when the command is run again. An
+``runs/<id>/summary.json`` exists with status ``ok``, ``diverged`` or ``no_client_update``; finished cells are skipped when the command is run again. An
 interrupted cell continues with ``fedssl run --resume`` when its run left a checkpoint
 of the same config, otherwise it starts over. Failed cells are retried on the next
 invocation unless ``--skip-failed``. Ctrl-C (or SIGTERM) stops the running child's whole
@@ -53,10 +53,13 @@ Modules: :mod:`~fedssl.bench.grid` (the grid file, pure),
 (the warm worker, both sides) and :mod:`~fedssl.bench.cli`.
 """
 
+from __future__ import annotations
+
 import importlib
 import sys
 import types
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # Public names, imported on first use: importing this package (``fedssl.bench`` is the
 # API's grid runner) does not load the runner, the report and their libraries.
@@ -76,15 +79,21 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+
 class _CallableBench(types.ModuleType):
     """``fedssl.bench`` is this package and the API's grid runner at once: importing a
     submodule makes the package the attribute ``fedssl.bench``, so the package itself
     must answer ``fedssl.bench(grid, out)``."""
 
-    def __call__(self, grid: Any, out: Any, **kwargs: Any) -> Any:
+    def __call__(self, grid: str | Path, out: str | Path, *, quiet: bool = True, skip_failed: bool = False,
+                 fresh_process: bool = False) -> pd.DataFrame:
+        """:func:`fedssl.bench.api.bench`."""
         from fedssl.bench.api import bench
 
-        return bench(grid, out, **kwargs)
+        return bench(grid, out, quiet=quiet, skip_failed=skip_failed, fresh_process=fresh_process)
 
 
 sys.modules[__name__].__class__ = _CallableBench

@@ -312,6 +312,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    if not args.overwrite and ((out / MANIFEST).exists() or any(out.glob(f"partition-*/{SHARD_NAME}"))):
+        raise ConfigError(f"--out {out} already holds shards; pass --overwrite to replace them")
     paths = export_shards(cfg, out, ids)
     if not args.quiet:
         total = sum(p.stat().st_size for p in paths)
@@ -336,6 +338,7 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_config_flags(e)
     e.add_argument("--partitions", metavar="IDS", help="only these partition ids, e.g. 0,3 (default: all)")
+    e.add_argument("--overwrite", action="store_true", help="replace the shards and manifest DIR already holds")
     e.add_argument("--quiet", action="store_true", help="print nothing on success")
     e.set_defaults(func=cmd_export)
     from fedssl.data.plot import add_parser as add_plot

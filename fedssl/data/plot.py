@@ -91,6 +91,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: expected a .png file name")
+    if not args.overwrite and (out.exists() or out.with_suffix(".csv").exists()):
+        raise ConfigError(f"--out {out} (or its .csv) exists; pass --overwrite to replace it")
     counts = config_counts(cfg)
     d = cfg.data
     title = f"{d.dataset}, partition={d.partition} ({d.num_clients} clients, seed {cfg.run.seed})"
@@ -109,5 +111,6 @@ def add_parser(sub: Any) -> None:
                                    "FILE.png, with the counts in FILE.csv.")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the figure (counts go to FILE.csv)")
     add_config_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace FILE.png and FILE.csv if they exist")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=cmd_plot)

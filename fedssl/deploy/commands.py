@@ -109,6 +109,9 @@ def cmd_containers(args: argparse.Namespace) -> int:
     from fedssl.deploy.images import BuildError, build_images, find_engine
 
     cfg, out = _deploy_config(args)
+    if cfg.stream.stages:  # containers get their shard only; a stage's samples come from the whole dataset
+        raise ConfigError("stream.stages > 0 needs the whole dataset on every node, and deploy containers "
+                          "mounts each node's shard only: use fedssl run or fedssl deploy local")
     engine = find_engine(args.engine)  # exit 2 naming the packages to install, before anything else
     _clear(out, args.overwrite)
     echo = _echo(args.quiet, "containers")

@@ -207,17 +207,23 @@ class Federation:
                               text=True, timeout=timeout, env=self.procs.env(self.env(self.home)),
                               cwd=self.app, check=False)
 
-    def register(self, public_key: Path) -> int:
-        """Register a SuperNode public key with the SuperLink (``flwr supernode register``)."""
-        res = self.flwr("supernode", "register", str(public_key), self.connection, "--format", "json")
-        out: Any = None
-        try:
-            out = json.loads(res.stdout[res.stdout.index("{"):])
-            return int(out["node-id"])
-        except (ValueError, KeyError, TypeError):
-            said = out.get("error-message") if isinstance(out, dict) and out.get("error-message") else \
-                ANSI.sub("", (res.stdout + res.stderr).strip()).splitlines()[-1:] or res.returncode
-            raise DeployError(f"flwr supernode register {public_key.name} failed: {said}") from None
+    def register(self, public_key: Path, attempts: int = 3) -> int:
+        """Register a SuperNode public key with the SuperLink (``flwr supernode register``).
+        A SuperLink that has just started may not answer its control API yet, so a
+        failure is retried (``attempts`` in all, 2 s apart) unless the key is already known."""
+        for attempt in range(1, attempts + 1):
+            res = self.flwr("supernode", "register", str(public_key), self.connection, "--format", "json")
+            out: Any = None
+            try:
+                out = json.loads(res.stdout[res.stdout.index("{"):])
+                return int(out["node-id"])
+            except (ValueError, KeyError, TypeError):
+                said = out.get("error-message") if isinstance(out, dict) and out.get("error-message") else \
+                    ANSI.sub("", (res.stdout + res.stderr).strip()).splitlines()[-1:] or res.returncode
+                if attempt == attempts or "already" in str(said).lower():
+                    raise DeployError(f"flwr supernode register {public_key.name} failed: {said}") from None
+                time.sleep(2.0)
+        raise AssertionError("unreachable")
 
     # -- the run
     def start_run(self, stream_to: IO[str] | None = None) -> subprocess.Popen:

@@ -24,7 +24,7 @@ ORCA_PROTOCOL = ["acc_unseen", "acc_local_unseen", "acc_global_unseen"]
 ACC = ["acc_all", "acc_unseen_strict", "acc_seen", *ORCA_PROTOCOL]
 FINAL = ["acc_all", "acc_unseen_strict", "discovered", "acc_seen", *ORCA_PROTOCOL, "loss"]
 #: summary.json statuses of a run that ended on its own (its numbers are a result).
-FINISHED = ("ok", "diverged")
+FINISHED = ("ok", "diverged", "no_client_update")
 SEED_KEY = "run.seed"
 
 __all__ = ["ACC", "FINAL", "FINISHED", "ORCA_PROTOCOL", "column_label", "GRID_JSON", "PLOTS", "REPORT_HTML", "RESULTS_CSV", "SEED_KEY",
