@@ -35,8 +35,8 @@ def breakdown(path: str) -> str:
     events: dict[str, list[tuple[float, str]]] = defaultdict(list)
     with open(path) as f:
         for line in f:
-            t, pid, event = line.rstrip("\n").split(" ", 2)
-            events[pid].append((float(t), event))
+            stamp_s, pid, event = line.rstrip("\n").split(" ", 2)
+            events[pid].append((float(stamp_s), event))
     t0 = min(t for evs in events.values() for t, _ in evs)
     out = []
     for pid, evs in sorted(events.items(), key=lambda kv: min(t for t, _ in kv[1])):
