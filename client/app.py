@@ -27,7 +27,7 @@ from fedssl.protocol import PAYLOAD, PIDS_KEY, packed_key
 from fedssl.state import RUN_ID_KEY
 from fedssl.timing import stamp
 
-stamp("worker: ClientApp imported (torch, Flower, fedssl)")
+stamp("ClientApp imported (torch, Flower, fedssl)")  # in the driver too
 
 log = logging.getLogger("fedssl")
 

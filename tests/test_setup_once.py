@@ -118,7 +118,7 @@ def check_timing(path: Path, workers: set[int]) -> None:
         mine = events[pid]
         first = min((t, e) for e, t in mine.items() if e.startswith("worker: round "))
         rnd = first[1].split()[2].rstrip(",")  # "worker: round 2, 2 clients trained"
-        assert mine["process start"] <= mine["worker: ClientApp imported (torch, Flower, fedssl)"] \
+        assert mine["process start"] <= mine["ClientApp imported (torch, Flower, fedssl)"] \
             <= mine["worker: runtime built (dataset, model, algorithm)"] <= first[0], mine
         assert driver[f"server: round {rnd} sent"] <= first[0] <= driver[f"server: round {rnd} replies in"], \
             (mine, driver)
