@@ -125,11 +125,11 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     write_partition_counts(cfg, splits)
     stamp("driver: dataset loaded and partitioned")
 
-    ray = EarlyRay(cfg)
+    early_ray = EarlyRay(cfg)
     try:
-        crash = _simulate(cfg, resume, quiet, ray.started)
+        crash = _simulate(cfg, resume, quiet, early_ray.started)
     finally:
-        ray.close()
+        early_ray.close()
         stamp("driver: simulation ended, Ray shut down")
     summary_path = Path(cfg.run.out_dir) / "summary.json"
     if not summary_path.exists():
