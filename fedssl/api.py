@@ -78,7 +78,7 @@ def load_result(out_dir: str | Path, summary: dict[str, Any] | None = None) -> R
 
     import pandas as pd
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     try:
         summary = summary if summary is not None else json.loads((out / "summary.json").read_text())
         metrics = pd.read_csv(out / "metrics.csv")

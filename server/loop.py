@@ -254,6 +254,7 @@ class ServerRunner:
             "round": rnd, "arrays": {k: arrays[k].numpy() for k in arrays},
             "strategy": self.strategy.state_dict(), "rows": st.rows, "wall_s": wall_s,
             "best_loss": st.best_loss, "run_id": self.run_id, "client_updates": st.client_updates,
+            "train_s": st.train_s,
             **({"server_training": self.server_trainer.state_dict()} if self.server_trainer else {}),
             **({"stream": self.stream.state_dict()} if self.stream else {}),
         })
@@ -269,6 +270,7 @@ class ServerRunner:
         st.start_round, st.wall_offset = ckpt["round"] + 1, ckpt["wall_s"]
         st.best_loss, st.last_ckpt = ckpt["best_loss"], ckpt["round"]
         st.client_updates = ckpt.get("client_updates", 1)
+        st.train_s = list(ckpt.get("train_s", []))
         log.info("resuming %s after round %d", self.out, ckpt["round"])
         return ArrayRecord({k: _array(v) for k, v in ckpt["arrays"].items()})
 
@@ -287,7 +289,7 @@ class ServerRunner:
             **({"confusion_matrix": self.confusion} if self.confusion is not None else {}),
             "rounds_completed": final.get("round", 0),
             "elapsed_s": elapsed,
-            "round_train_s": st.train_s,  # this process's rounds, evaluation excluded
+            "round_train_s": st.train_s,  # every round, a resumed run's included; evaluation excluded
             "config": cfg.to_dict(),
             **({"stream": self.stream.summary()} if self.stream else {}),
             **self.provenance,  # versions of fedssl, flwr, torch, ray; the git commit

@@ -106,9 +106,9 @@ def build_strategy(cfg: Config, model_bytes: int = 0) -> FedSSLStrategy:
 
 def _check_names() -> None:
     """fedssl.registry lists the names for config validation without importing Flower."""
-    missing = sorted(set(CLASSES) - set(STRATEGY_NAMES))
-    if missing:
-        raise RuntimeError(f"fedssl.registry.STRATEGY_NAMES lacks {missing}")
+    if set(CLASSES) != set(STRATEGY_NAMES):
+        raise RuntimeError(f"fedssl.registry.STRATEGY_NAMES lacks {sorted(set(CLASSES) - set(STRATEGY_NAMES))} "
+                           f"and names {sorted(set(STRATEGY_NAMES) - set(CLASSES))} without a class")
 
 
 _check_names()

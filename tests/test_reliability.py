@@ -81,7 +81,9 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, checkpoint_every, frac
     resumed = run_cli("run", "--resume", str(killed), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the resumed run is the same run: it read and wrote its own client state only
-    assert json.loads((killed / "summary.json").read_text())["run_id"] == run_id
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["run_id"] == run_id
+    assert len(summary["round_train_s"]) == 4  # the killed process's rounds come back from the checkpoint
     assert {rid for _, rid, *_ in ClientStateStore(killed / "client_state").files()} == {run_id}
     run_experiment(resolve(overrides={**over, "run.out_dir": str(tmp_path / "straight")}), quiet=True)
     got, want = rows(killed), rows(tmp_path / "straight")

@@ -2,7 +2,7 @@
 
 A reconstruction from the abstract of Dong et al., "Incremental Semi-supervised
 Federated Learning for Health Inference via Mobile Sensing" (arXiv 2312.12666): no
-public code is known and the paper's body was not at hand, so only the abstract's two
+public code is known and only the abstract was read, so only the abstract's two
 ingredients are built, in their standard forms:
 
 - consistency regularisation on unlabeled data: FixMatch's term (Sohn et al., 2020),

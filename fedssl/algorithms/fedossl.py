@@ -59,7 +59,7 @@ the measurements in docs/openworld.md:
   confident sample at full weight from its gate (``client.fedossl.pseudo_label_guard = "none"``,
   ``server.fedossl_rampup = 0``). Over 57 (split, seed) pairs of 13 open-world splits,
   against FedAvg + ORCA: seen / unseen / globally unseen 78.7 / 42.6 / 40.3 % vs 79.4 /
-  40.1 / 36.1 %; on 4 splits held out until the guard was fixed, 76.8 / 43.4 / 31.9 vs
+  40.1 / 36.1 %; on 4 held-out splits not used to choose the guard, 76.8 / 43.4 / 31.9 vs
   77.3 / 42.2 / 30.6. Without them, seen accuracy is 3.8 points below ORCA's (45
   pairs): the centroid pseudo-labels move seen samples to other seen classes and to
   unseen slots;

@@ -30,7 +30,7 @@ Choices FedSTO leaves open (there is no official training code), documented here
 - the phase switch is a fraction of the rounds (default 0.5; the paper's detection
   schedule spends roughly half its federated rounds in selective training);
 - the orthogonality penalty covers the head only (the layer set is not published;
-  the issue asks for the head), lambda 0.01 by default;
+  fedssl penalises the head), lambda 0.01 by default;
 - the teacher is the shared persistent EMA teacher (decay 0.99 per step suits
   federated rounds of tens of steps; the Efficient Teacher lineage uses 0.999 over
   much longer local training).

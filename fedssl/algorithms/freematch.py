@@ -50,7 +50,7 @@ Differences from the reference, and why:
   over its GPUs); federated clients hold different class mixes, which the class-wise
   thresholds then follow. The EMA moves once per local step as in USB, whose runs
   take about 1e6 steps; a client takes tens per round, so tau_t climbs from 1/C more
-  slowly here (the reference's 0.999 is kept: no value was measured better yet).
+  slowly here (the reference's 0.999 is kept: no other value was measured better).
 - L_f is computed with mask weights instead of USB's boolean selection and its
   ``if mask.sum() > 0`` branch: the same value and gradient (tests/test_freematch.py
   checks both), and no branch on a device tensor, which would wait for the device.
