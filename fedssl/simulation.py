@@ -13,10 +13,7 @@ import json
 import logging
 import math
 import os
-import sys
-import threading
 import warnings
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -54,49 +51,6 @@ def backend_config(cfg: Config) -> dict[str, Any]:
             "init_args": init_args}
 
 
-class EarlyRay:
-    """Ray started in a thread, as Flower's RayBackend would start it (``backend_config``'s
-    init arguments; the workers see this process's ``sys.path``), so that its start-up
-    (seconds of helper processes) overlaps the driver's imports and set-up; Flower then
-    finds it running. The thread lives until :meth:`close`: Ray's node processes die
-    with the thread that started them (``PR_SET_PDEATHSIG``)."""
-
-    def __init__(self, cfg: Config) -> None:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        pythonpath = os.pathsep.join(sys.path)
-        if os.environ.get("PYTHONPATH"):
-            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-        os.environ["PYTHONPATH"] = pythonpath
-        self._args = {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}, **backend_config(cfg)["init_args"]}
-        self.started: Future[None] = Future()
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fedssl-ray", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import ray
-
-        try:
-            ray.init(**self._args)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            self.started.set_exception(e)
-            return
-        stamp("driver: Ray started")
-        self.started.set_result(None)
-        self._closed.wait()
-
-    def close(self) -> None:
-        """Shut Ray down (waiting for it to finish starting first) and end the thread."""
-        import ray
-
-        self.started.exception()
-        if ray.is_initialized():
-            ray.shutdown()
-        self._closed.set()
-        self._thread.join()
-
-
 def write_partition_counts(cfg: Config, splits: Any) -> None:
     """partition.csv: the clients' label distribution, for the run's report (the driver
     has just partitioned the data to check it; the server itself holds none of it)."""
@@ -110,10 +64,9 @@ def write_partition_counts(cfg: Config, splits: Any) -> None:
 
 def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run ``cfg`` to completion (or resume it) and return its summary.json."""
-    # Bad data, a missing tracker package or an unreachable tracking server and a bad
-    # checkpoint to resume from fail here, before Ray starts; bad strategy settings fail
-    # in the server's set-up, before the simulation starts (Ray, started meanwhile, is
-    # shut down). The data loaded and partitioned here is this process's cache.
+    # Bad data, bad strategy settings, a missing tracker package or an unreachable
+    # tracking server and a bad checkpoint to resume from fail here, before Ray or
+    # Flower start. The data loaded and partitioned here is this process's cache.
     stamp("driver: run_experiment")
     check_trackers(cfg)
     if resume:
@@ -125,23 +78,7 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     write_partition_counts(cfg, splits)
     stamp("driver: dataset loaded and partitioned")
 
-    early_ray = EarlyRay(cfg)
-    try:
-        crash = _simulate(cfg, resume, quiet, early_ray.started)
-    finally:
-        early_ray.close()
-        stamp("driver: simulation ended, Ray shut down")
-    summary_path = Path(cfg.run.out_dir) / "summary.json"
-    if not summary_path.exists():
-        why = f" ({type(crash).__name__}: {str(crash).strip().splitlines()[0] if str(crash).strip() else ''})" \
-            if crash else ""
-        raise RunError(f"the simulation ended without writing {summary_path}{why}; see the log above")
-    return json.loads(summary_path.read_text())
-
-
-def _simulate(cfg: Config, resume: bool, quiet: bool, ray_started: Future[None]) -> Exception | None:
-    """Build the server's set-up while Ray starts, then run the simulation; returns the
-    ServerApp's crash (None when it ended normally)."""
+    import ray
     from flwr.simulation import run_simulation
 
     from fedssl.client.app import make_client_app
@@ -150,16 +87,19 @@ def _simulate(cfg: Config, resume: bool, quiet: bool, ray_started: Future[None])
     from fedssl.server.app import make_server_app
     from fedssl.server.loop import ServerSetup
 
-    stamp("driver: Flower and the apps imported")
+    stamp("driver: Flower, Ray and the apps imported")
     setup = ServerSetup(cfg)  # the test split, the initial model and the strategy, once
     stamp("driver: server set-up (test split, model, strategy)")
+
     prompt_shutdown()
     logging.getLogger("flwr").setLevel(logging.WARNING if quiet else logging.INFO)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
     flwr_log.setLevel(logging.ERROR)  # silence run_simulation's deprecation notice
+    crash: Exception | None = None
     try:
-        ray_started.result()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run_simulation(
@@ -171,7 +111,15 @@ def _simulate(cfg: Config, resume: bool, quiet: bool, ray_started: Future[None])
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - the ServerApp crashed (run_simulation re-raises it)
-        return e
+        crash = e
     finally:
         flwr_log.setLevel(level)
-    return None
+        if ray.is_initialized():
+            ray.shutdown()
+        stamp("driver: simulation ended, Ray shut down")
+    summary_path = Path(cfg.run.out_dir) / "summary.json"
+    if not summary_path.exists():
+        why = f" ({type(crash).__name__}: {str(crash).strip().splitlines()[0] if str(crash).strip() else ''})" \
+            if crash else ""
+        raise RunError(f"the simulation ended without writing {summary_path}{why}; see the log above")
+    return json.loads(summary_path.read_text())

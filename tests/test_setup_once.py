@@ -109,7 +109,7 @@ def check_timing(path: Path, workers: set[int]) -> None:
         t, pid, event = line.split(" ", 2)
         events[int(pid)].setdefault(event, float(t))
     driver = events[os.getpid()]
-    order = ["driver: run_experiment", "driver: dataset loaded and partitioned", "driver: Ray started",
+    order = ["driver: run_experiment", "driver: dataset loaded and partitioned", "server: ServerApp started",
              "server: round 1 sent", "server: round 1 replies in", "server: round 2 sent",
              "driver: simulation ended, Ray shut down"]
     assert [driver[e] for e in order] == sorted(driver[e] for e in order), driver
