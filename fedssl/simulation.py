@@ -62,11 +62,10 @@ def write_partition_counts(cfg: Config, splits: Any) -> None:
     write_atomic(Path(cfg.run.out_dir) / PARTITION_CSV, counts_csv(counts))
 
 
-def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Run ``cfg`` to completion (or resume it) and return its summary.json."""
-    # Bad data, bad strategy settings, a missing tracker package or an unreachable
-    # tracking server and a bad checkpoint to resume from fail here, before Ray or
-    # Flower start. The data loaded and partitioned here is this process's cache.
+def check_inputs(cfg: Config, resume: bool) -> None:
+    """Bad data, a missing tracker package or an unreachable tracking server and a bad
+    checkpoint to resume from fail here, before Ray or Flower start. The data loaded
+    and partitioned here is this process's cache."""
     stamp("driver: run_experiment")
     check_trackers(cfg)
     if resume:
@@ -77,6 +76,11 @@ def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> di
     check_stages(cfg)  # an incremental run's stages must fit the dataset
     write_partition_counts(cfg, splits)
     stamp("driver: dataset loaded and partitioned")
+
+
+def run_experiment(cfg: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` to completion (or resume it) and return its summary.json."""
+    check_inputs(cfg, resume)  # and bad strategy settings fail in ServerSetup, before Ray starts
 
     import ray
     from flwr.simulation import run_simulation
