@@ -66,6 +66,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_help: str = CONFIG_
     parser.add_argument("--set", action="append", metavar=METAVAR_SET, help=set_help)
 
 
+def add_output_flags(parser: argparse.ArgumentParser, overwrite_help: str,
+                     quiet_help: str = "print nothing on success") -> None:
+    """``--overwrite`` (replace what the output already holds; without it a command
+    refuses, exit 2) and ``--quiet``."""
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--quiet", action="store_true", help=quiet_help)
+
+
 def config_from_flags(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config:
     """The config that ``--config`` and ``--set`` name, with ``extra`` dotted keys set last
     (a command's own flags, e.g. ``--clients``); bad input raises ConfigError."""

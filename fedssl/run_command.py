@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fedssl.config import ConfigError, parse_set, resolve
-from fedssl.console import CommandParser, add_config_flags, run_command
+from fedssl.console import CommandParser, add_config_flags, add_output_flags, run_command
 from fedssl.report.terminal import print_summary
 from fedssl.simulation import run_experiment
 
@@ -23,8 +23,7 @@ def add_flags(r: argparse.ArgumentParser) -> None:
     add_config_flags(r)
     r.add_argument("--out", help="output directory (sets run.out_dir)")
     r.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    r.add_argument("--quiet", action="store_true", help="only warnings and the final table")
+    add_output_flags(r, "replace an existing run in the output directory", "only warnings and the final table")
     r.set_defaults(func=cmd_run)
 
 

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from fedssl.config import Config, ConfigError
-from fedssl.console import add_config_flags, config_from_flags
+from fedssl.console import add_config_flags, add_output_flags, config_from_flags
 from fedssl.data.sources import DataError
 
 FORMAT = "fedssl-shard/1"
@@ -338,8 +338,7 @@ def add_parser(subparsers: Any) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_config_flags(e)
     e.add_argument("--partitions", metavar="IDS", help="only these partition ids, e.g. 0,3 (default: all)")
-    e.add_argument("--overwrite", action="store_true", help="replace the shards and manifest DIR already holds")
-    e.add_argument("--quiet", action="store_true", help="print nothing on success")
+    add_output_flags(e, "replace the shards and manifest DIR already holds")
     e.set_defaults(func=cmd_export)
     from fedssl.data.plot import add_parser as add_plot
 

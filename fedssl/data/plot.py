@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedssl.config import Config, ConfigError
-from fedssl.console import add_config_flags, config_from_flags
+from fedssl.console import add_config_flags, add_output_flags, config_from_flags
 from fedssl.data.partition import Partition
 
 PARTITION_CSV = "partition.csv"
@@ -111,6 +111,5 @@ def add_parser(sub: Any) -> None:
                                    "FILE.png, with the counts in FILE.csv.")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the figure (counts go to FILE.csv)")
     add_config_flags(p)
-    p.add_argument("--overwrite", action="store_true", help="replace FILE.png and FILE.csv if they exist")
-    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    add_output_flags(p, "replace FILE.png and FILE.csv if they exist")
     p.set_defaults(func=cmd_plot)

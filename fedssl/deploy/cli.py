@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fedssl.console import add_config_flags
+from fedssl.console import add_config_flags, add_output_flags
 from fedssl.deploy.commands import (
     cmd_certs,
     cmd_containers,
@@ -29,8 +29,7 @@ def _federation_parser(dsub: Any, name: str, help: str, description: str) -> arg
 def _add_run_flags(p: argparse.ArgumentParser, quiet_help: str, func: Any) -> None:
     """The flags that end every federation subcommand: its time limit, output and noise."""
     p.add_argument("--timeout", type=float, help="give up when the run takes longer (seconds)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the output directory")
-    p.add_argument("--quiet", action="store_true", help=quiet_help)
+    add_output_flags(p, "replace an existing run in the output directory", quiet_help)
     p.set_defaults(func=func)
 
 
