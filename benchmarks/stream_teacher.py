@@ -13,13 +13,14 @@ the student to its mistakes.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from fedssl.config import resolve
+from fedssl.config import ConfigError, resolve
 from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
 from fedssl.data.tensors import nchw_tensor
@@ -41,7 +42,7 @@ def main() -> None:
         state = load_file(sorted((run / "client_state").glob("client_00000.*.safetensors"))[-1])
         teacher = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
         if not teacher:
-            raise SystemExit(f"error: {run} keeps no previous-stage model (its method does not distil)")
+            raise RuntimeError(f"{run} keeps no previous-stage model (its method does not distil)")
         model = build_model(cfg.model.name, cfg.num_classes, in_channels=1, image_size=28)
         model.load_state_dict(teacher)
         model.eval()
@@ -59,4 +60,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, OSError, RuntimeError) as e:  # a run dir that is not a stream run's
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

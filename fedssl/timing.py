@@ -50,4 +50,10 @@ def breakdown(path: str) -> str:
 
 
 if __name__ == "__main__":
-    print(breakdown(sys.argv[1]))
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m fedssl.timing FILE")
+    try:
+        print(breakdown(sys.argv[1]))
+    except (OSError, ValueError) as e:  # a missing file, or lines not written by stamp()
+        print(f"error: {sys.argv[1]}: not a FEDSSL_TIMING file ({e})", file=sys.stderr)
+        sys.exit(2)

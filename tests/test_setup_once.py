@@ -123,3 +123,16 @@ def check_timing(path: Path, workers: set[int]) -> None:
         assert driver[f"server: round {rnd} sent"] <= first[0] <= driver[f"server: round {rnd} replies in"], \
             (mine, driver)
     assert f"pid {os.getpid()}" in breakdown(str(path))
+
+
+def test_timing_breakdown_of_a_bad_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "t.txt"
+    bad.write_text("not a timestamp line\n")
+    for path in (bad, tmp_path / "missing.txt"):
+        proc = subprocess.run([sys.executable, "-m", "fedssl.timing", str(path)], capture_output=True, text=True,
+                              timeout=120)
+        err = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), proc.stderr

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, register, torch)
+from fedssl.algorithms.base import Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, register, torch
 from fedssl.algorithms.lwf import LwFParams, kd_loss
 
 
