@@ -48,6 +48,7 @@ from fedssl.config import resolve
 
 METHODS = ("server_only", "fixmatch", "semifl", "fedsto", "fl2", "central", "central_alt")
 TRAIN_PER_CLASS = 6000  # Fashion-MNIST
+CENTRAL_STEPS = 10  # the central references' steps per round, per client they stand for
 PARTITIONS = {"iid": {"data.partition": "iid"},
               "dir0.3": {"data.partition": "dirichlet", "data.alpha": 0.3}}
 
@@ -56,16 +57,19 @@ def overrides(method: str, partition: str, labels: int, seed: int, args: argpars
     o = {**PARTITIONS[partition], "data.server_labels_per_class": labels, "data.labeled_ratio": 0.0,
          "data.num_clients": args.clients, "federation.fraction_train": args.per_round / args.clients,
          "federation.min_clients": 1, "federation.rounds": args.rounds,
-         "client.local_steps": args.local_steps, "client.batch_size": args.batch_size,
-         "client.uratio": args.uratio, "server.train_steps": args.server_steps,
+         "server.train_steps": args.server_steps,
          "server.warmup_steps": args.warmup_steps, "run.seed": seed, "run.checkpoint_every": 0}
+    # the client step: each method's own defaults unless given (e.g. SemiFL's 5 epochs of batch 10)
+    o.update({k: v for k, v in (("client.local_steps", args.local_steps), ("client.batch_size", args.batch_size),
+                                ("client.uratio", args.uratio)) if v is not None})
     if method == "server_only":
         o["client.algorithm"] = "supervised"
     elif method in ("fixmatch", "fedsto", "semifl", "fl2"):
         o["client.algorithm"] = method
     elif method in ("central", "central_alt"):
         o.update({"client.algorithm": "fixmatch", "data.num_clients": 1, "data.partition": "iid",
-                  "federation.fraction_train": 1.0, "client.local_steps": args.local_steps * args.per_round})
+                  "federation.fraction_train": 1.0,
+                  "client.local_steps": (args.local_steps or CENTRAL_STEPS) * args.per_round})
         if method == "central":
             o.update({"data.server_labels_per_class": 0, "data.labeled_ratio": labels / TRAIN_PER_CLASS,
                       "server.train_steps": 0, "server.warmup_steps": 0})
@@ -115,9 +119,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--per-round", type=int, default=10)
-    ap.add_argument("--local-steps", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--uratio", type=int, default=4)
+    ap.add_argument("--local-steps", type=int, default=None,
+                    help="fixed client steps per round (default: each method's own, e.g. SemiFL's 5 epochs)")
+    ap.add_argument("--batch-size", type=int, default=None, help="client batch size (default: each method's)")
+    ap.add_argument("--uratio", type=int, default=None, help="client uratio (default: each method's)")
     ap.add_argument("--server-steps", type=int, default=50)
     ap.add_argument("--warmup-steps", type=int, default=500)
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value for every run")

@@ -122,6 +122,8 @@ class ClientMessage:
             "t_deser_s": t_deser,
             **result.stream,
         }
+        if cfg.algorithm_class.leave_out_idle:  # every reply then carries the key (Flower wants equal keys)
+            metrics[P.IDLE_KEY] = int(result.idle)
         records = {"arrays": arrays, "metrics": MetricRecord(metrics)}
         if self.want_payload and result.payload:
             records[PAYLOAD] = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in result.payload.items()})

@@ -44,6 +44,7 @@ CLASS_PRESENT_KEY = "class-present"  # per class: 1 if the client's shard holds 
 PRESENT_KEY = "train_present"  # per sorted train_* key: 1 if measured, 0 if filled
 PROXIMAL_MU = "proximal-mu"  # Flower's FedProx config key
 SERVER_ROUND = "server-round"  # Flower's config key
+IDLE_KEY = "fedssl.idle"  # 1: the client ran no step; left out of the average (Algorithm.leave_out_idle)
 STAGE_KEY = "fedssl.stage"  # [stream]: the round's stage (0-based); absent: derived from the round
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fedssl.algorithms import Algorithm, Batch, RoundContext
-from fedssl.config import Config
+from fedssl.config import ClientConfig, Config
 from fedssl.data.augment import VIEWS, normalize
 from fedssl.data.tensors import ClientData
 from fedssl.seeding import derive_seed
@@ -40,6 +40,7 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
     sample_passes: int = 0  # samples in this round's training batches (each counted once per step)
     stream: dict[str, float] = field(default_factory=dict)  # [stream]: the client's memory figures
+    idle: bool = False  # no step ran: the client had nothing to learn from this round
 
 
 class _Sampler:
@@ -63,6 +64,33 @@ class _Sampler:
         return torch.cat(out)
 
 
+class _Batches:
+    """One round's batches: labeled draws, and unlabeled draws from the algorithm's
+    pool (positions in the shard; None: the whole shard), as augmented views."""
+
+    def __init__(self, data: ClientData, algorithm: Algorithm, c: ClientConfig, gen: torch.Generator,
+                 device: torch.device, pool: torch.Tensor | None) -> None:
+        self.algorithm, self.flip, self.device, self.pool = algorithm, data.flip, device, pool
+        self.n_l, self.n_u = c.batch_size, c.batch_size * c.uratio
+        self.n_pool = len(data.y_u) if pool is None else len(pool)
+        self.lab, self.unl = _Sampler(len(data.y_l), gen), _Sampler(self.n_pool, gen)
+        # the shard goes to the device once per round as uint8, batches are augmented there; index draws stay on the CPU
+        self.x_l, self.y_l, self.x_u, self.y_u = (t.to(device, non_blocking=True)
+                                                  for t in (data.x_l, data.y_l, data.x_u, data.y_u))
+        self.use_unlabeled = algorithm.uses_unlabeled and self.n_pool > 0
+
+    def next(self) -> Batch:
+        il = self.lab.take(self.n_l).to(self.device, non_blocking=True)
+        batch = Batch(x_l=_views(self.x_l[il], self.algorithm.labeled_views, self.flip), y_l=self.y_l[il], x_u=[])
+        if self.use_unlabeled:
+            iu_cpu = self.unl.take(self.n_u)
+            iu_cpu = iu_cpu if self.pool is None else self.pool[iu_cpu]
+            iu = iu_cpu.to(self.device, non_blocking=True)
+            batch.x_u, batch.y_u = _views(self.x_u[iu], self.algorithm.unlabeled_views, self.flip), self.y_u[iu]
+            batch.idx_u = iu_cpu  # positions in the shard (SemiFL's per-round pseudo-labels)
+        return batch
+
+
 def build_algorithm(cfg: Config) -> Algorithm:
     """The algorithm ``cfg`` names, with its own parameters and the run's rounds."""
     algo: Algorithm = cfg.algorithm_class(cfg.client, cfg.num_classes, cfg.num_seen, params=cfg.algo_params,
@@ -70,15 +98,18 @@ def build_algorithm(cfg: Config) -> Algorithm:
     return algo
 
 
-def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm) -> int:
+def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm, n_unlabeled: int | None = None) -> int:
     """``client.local_steps`` when > 0, else ``local_epochs`` passes over the data the
-    algorithm learns from: the unlabeled shard (in batches of batch_size * uratio)
-    for SSL algorithms, as in FixMatch's notion of an epoch, the labeled one otherwise."""
+    algorithm learns from: its ``n_unlabeled`` unlabeled samples (default: the whole
+    shard; :meth:`Algorithm.unlabeled_pool` may choose fewer) in batches of batch_size *
+    uratio for SSL algorithms, as in FixMatch's notion of an epoch, the labeled set
+    otherwise."""
     c = cfg.client
     if c.local_steps > 0:
         return c.local_steps
-    if algorithm.uses_unlabeled and len(data.y_u):
-        per_epoch = math.ceil(len(data.y_u) / (c.batch_size * c.uratio))
+    n_u = len(data.y_u) if n_unlabeled is None else n_unlabeled
+    if algorithm.uses_unlabeled and n_u:
+        per_epoch = math.ceil(n_u / (c.batch_size * c.uratio))
     else:
         per_epoch = math.ceil(max(len(data.y_l), 1) / c.batch_size)
     return max(1, c.local_epochs * per_epoch)
@@ -157,42 +188,35 @@ def train_client(
     seed_torch(seed)  # augmentation, dropout
     gen = torch.Generator().manual_seed(seed)
     ctx = _round_context(model, algorithm, state, payload, device, c.teacher_sync, server_round)
-    ctx.total_steps, ctx.stage, ctx.prev_model = (steps := num_local_steps(cfg, data, algorithm)), stage, prev_model
+    ctx.stage, ctx.prev_model = stage, prev_model
     model.train()
     algorithm.begin_round(model, ctx, data)
+    batches = _Batches(data, algorithm, c, gen, device, algorithm.unlabeled_pool())
+    ctx.total_steps = steps = num_local_steps(cfg, data, algorithm, batches.n_pool)
     opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    lab, unl = _Sampler(len(data.y_l), gen), _Sampler(len(data.y_u), gen)
-    # the shard goes to the device once per round as uint8, batches are augmented there; index draws stay on the CPU
-    x_l, y_l, x_u, y_u = (t.to(device, non_blocking=True) for t in (data.x_l, data.y_l, data.x_u, data.y_u))
-    use_unlabeled = algorithm.uses_unlabeled and len(data.y_u) > 0
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
     counts: dict[str, int] = {}
     t_data = t_train = 0.0
     for step in range(steps):
         ctx.step = step
         t1 = time.perf_counter()
-        batch = Batch(x_l=_views(x_l[il := lab.take(c.batch_size).to(device, non_blocking=True)],
-                                 algorithm.labeled_views, data.flip), y_l=y_l[il], x_u=[])
-        if use_unlabeled:
-            iu_cpu = unl.take(c.batch_size * c.uratio)
-            iu = iu_cpu.to(device, non_blocking=True)
-            batch.x_u, batch.y_u = _views(x_u[iu], algorithm.unlabeled_views, data.flip), y_u[iu]
-            batch.idx_u = iu_cpu  # positions in the shard (SemiFL's per-round pseudo-labels)
+        batch = batches.next()
         t2 = time.perf_counter()
         if batch.y_l.numel() == 0 and not batch.x_u:
             break  # nothing to learn from on this client
         _accumulate(sums, counts, _sgd_step(model, algorithm, batch, ctx, opt, prox_ref, proximal_mu,
-                                            c.ema_decay))
+                                            c.ema_decay, c.max_grad_norm))
         t_data += t2 - t1
         t_train += time.perf_counter() - t2
     out_payload = algorithm.end_round(model, ctx, data)
     metrics = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
     timings = {"data_s": t_data, "train_s": t_train, "total_s": time.perf_counter() - t0}
     # samples in the round's batches: the samplers never run dry, so each step draws full batches
-    passes = counts.get("loss", 0) * ((c.batch_size if len(data.y_l) else 0) + c.batch_size * c.uratio * use_unlabeled)
-    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings, passes)
+    passes = counts.get("loss", 0) * ((c.batch_size if len(data.y_l) else 0) + batches.n_u * batches.use_unlabeled)
+    return TrainResult(_new_state(ctx), metrics, out_payload, _weight(algorithm, data), timings, passes,
+                       idle="loss" not in counts)
 
 
 def _new_state(ctx: RoundContext) -> dict[str, torch.Tensor]:
@@ -212,14 +236,17 @@ def _weight(algorithm: Algorithm, data: ClientData) -> int:
 
 def _sgd_step(model: nn.Module, algorithm: Algorithm, batch: Batch, ctx: RoundContext,
               opt: torch.optim.Optimizer, prox_ref: list[torch.Tensor] | None, proximal_mu: float,
-              ema_decay: float) -> dict:
-    """One local step: the algorithm's loss (+ FedProx's proximal term), SGD, then the
-    EMA teacher. Returns the step's metrics, the total loss included."""
+              ema_decay: float, max_grad_norm: float = 0.0) -> dict:
+    """One local step: the algorithm's loss (+ FedProx's proximal term), the gradient
+    clipped at ``max_grad_norm`` (when > 0), SGD, then the EMA teacher. Returns the
+    step's metrics, the total loss included."""
     loss, metrics = algorithm.loss(model, batch, ctx)
     if prox_ref is not None:
         loss = loss + proximal_mu / 2 * sum((p - r).pow(2).sum() for p, r in zip(model.parameters(), prox_ref))
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
     if ctx.teacher is not None:
         ema_update(ctx.teacher, model, ema_decay)

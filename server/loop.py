@@ -197,7 +197,9 @@ class ServerRunner:
             info.update({f"fed_{k}": v for k, v in (res or {}).items()})
         if new_arrays is None:
             info["status"] = "no_update"
-            log.warning("round %d: no acceptable update; the aggregate is the previous model", rnd)
+            why = ("every client that replied had nothing to learn from" if info.get("idle_clients")
+                   and not info.get("rejected_updates") else "no acceptable update")
+            log.warning("round %d: %s; the aggregate is the previous model", rnd, why)
             new_arrays = arrays
         if self.server_trainer is not None:  # labels at server: after every aggregation
             new_arrays = self.server_step(rnd, new_arrays, info)

@@ -66,7 +66,7 @@ class Tally:
     """One round's accepted updates and counts."""
 
     def __init__(self, messages: int) -> None:
-        self.messages, self.rejected, self.failed = messages, 0, 0
+        self.messages, self.rejected, self.failed, self.idle = messages, 0, 0, 0
         self.updates: list[tuple[int, RecordDict]] = []
         self.timing: dict[str, float] = {}
         self.train: dict[str, list[float]] = {}
@@ -94,6 +94,8 @@ class Tally:
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"clients": len(self.updates), "rejected_updates": self.rejected,
                                "failed_clients": self.failed, "messages": self.messages}
+        if self.idle:  # clients that had nothing to learn from, left out (Algorithm.leave_out_idle)
+            out["idle_clients"] = self.idle
         # sorted: replies arrive in any order, and float sums depend on it (exact resume)
         out.update({k: float(np.mean(sorted(v))) for k, v in self.train.items()})
         out.update({k: v / max(1, len(self.updates)) for k, v in self.timing.items()})

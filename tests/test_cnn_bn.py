@@ -79,7 +79,7 @@ def test_labels_at_server_with_cnn_bn_recomputes_bn_on_server_data(tmp_path):
     from fedssl.server.loop import load_server_trainer
 
     over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                             "client.algorithm": "semifl", "client.semifl.threshold": 0.3, "model.name": "cnn_bn",
+                             "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
                              "server.strategy": "fedavgm", "server.server_momentum": 0.5,
                              "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1})
     cfg = resolve(overrides=over)

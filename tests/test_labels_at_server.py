@@ -340,7 +340,8 @@ def test_static_bn_statistics_are_recomputed_on_server_data():
 # -- real Flower simulations ------------------------------------------------------------
 def las(out: Path, **extra) -> dict:
     return tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                        "client.algorithm": "semifl", "client.semifl.threshold": 0.3,
+                        # threshold 0.05: every sample of an untrained 10-class model is confident
+                        "client.algorithm": "semifl", "client.semifl.threshold": 0.05,
                         "server.strategy": "fedavgm", "server.server_momentum": 0.5,
                         "server.warmup_steps": 0, "server.train_steps": 10, **extra})
 
@@ -364,6 +365,70 @@ def test_server_step_changes_the_global_model_in_a_flower_simulation(tmp_path):
     assert all(float(r["server_steps"]) == 10 for r in r_on)
     assert all(not r.get("server_steps") for r in r_off)
     assert [r["clients"] for r in r_on] == ["4", "4"]
+
+
+def test_semifl_clients_without_a_confident_sample_are_left_out(tmp_path):
+    """SemiFL's code leaves a client with no confident pseudo-label inactive: it runs no
+    step and its untouched model is not averaged in. Threshold 1: nobody is confident."""
+    from fedssl.simulation import run_experiment
+
+    out = tmp_path / "none"
+    summary = run_experiment(resolve(overrides=las(out, **{"client.semifl.threshold": 1.0})), quiet=True)
+    assert summary["status"] == "no_client_update"
+    assert [(r["clients"], r["idle_clients"], r["status"]) for r in rows(out)] == [("0", "4", "no_update")] * 2
+    assert all(float(r["server_steps"]) == 10 for r in rows(out))  # the server still trains
+
+
+def test_semifl_iterates_epochs_over_its_confident_subset(monkeypatch):
+    """SemiFL's round: local_epochs passes, in batches of batch_size x uratio, over the
+    confident samples only; a client with none runs no step and is idle."""
+    import fedssl.algorithms.semifl as semifl_mod
+
+    data = unlabeled_only(12)
+    confident = torch.tensor([1, 4, 5, 9, 10])
+    probs = torch.full((12, 10), 0.05)
+    probs[:, 0] = 0.55
+    probs[confident, 0], probs[confident, 1] = 0.96, 0.0
+    monkeypatch.setattr(semifl_mod, "global_pseudo_probs", lambda *a: probs.clone())
+    drawn: list[torch.Tensor] = []
+    real_loss = semifl_mod.SemiFL.loss
+
+    def spy(self, model, batch, ctx):
+        drawn.append(batch.idx_u.clone())
+        return real_loss(self, model, batch, ctx)
+
+    monkeypatch.setattr(semifl_mod.SemiFL, "loss", spy)
+    cfg = resolve(overrides={"client.algorithm": "semifl", "client.local_epochs": 3, "client.batch_size": 2})
+    assert (cfg.client.uratio, cfg.client.lr, cfg.client.max_grad_norm) == (1, 0.03, 1.0)  # SemiFL's code
+    res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg, server_round=1, partition_id=0,
+                       state=None)
+    assert len(drawn) == 3 * math.ceil(len(confident) / 2) and not res.idle
+    assert set(torch.cat(drawn).tolist()) == set(confident.tolist())  # nothing else is drawn
+    probs[confident, 0] = 0.55  # now nobody is confident
+    drawn.clear()
+    res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg, server_round=1, partition_id=0,
+                       state=None)
+    assert res.idle and not drawn
+
+
+def test_max_grad_norm_bounds_one_plain_sgd_step():
+    """client.max_grad_norm: one SGD step without momentum or weight decay moves the
+    weights by lr x the clipped gradient, so by at most lr x max_grad_norm."""
+    data = ClientData(*(lambda x, y: (x, y, x[:0], y[:0]))(
+        torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)),
+        torch.arange(8) % 10), flip=False)
+    moved = {}
+    for clip in (0.0, 1e-3):
+        cfg = resolve(overrides={"client.algorithm": "supervised", "client.local_steps": 1, "client.batch_size": 8,
+                                 "client.momentum": 0.0, "client.weight_decay": 0.0, "client.lr": 0.5,
+                                 "client.lr_schedule": "constant", "client.max_grad_norm": clip})
+        torch.manual_seed(0)
+        model = build_model("cnn", 10)
+        before = [p.detach().clone() for p in model.parameters()]
+        train_client(model, build_algorithm(cfg), data, cfg, server_round=1, partition_id=0, state=None)
+        moved[clip] = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before))).item()
+    assert moved[1e-3] == pytest.approx(0.5 * 1e-3, rel=1e-3)  # the raw gradient is far longer than 1e-3
+    assert moved[0.0] > 100 * moved[1e-3]
 
 
 def test_kill9_then_resume_keeps_server_training_exact(tmp_path):

@@ -131,6 +131,9 @@ class Algorithm:
     uses_unlabeled: bool = True
     pairs_with: str | None = None  # the server strategy that sends this algorithm's payload
     equal_weight: bool = False  # aggregate with equal client weights (reports num-examples 1)
+    #: a client that ran no step (nothing to learn from, e.g. no confident pseudo-label)
+    #: is left out of the round's average instead of averaging its untouched model in
+    leave_out_idle: bool = False
     #: the reply metric the server's strategy weights this algorithm's updates by (Flower's
     #: ``weighted_by_key``): ``num-examples``, or a ``train_*`` metric the algorithm emits
     weight_key: ClassVar[str] = "num-examples"
@@ -156,6 +159,12 @@ class Algorithm:
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Hook before the first step (e.g. ORCA's margin, FedoSSL's centroids)."""
+
+    def unlabeled_pool(self) -> torch.Tensor | None:
+        """The positions in the client's shard that this round's unlabeled batches are
+        drawn from, chosen in :meth:`begin_round` (e.g. SemiFL's confident subset); its
+        size also sets the round's steps under ``client.local_epochs``. None: the whole shard."""
+        return None
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         """Return (scalar loss, metrics for logging). A metric may be a float or a

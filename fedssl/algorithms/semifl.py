@@ -2,35 +2,43 @@
 
 Each round the client pseudo-labels its unlabeled shard ONCE with the received global
 model (eval mode, one weak view), keeping samples whose max probability is at least
-``client.semifl.threshold`` (tau). Those labels stay fixed for the round. One step's loss on
-the batch's confident samples x with pseudo-labels y_hat is
+``client.semifl.threshold`` (tau). Those labels stay fixed for the round, and the round
+iterates over that confident subset only (:meth:`SemiFL.unlabeled_pool`):
+``client.local_epochs`` passes in batches of ``batch_size x uratio``. One step's loss on
+a batch x of confident samples with pseudo-labels y_hat is
 
-    L_fix = CE(f(strong(x)), y_hat)                      (mean over confident samples)
+    L_fix = CE(f(strong(x)), y_hat)
     lambda ~ Beta(a, a)                                  (one scalar per batch, a = client.semifl.mix_alpha)
     x_mix = lambda * weak(x) + (1 - lambda) * weak(x')   (x' drawn with replacement from
                                                           ALL local samples, label y' = argmax)
     L_mix = lambda * CE(f(x_mix), y_hat) + (1 - lambda) * CE(f(x_mix), y')
     L     = L_fix + client.semifl.lambda_u * L_mix              (SemiFL's Mix weight is 1)
 
-plus the supervised CE when the client also holds labels (mixed case). The rest of
-SemiFL lives elsewhere: the server's fine-tuning on its labels after every aggregation
-and a warm-up (``fedssl.server_training``), static batch norm (recomputed there on
-the server's labeled data for models with BN, ``cnn_bn`` and ``resnet18``; ``cnn`` has
-none), and global momentum (run with ``server.strategy = "fedavgm"``,
+plus the supervised CE when the client also holds labels (mixed case). A client with no
+confident sample runs no step and is left out of the round's average
+(``leave_out_idle``), as SemiFL's code leaves it inactive.
+
+The client step's defaults are those of SemiFL's code (``src/utils.py``,
+``src/modules/modules.py``), set as this algorithm's ``[client]`` defaults: 5 local
+epochs over the confident subset, batch 10 (``batch_size = 10``, ``uratio = 1``), SGD
+lr 0.03 with Nesterov momentum 0.9 and weight decay 5e-4, gradients clipped at norm 1
+(``max_grad_norm = 1``). ``client.local_steps > 0`` replaces the epochs by fixed steps,
+still drawn from the confident subset.
+
+The rest of SemiFL lives elsewhere: the server's fine-tuning on its labels after every
+aggregation and a warm-up (``fedssl.server_training``), static batch norm (recomputed
+there on the server's labeled data for models with BN, ``cnn_bn`` and ``resnet18``;
+``cnn`` has none), and global momentum (run with ``server.strategy = "fedavgm"``,
 ``server.server_lr = 1``, ``server.server_momentum = 0.5``: SemiFL's code uses 0.5 in
 every partition, IID and non-IID, in its ``src/make.py``), measured against the
 server's fine-tuned model as SemiFL does (:mod:`fedssl.strategies.reference`). Clients are
 aggregated with equal weights (SemiFL's choice): this algorithm reports num-examples 1.
 
 Choices where our machinery differs from SemiFL's code, and why:
-- The shared trainer samples batches from the whole unlabeled shard; non-confident
-  samples are masked out of both terms (SemiFL iterates over the confident subset
-  only), so a step sees fewer confident samples than the batch size.
-- The mix partner x' is drawn per step from all local samples (SemiFL draws it from a
-  second loader over the same data), and the confident batch itself plays the role
-  of SemiFL's separate "mix" batch of confident samples.
-- A client with no confident sample still replies (unchanged weights); SemiFL leaves
-  it out of the average. With tau = 0.95 on Fashion-MNIST this is rare.
+- The client lr follows ``client.lr_schedule``, a cosine over the run's rounds; SemiFL's
+  cosine spans its 800 global epochs whatever the run's length.
+- The confident batch itself plays the role of SemiFL's separate "mix" batch of
+  confident samples (SemiFL zips a second loader of the same size over them).
 - ``client.semifl.teacher = "ema"`` (not SemiFL's) labels the round from the client's
   persistent EMA teacher instead, the teacher of FixMatch and FedSTO here: it measures
   the teacher choice inside SemiFL. With 10 % participation a client trains about
@@ -77,9 +85,13 @@ class SemiFL(Algorithm):
     params_class = SemiFLParams
     metric_keys = ("loss", "loss_x", "loss_fix", "loss_mix", "mask", "mix_lambda", "pl_acc")
     equal_weight = True
+    leave_out_idle = True  # SemiFL's code: a client with no confident sample stays inactive
+    # SemiFL's client step (its src/utils.py): 5 epochs of batch 10, lr 0.03, gradient norm clipped at 1
+    client_defaults = {"local_epochs": 5, "batch_size": 10, "uratio": 1, "lr": 0.03, "max_grad_norm": 1.0}
     unlabeled_views = ("strong",)
     _x_u: torch.Tensor | None = None  # this round's shard and its fixed pseudo-label probabilities
     _probs: torch.Tensor | None = None
+    _confident: torch.Tensor | None = None  # positions of the confident samples (the round's pool)
     _log_prior: torch.Tensor | float = 0.0  # tau x log(local pseudo-label prior), or 0 (off)
 
     @property
@@ -92,9 +104,14 @@ class SemiFL(Algorithm):
         self._x_u, self._flip = data.x_u, data.flip
         teacher = ctx.teacher if self.uses_teacher and ctx.teacher is not None else model
         self._probs = global_pseudo_probs(teacher, data.x_u, data.flip, ctx.device)
+        self._confident = (self._probs.max(dim=1).values >= self.params.threshold).nonzero().squeeze(1).cpu()
         tau = self.params.logit_adjustment
         self._log_prior = tau * local_log_prior(self._probs, self.params.threshold) if tau > 0 else 0.0
         model.train()
+
+    def unlabeled_pool(self) -> torch.Tensor | None:
+        """The round's confident subset: SemiFL iterates over it only."""
+        return self._confident
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
@@ -133,7 +150,7 @@ class SemiFL(Algorithm):
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
         self._log_prior = 0.0
-        self._x_u = self._probs = None  # do not keep a client's shard past its round
+        self._x_u = self._probs = self._confident = None  # do not keep a client's shard past its round
         return {}
 
 

@@ -109,13 +109,15 @@ class FederationConfig:
 class ClientConfig:
     algorithm: str = key("fixmatch", "local SSL objective; its own keys are in [client.<algorithm>]",
                          choices=lambda: tuple(ALGORITHMS), plugin="Class")
-    local_epochs: int = key(2, "local epochs per round (over the labeled set)", ge=0)
+    local_epochs: int = key(2, "local epochs per round: passes over the unlabeled data an SSL algorithm draws "
+                            "from (in unlabeled batches), over the labeled set otherwise", ge=0)
     local_steps: int = key(0, "fixed local steps per round; overrides epochs when > 0", ge=0)
     batch_size: int = key(32, "labeled batch size", ge=2)
     lr: float = key(0.03, "client learning rate", gt=0)
     lr_schedule: str = key("cosine", "cosine (over rounds) or constant", choices=LR_SCHEDULES)
     momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
     weight_decay: float = key(5e-4, "SGD weight decay", ge=0)
+    max_grad_norm: float = key(0.0, "clip each local step's gradient at this L2 norm (0 = off)", ge=0)
     uratio: int = key(4, "unlabeled batch = uratio x labeled batch (FixMatch's mu)", ge=1)
     ema_decay: float = key(0.99, "EMA teacher decay per local step", ge=0, lt=1)
     teacher_sync: float = key(0.5, "teacher <- s^gap * teacher + (1 - s^gap) * global", ge=0, le=1)
