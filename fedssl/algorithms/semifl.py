@@ -37,6 +37,12 @@ aggregated with equal weights (SemiFL's choice): this algorithm reports num-exam
 Choices where our machinery differs from SemiFL's code, and why:
 - The client lr follows ``client.lr_schedule``, a cosine over the run's rounds; SemiFL's
   cosine spans its 800 global epochs whatever the run's length.
+- The server's step is the shared one (``server.train_steps = 50`` steps of batch
+  ``server.train_batch_size = 32``, a 500-step warm-up); SemiFL's server runs 5 epochs
+  over its labels in batches of 10 (50 steps at 10 labels per class) and has no
+  warm-up (``src/train_classifier_ssfl.py``): its first clients label with an untrained
+  model, which passes almost no sample at tau = 0.95. The warm-up is fedssl's shared
+  labels-at-server default, kept for every method alike.
 - The confident batch itself plays the role of SemiFL's separate "mix" batch of
   confident samples (SemiFL zips a second loader of the same size over them).
 - ``client.semifl.teacher = "ema"`` (not SemiFL's) labels the round from the client's
