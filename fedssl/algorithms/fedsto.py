@@ -31,6 +31,10 @@ Choices FedSTO leaves open (there is no official training code), documented here
   schedule spends roughly half its federated rounds in selective training);
 - the orthogonality penalty covers the head only (the layer set is not published;
   fedssl penalises the head), lambda 0.01 by default;
+- the penalty is lambda x sigma, as FedSTO's paper writes SRIP, with a constant
+  lambda; SRIP's public code adds lambda x sigma^2 and decays lambda over training.
+  The paper's form is kept because FedSTO is the method named; the code's form is
+  not measured here;
 - the teacher is the shared persistent EMA teacher (decay 0.99 per step suits
   federated rounds of tens of steps; the Efficient Teacher lineage uses 0.999 over
   much longer local training).
