@@ -208,14 +208,13 @@ class FedSSLStrategy(Strategy):
                     log.warning("round %d: node %d %s: update rejected: %s", rnd, node, who, reason)
                     continue
                 assert pid is not None  # _check rejects a missing partition id
-                if content["metrics"].get(P.IDLE_KEY):  # it ran no step: its model is the global one
-                    tally.idle += 1
-                    self._remember(pid, content)
-                    continue
-                tally.accept(pid, content)
                 self._remember(pid, content)
                 if self.deployment:
                     self.node_pid[node] = pid
+                if content["metrics"].get(P.IDLE_KEY):  # it ran no step: its model is the global one
+                    tally.idle += 1
+                    continue
+                tally.accept(pid, content)
         for node, group in group_of.items():
             if node not in answered:
                 tally.failed += max(1, len(group)) if self.deployment else len(group)
