@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from fedssl.algorithms.base import RoundContext
 from fedssl.config import resolve
 from fedssl.state import ClientStateStore
 from fedssl.stream import metrics as M
@@ -214,3 +215,31 @@ def test_lwf_kd_and_ewc_match_target_on_constructed_inputs():
     anchor = {n: p.detach() + 0.5 for n, p in model.named_parameters()}
     # compute_ewc: sum F (p - mean)^2 / 2 -> with p - mean = -0.5 everywhere, sum F / 8
     assert float(ewc_penalty(model, fisher, anchor).detach()) == pytest.approx(float(sum(f.sum() for f in fisher.values()) / 8))
+
+
+def test_fedmobile_distribution_alignment_by_hand():
+    from fedssl.algorithms.fedmobile import align
+
+    q, prior = torch.tensor([[0.9, 0.1], [0.5, 0.5]]), torch.tensor([0.5, 0.5])
+    # batch mean [0.7, 0.3]; q * prior / mean = [[.642857, .166667], [.357143, .833333]], rows renormalised
+    want = torch.tensor([[0.642857 / 0.809524, 0.166667 / 0.809524], [0.3, 0.7]])
+    assert torch.allclose(align(q, prior), want, atol=1e-5)
+    # a teacher that files a whole batch under class 0 no longer yields one pseudo-label for all of it
+    skewed = torch.softmax(torch.tensor([[4.0, 0.0, 1.0], [4.0, 1.0, 0.0], [4.0, 0.5, 0.5]]), dim=1)
+    assert set(skewed.argmax(1).tolist()) == {0}
+    assert set(align(skewed, torch.full((3,), 1 / 3)).argmax(1).tolist()) == {0, 1, 2}
+
+
+def test_fedmobile_aligns_both_targets_only_when_asked(tmp_path):
+    from fedssl.algorithms.fedmobile import FedMobileLike, FedMobileParams, align
+    from fedssl.data.tensors import ClientData
+
+    cfg = resolve(overrides=tiny(tmp_path)).client
+    y_l = torch.tensor([0, 0, 0, 2])  # prior (3+1, 0+1, 1+1) / 7
+    data = ClientData(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), y_l, torch.zeros(0, 1, 2, 2), torch.zeros(0))
+    q = torch.softmax(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), dim=1)
+    for on in (True, False):
+        alg = FedMobileLike(cfg, num_classes=3, num_seen=3, params=FedMobileParams(align=on))
+        alg.begin_round(torch.nn.Identity(), RoundContext(server_round=1), data)
+        assert torch.allclose(alg._prior, torch.tensor([4 / 7, 1 / 7, 2 / 7]))
+        assert torch.equal(alg.targets(q), align(q, alg._prior) if on else q)

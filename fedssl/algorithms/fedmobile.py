@@ -15,6 +15,17 @@ ingredients are built, in their standard forms:
 
     L = CE(f(x_weak), y) + lambda_u * L_fixmatch(u) + lambda_kd * KD(f(x_weak, u_weak), f_old(x_weak, u_weak))
 
+One ingredient is fedssl's, not the abstract's: **distribution alignment** (``align``,
+on by default; ReMixMatch, Berthelot et al., 2020). Both targets, the EMA teacher's
+pseudo-label probabilities and the old model's tempered softmax, are multiplied by the
+client's labelled class prior over their mean on the batch, then renormalised. Why:
+at a radical shift (the inverse domain) the old model files 40 % of the new images
+under one class, confidently; with both terms pulling towards that class, one seed's
+model collapsed onto it for the rest of the run (docs/results/stream.md). The prior is
+the client's labelled histogram of the stage, Laplace-smoothed (its label skew, not a
+uniform one). The model-side mean is the batch's, not ReMixMatch's running mean over
+128 batches: it follows a stage's shift at once and keeps no state between rounds.
+
 No raw sample of an earlier stage is kept (replay ``none``); the client's memory is
 its stage shard, the EMA teacher and the previous stage's model. The paper's own
 losses, schedules and any health-sensing specifics are not reproduced.
@@ -24,13 +35,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedssl.algorithms.base import Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, register, torch
-from fedssl.algorithms.lwf import LwFParams, kd_loss
+from typing import Any
+
+from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, param,
+                                    register, torch)
+from fedssl.algorithms.lwf import LwFParams, soft_ce
 
 
 @dataclass(frozen=True)
 class FedMobileParams(LwFParams, PseudoLabelParams):
     """FixMatch's ``threshold`` and ``lambda_u`` with lwf's ``temperature`` and ``lambda_kd``."""
+
+    align: bool = param(True, "align pseudo-label and distillation targets to the client's labelled class "
+                              "prior (ReMixMatch's distribution alignment); off: FixMatch + KD as they are")
+
+
+def align(q: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment: ``q * prior / mean_batch(q)``, renormalised per sample."""
+    q = q * (prior / q.mean(dim=0).clamp_min(1e-8))
+    return q / q.sum(dim=1, keepdim=True)
 
 
 @register("fedmobile")
@@ -41,6 +64,14 @@ class FedMobileLike(Algorithm):
     uses_prev_model = True
     unlabeled_views = ("weak", "strong")
 
+    def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
+        """The client's labelled class prior of this stage, Laplace-smoothed (for ``align``)."""
+        counts = torch.bincount(data.y_l, minlength=self.num_classes).float() + 1.0
+        self._prior = (counts / counts.sum()).to(ctx.device)
+
+    def targets(self, q: torch.Tensor) -> torch.Tensor:
+        return align(q, self._prior) if self.params.align else q
+
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
         if not batch.x_u:  # a client with labels only: CE and distillation on them
@@ -48,7 +79,7 @@ class FedMobileLike(Algorithm):
             weak, strong_logits, mask, pseudo_label = logits, logits[:0], logits.new_zeros(0), None
         else:
             u_weak, u_strong = batch.x_u
-            max_probs, pseudo_label = self.pseudo_probs(model, u_weak, ctx).max(dim=1)
+            max_probs, pseudo_label = self.targets(self.pseudo_probs(model, u_weak, ctx)).max(dim=1)
             mask = (max_probs >= self.params.threshold).float()
             logits = model(torch.cat([batch.x_l[0], u_weak, u_strong]))
             n_u = len(u_weak)
@@ -63,7 +94,8 @@ class FedMobileLike(Algorithm):
             x_kd = torch.cat([batch.x_l[0], *batch.x_u[:1]])
             with torch.no_grad():
                 old = ctx.prev_model(x_kd)
-            loss_kd = kd_loss(weak, old, self.params.temperature)
+            t = self.params.temperature
+            loss_kd = soft_ce(weak, self.targets(F.softmax(old / t, dim=1)), t)
             loss = loss + self.params.lambda_kd * loss_kd
             metrics["loss_kd"] = loss_kd.detach()
         return loss, metrics

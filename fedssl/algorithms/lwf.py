@@ -29,9 +29,12 @@ class LwFParams(Params):
 
 def kd_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """TARGET's ``_KD_loss``: soft cross-entropy of the old model's tempered softmax, per sample."""
-    log_p = F.log_softmax(logits / temperature, dim=1)
-    q = F.softmax(old_logits / temperature, dim=1)
-    return -(q * log_p).sum() / logits.shape[0]
+    return soft_ce(logits, F.softmax(old_logits / temperature, dim=1), temperature)
+
+
+def soft_ce(logits: torch.Tensor, q: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of the target distribution ``q`` against the tempered softmax, per sample."""
+    return -(q * F.log_softmax(logits / temperature, dim=1)).sum() / logits.shape[0]
 
 
 @register("lwf")
