@@ -247,3 +247,37 @@ def test_a_cnn_client_round_runs_the_consistency_term_and_saves_its_status():
     assert set(res.state) == {"algo.status", "algo.class_confidence"}
     assert res.metrics["train_mask_sacr"] > 0 and 0 < res.metrics["train_loss_sacr"] < float("inf")
     assert res.metrics["train_status_weight"] == pytest.approx(1 - res.state["algo.status"].item())
+
+
+def test_fl2_iterates_epochs_over_its_selected_samples_with_the_references_clip(monkeypatch):
+    """The reference's client round (global_pseudo_lb = 2): local_epochs passes, in
+    unlabeled batches, over the samples above their class's threshold only, gradients
+    clipped at norm 1."""
+    import math
+
+    import fedssl.algorithms.fl2 as fl2_mod
+    from fedssl.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8, generator=g)
+    data = ClientData(x[:0], torch.zeros(0, dtype=torch.long), x, torch.randint(0, 10, (12,), generator=g), flip=False)
+    probs = torch.full((12, 10), 0.05)
+    probs[:, 0] = 0.55
+    chosen = torch.tensor([2, 3, 7, 11])
+    probs[chosen, 0], probs[chosen, 1] = 0.95, 0.0  # tau_g = tau(0) = (8 x 0.55 + 4 x 0.95) / 12 = 0.683: only these pass
+    monkeypatch.setattr(fl2_mod.semifl, "global_pseudo_probs", lambda *a: probs.clone())
+    drawn: list[torch.Tensor] = []
+    real_loss = fl2_mod.FL2.loss
+
+    def spy(self, model, batch, ctx):
+        drawn.append(batch.idx_u.clone())
+        return real_loss(self, model, batch, ctx)
+
+    monkeypatch.setattr(fl2_mod.FL2, "loss", spy)
+    cfg = resolve(overrides={"client.algorithm": "fl2", "client.local_epochs": 2, "client.batch_size": 3})
+    assert (cfg.client.uratio, cfg.client.lr, cfg.client.max_grad_norm) == (1, 0.03, 1.0)  # the reference's
+    res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg, server_round=1, partition_id=0,
+                       state=None)
+    assert len(drawn) == 2 * math.ceil(len(chosen) / 3)
+    assert set(torch.cat(drawn).tolist()) == set(chosen.tolist())
+    assert res.metrics["train_mask"] == 1.0 and res.metrics["train_selected"] == pytest.approx(4 / 12)

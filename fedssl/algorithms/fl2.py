@@ -41,13 +41,11 @@ Defaults are the reference code's (``src/config/config.yml``): ASAM, rho 0.1, et
 unlabeled batch 32 (``client.batch_size`` 32 x ``client.uratio`` 1), lr 0.03.
 Differences, and why:
 
-- The shared trainer samples batches from the whole shard; unselected samples are
-  masked out (the reference iterates over the selected subset only). The CE is still
-  a mean over the batch's selected samples and L_sa is divided by their count, the
-  reference's normalisations, so a batch that happens to hold only selected samples
-  gives the reference's loss; an epoch counts the whole shard, not the subset.
-- No client-side gradient clipping (the reference clips at norm 1): the shared
-  trainer has no clipping step an algorithm could use.
+- Each round iterates over the selected samples only, as the reference's default
+  (``global_pseudo_lb = 2``) does: ``client.local_epochs`` passes over them, in
+  unlabeled batches (:meth:`unlabeled_pool`), and gradients are clipped at norm 1
+  (``client.max_grad_norm``), as the reference's ``Client.train``. Its labeled batch
+  size 10 does not apply: the clients hold no labels here.
 - A client whose status weight would be 0 (every sample predicted with probability
   exactly 1.0 in float32) reports 1e-6 instead, so a round's weights never sum to 0.
 - ``client.fl2.status_momentum = m > 0`` (not the reference's, which re-estimates
@@ -91,15 +89,17 @@ class FL2Params(Params):
 @register("fl2")
 class FL2(Algorithm):
     params_class = FL2Params
-    metric_keys = ("loss", "loss_x", "loss_u", "loss_sacr", "mask", "mask_sacr", "status", "status_weight",
+    metric_keys = ("loss", "loss_x", "loss_u", "loss_sacr", "mask", "mask_sacr", "selected", "status", "status_weight",
                    "pl_acc")
-    client_defaults = {"local_epochs": 5, "uratio": 1, "batch_size": 32, "lr": 0.03}
+    client_defaults = {"local_epochs": 5, "uratio": 1, "batch_size": 32, "lr": 0.03, "max_grad_norm": 1.0}
     equal_weight = True  # num-examples 1; the server weights by status_weight instead
     weight_key = "train_status_weight"
     unlabeled_views = ("strong",)
     _probs: torch.Tensor | None = None  # this round's global-model predictions on the shard
     _tau: torch.Tensor | None = None  # class-wise thresholds tau(k)
     _status: float = 0.0
+    _selected: torch.Tensor | None = None  # shard positions above their class's threshold: the round's pool
+    _selected_share: float = 0.0
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         """Predict the shard with the received model; the client's thresholds from it."""
@@ -112,7 +112,14 @@ class FL2(Algorithm):
         ctx.state["status"], ctx.state["class_confidence"] = status.cpu(), class_conf.cpu()
         self._tau = class_thresholds(status, class_conf).to(ctx.device)
         self._status = float(status)
+        conf, y_hat = self._probs.max(dim=1)
+        self._selected = (conf >= self._tau[y_hat].to(conf.device)).nonzero().squeeze(1).cpu()
+        self._selected_share = len(self._selected) / max(len(conf), 1)
         model.train()
+
+    def unlabeled_pool(self) -> torch.Tensor | None:
+        """The round's selected samples: the reference iterates over them only."""
+        return self._selected
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         n_l = batch.y_l.numel()
@@ -127,7 +134,10 @@ class FL2(Algorithm):
         conf, y_hat = self._probs[batch.idx_u.to(self._probs.device)].max(dim=1)
         selected = conf >= self._tau[y_hat]
         confident = conf[selected] >= self.params.sacr_threshold
-        out.update(mask=selected.float().mean(), mask_sacr=confident.float().sum() / len(conf))
+        # selected: the shard's selected share (the reference's LabelRatio); mask: the batch's, which is 1
+        # when the batches come from the pool
+        out.update(mask=selected.float().mean(), mask_sacr=confident.float().sum() / len(conf),
+                   selected=self._selected_share)
         total = loss_x if loss_x is not None else zero
         out["loss_x"] = total.detach()
         if not selected.any():
@@ -144,7 +154,7 @@ class FL2(Algorithm):
         return total + self.params.lambda_u * loss_u + loss_sacr, out
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
-        self._probs = self._tau = None  # do not keep a client's predictions past its round
+        self._probs = self._tau = self._selected = None  # do not keep a client's predictions past its round
         return {}
 
 
