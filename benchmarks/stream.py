@@ -36,7 +36,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fedssl.config import resolve
+from fedssl.config import ConfigError, resolve
+from fedssl.config.validate import own_keys_only
 
 METHODS = {"finetune_sup": "supervised", "finetune_fm": "fixmatch", "replay": "replay", "retrain": "retrain",
            "lwf": "lwf", "ewc": "ewc", "fedmobile": "fedmobile"}
@@ -138,6 +139,8 @@ def main() -> None:
     args = ap.parse_args()
     out, methods = Path(args.out), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if any("=" not in s for s in args.set):
+        ap.error("--set takes section.key=value")
     extra = dict(s.split("=", 1) for s in args.set)
     todo = []
     for seed in seeds:
@@ -145,8 +148,10 @@ def main() -> None:
             run_dir = out / m / f"seed{seed}"
             if not (run_dir / "summary.json").exists() and not args.report_only:
                 over = {k: v for k, v in overrides(m, seed, args).items() if k not in extra}
-                resolve(overrides={**over, **extra})  # bad settings fail here, before any run
-                todo.append((over, extra, run_dir))
+                # a key of another method's [client.<name>] section applies to that method's runs only
+                mine = {k: v for k, v in own_keys_only({**over, **extra}).items() if k in extra}
+                resolve(overrides={**over, **mine})  # bad settings fail here, before any run
+                todo.append((over, mine, run_dir))
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         list(pool.map(lambda t: run_one(*t), todo))
     text, heat = table(out, methods, seeds)
@@ -159,4 +164,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
