@@ -43,9 +43,11 @@ OPEN_WORLD = {"data.seen_classes": 6, "data.partition": "openworld", "data.globa
 
 def config(alg: str, out):
     extra = own_keys_only({**OPEN_WORLD, "client.algorithm": alg}) if ALGORITHMS[alg].open_world else {}
+    # an algorithm that declares its own client step (SemiFL's, (FL)^2's epochs over their
+    # selected samples, clipped) runs it; the others get 12 steps a round
+    steps = {"client.local_steps": 0} if ALGORITHMS[alg].client_defaults else {"client.local_steps": 12}
     return resolve(overrides=tiny(out / alg, **{"client.algorithm": alg, "federation.rounds": ROUNDS,
-                                                "client.local_steps": 12, "data.num_clients": NODES,
-                                                **extra}))
+                                                "data.num_clients": NODES, **steps, **extra}))
 
 
 def central_eval(cfg):
