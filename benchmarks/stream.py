@@ -139,8 +139,8 @@ def main() -> None:
     args = ap.parse_args()
     out, methods = Path(args.out), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    if any("=" not in s for s in args.set):
-        ap.error("--set takes section.key=value")
+    if bad := [s for s in args.set if "=" not in s]:
+        raise ConfigError(f"--set takes section.key=value, not {bad[0]!r}")
     extra = dict(s.split("=", 1) for s in args.set)
     todo = []
     for seed in seeds:

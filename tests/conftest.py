@@ -30,6 +30,32 @@ def tiny(out: Path | str, **extra: object) -> dict[str, object]:
     return base
 
 
+def unlabeled_only(n: int = 12):
+    """A client shard of ``n`` random 28x28 images, none labelled (hidden labels kept)."""
+    import torch
+
+    from fedssl.data.tensors import ClientData
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return ClientData(x[:0], torch.zeros(0, dtype=torch.long), x, torch.randint(0, 10, (n,), generator=g),
+                      flip=False)
+
+
+def spy_unlabeled_batches(monkeypatch, algorithm_class) -> list:
+    """The shard positions of every unlabeled batch ``algorithm_class.loss`` is given,
+    recorded as the loss runs."""
+    drawn: list = []
+    real_loss = algorithm_class.loss
+
+    def spy(self, model, batch, ctx):
+        drawn.append(batch.idx_u.clone())
+        return real_loss(self, model, batch, ctx)
+
+    monkeypatch.setattr(algorithm_class, "loss", spy)
+    return drawn
+
+
 def as_set_flags(overrides: dict[str, object]) -> list[str]:
     flags = []
     for k, v in overrides.items():

@@ -21,7 +21,7 @@ from fedssl.algorithms.fl2 import class_thresholds, learning_status
 from fedssl.config import resolve
 from fedssl.training import ClientData, build_algorithm, train_client
 from fedssl.flower_compat import server_reply
-from tests.conftest import kill9_after_checkpoint, run_cli, tiny
+from tests.conftest import kill9_after_checkpoint, run_cli, spy_unlabeled_batches, tiny, unlabeled_only
 
 PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], dtype=torch.float64)
 
@@ -258,22 +258,13 @@ def test_fl2_iterates_epochs_over_its_selected_samples_with_the_references_clip(
     import fedssl.algorithms.fl2 as fl2_mod
     from fedssl.models import build_model
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8, generator=g)
-    data = ClientData(x[:0], torch.zeros(0, dtype=torch.long), x, torch.randint(0, 10, (12,), generator=g), flip=False)
+    data = unlabeled_only(12)
     probs = torch.full((12, 10), 0.05)
     probs[:, 0] = 0.55
     chosen = torch.tensor([2, 3, 7, 11])
     probs[chosen, 0], probs[chosen, 1] = 0.95, 0.0  # tau_g = tau(0) = (8 x 0.55 + 4 x 0.95) / 12 = 0.683: only these pass
     monkeypatch.setattr(fl2_mod.semifl, "global_pseudo_probs", lambda *a: probs.clone())
-    drawn: list[torch.Tensor] = []
-    real_loss = fl2_mod.FL2.loss
-
-    def spy(self, model, batch, ctx):
-        drawn.append(batch.idx_u.clone())
-        return real_loss(self, model, batch, ctx)
-
-    monkeypatch.setattr(fl2_mod.FL2, "loss", spy)
+    drawn = spy_unlabeled_batches(monkeypatch, fl2_mod.FL2)
     cfg = resolve(overrides={"client.algorithm": "fl2", "client.local_epochs": 2, "client.batch_size": 3})
     assert (cfg.client.uratio, cfg.client.lr, cfg.client.max_grad_norm) == (1, 0.03, 1.0)  # the reference's
     res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg, server_round=1, partition_id=0,

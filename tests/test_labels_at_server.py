@@ -23,7 +23,7 @@ from fedssl.data import make_partition
 from fedssl.models import build_model
 from fedssl.server_training import ServerTrainer, recompute_bn_stats
 from fedssl.training import ClientData, build_algorithm, train_client
-from tests.conftest import assert_bad_input, kill9_after_checkpoint, run_cli, tiny
+from tests.conftest import assert_bad_input, kill9_after_checkpoint, run_cli, spy_unlabeled_batches, tiny, unlabeled_only
 
 K = 10
 
@@ -229,13 +229,6 @@ def test_fedsto_phases_loss_and_frozen_head():
 
 
 # -- clients without labels -----------------------------------------------------------
-def unlabeled_only(n: int = 12) -> ClientData:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
-    return ClientData(x[:0], torch.zeros(0, dtype=torch.long), x, torch.randint(0, 10, (n,), generator=g),
-                      flip=False)
-
-
 def test_supervised_on_a_client_without_labels_returns_the_global_model_untouched():
     cfg = resolve(overrides={"client.algorithm": "supervised", "client.local_epochs": 5})
     model = build_model("cnn", 10)
@@ -390,14 +383,7 @@ def test_semifl_iterates_epochs_over_its_confident_subset(monkeypatch):
     probs[:, 0] = 0.55
     probs[confident, 0], probs[confident, 1] = 0.96, 0.0
     monkeypatch.setattr(semifl_mod, "global_pseudo_probs", lambda *a: probs.clone())
-    drawn: list[torch.Tensor] = []
-    real_loss = semifl_mod.SemiFL.loss
-
-    def spy(self, model, batch, ctx):
-        drawn.append(batch.idx_u.clone())
-        return real_loss(self, model, batch, ctx)
-
-    monkeypatch.setattr(semifl_mod.SemiFL, "loss", spy)
+    drawn = spy_unlabeled_batches(monkeypatch, semifl_mod.SemiFL)
     cfg = resolve(overrides={"client.algorithm": "semifl", "client.local_epochs": 3, "client.batch_size": 2})
     assert (cfg.client.uratio, cfg.client.lr, cfg.client.max_grad_norm) == (1, 0.03, 1.0)  # SemiFL's code
     res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg, server_round=1, partition_id=0,
