@@ -1,0 +1,111 @@
+"""Every closed-world SSL algorithm at its own defaults, in both label settings, against
+a supervised reference trained to its plateau and a centralized SSL reference (issue 26,
+part 4).
+
+Runs two `fedssl bench` grids (resumable: finished cells are not rerun), then tabulates:
+
+  server   benchmarks/grids/defaults_server.toml: labels at the server (10 per class),
+           the first run's split and budget; reference = server-only (its warm-up
+           already reaches its plateau)
+  client   benchmarks/grids/defaults_client.toml: 2 % labels at the clients; the
+           reference is `supervised` at the most steps that still help: it runs at its
+           defaults, 50 and 200 local steps a round, and the best of them is the reference
+
+For each algorithm: final accuracy (mean ± std over seeds), the gain over the reference
+paired by seed (a seed fixes the partition and the initial model), the gap to the
+centralized reference, whether it clears +3 points, and the number of client updates
+the server rejected (non-finite or over the norm bound: a defect of the defaults).
+
+    python benchmarks/defaults.py --out runs/defaults [--settings server,client] [--report-only]
+
+Writes OUT/defaults.md (both tables) beside the two bench directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GRIDS = {"server": HERE / "grids" / "defaults_server.toml", "client": HERE / "grids" / "defaults_client.toml"}
+TITLES = {"server": "Labels at the server: 10 per class, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds",
+          "client": "Labels at the clients: 2 %, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds"}
+GOAL = 3.0  # points over the reference (the issue's criterion)
+
+
+def method_of(row) -> str:
+    if int(row["data.num_clients"]) == 1:
+        return "central"
+    if row["client.algorithm"] == "supervised" and int(row["client.local_steps"]) > 0:
+        return f"supervised ({int(row['client.local_steps'])} steps)"
+    return row["client.algorithm"]
+
+
+def rejected(bench: Path, cell: str) -> int:
+    import pandas as pd
+
+    metrics = pd.read_csv(bench / "runs" / cell / "metrics.csv")
+    return int(pd.to_numeric(metrics.get("rejected_updates", 0), errors="coerce").fillna(0).sum())
+
+
+def table(setting: str, bench: Path) -> list[str]:
+    import pandas as pd
+
+    res = pd.read_csv(bench / "results.csv")
+    res = res[res["status"] == "ok"].copy()
+    res["method"] = res.apply(method_of, axis=1)
+    acc = {m: g.set_index("run.seed")["acc_all"] * 100 for m, g in res.groupby("method", sort=False)}
+    sup = {m: v for m, v in acc.items() if m.startswith("supervised")}
+    ref_name = max(sup, key=lambda m: sup[m].mean()) if sup else None
+    central = acc.get("central")
+    lines = [f"### {TITLES[setting]}", "",
+             f"Reference: `{ref_name}` (the best supervised arm); central: one client holding all the data.", "",
+             "| method | seeds | final acc % (mean ± std) | gain over reference, paired (per seed) | "
+             f">= +{GOAL:.0f} | gap to central | rejected updates |",
+             "|---|---|---|---|---|---|---|"]
+    for m, v in acc.items():
+        std = statistics.pstdev(v) if len(v) > 1 else 0.0
+        cells = res[res["method"] == m]["cell"]
+        rej = sum(rejected(bench, c) for c in cells)
+        if ref_name is None or m == ref_name:
+            gain, ok = "reference", ""
+        else:
+            d = (v - acc[ref_name]).dropna()
+            gain = f"{d.mean():+.1f} ({' / '.join(f'{x:+.1f}' for x in d)})"
+            ok = "" if m.startswith("supervised") or m == "central" else ("yes" if d.mean() >= GOAL else "**no**")
+        gap = f"{central.mean() - v.mean():+.1f}" if central is not None and m != "central" else ""
+        lines.append(f"| {m} | {len(v)} | {v.mean():.1f} ± {std:.1f} | {gain} | {ok} | {gap} | {rej} |")
+    return lines + [""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/defaults")
+    ap.add_argument("--settings", default="server,client", help="server,client")
+    ap.add_argument("--report-only", action="store_true", help="tabulate finished cells, start none")
+    args = ap.parse_args()
+    out = Path(args.out)
+    settings = args.settings.split(",")
+    for s in settings:
+        if s not in GRIDS:
+            raise SystemExit(f"error: unknown setting {s!r} (server, client)")
+    lines = ["# Every algorithm at its defaults", ""]
+    for s in settings:
+        bench = out / s
+        if not args.report_only:
+            proc = subprocess.run([sys.executable, "-m", "fedssl.cli", "bench", "--grid", str(GRIDS[s]),
+                                   "--out", str(bench)])
+            if proc.returncode != 0:
+                raise SystemExit(f"error: the {s} grid stopped with exit status {proc.returncode}")
+        if (bench / "results.csv").exists():
+            lines += table(s, bench)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "defaults.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
