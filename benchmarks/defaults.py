@@ -14,7 +14,9 @@ Runs two `fedssl bench` grids (resumable: finished cells are not rerun), then ta
 For each algorithm: final accuracy (mean ± std over seeds), the gain over the reference
 paired by seed (a seed fixes the partition and the initial model), the gap to the
 centralized reference, whether it clears +3 points, and the number of client updates
-the server rejected (non-finite or over the norm bound: a defect of the defaults).
+the server rejected (non-finite or over the norm bound: a defect of the defaults), and
+how much of the unlabeled data trained and how right its pseudo-labels were (the first
+place to look for why an algorithm gains little).
 
     python benchmarks/defaults.py --out runs/defaults [--settings server,client] [--report-only]
 
@@ -44,11 +46,23 @@ def method_of(row) -> str:
     return row["client.algorithm"]
 
 
-def rejected(bench: Path, cell: str) -> int:
+def run_stats(bench: Path, cells) -> tuple[int, str, str]:
+    """Over the method's runs: client updates the server rejected, and the mean over
+    rounds and seeds of the share of unlabeled samples that trained (``train_selected``
+    where the algorithm draws its batches from a selected pool, else ``train_mask``) and
+    of the accuracy of those pseudo-labels against the hidden labels (``train_pl_acc``)."""
     import pandas as pd
 
-    metrics = pd.read_csv(bench / "runs" / cell / "metrics.csv")
-    return int(pd.to_numeric(metrics.get("rejected_updates", 0), errors="coerce").fillna(0).sum())
+    rej, used, acc = 0, [], []
+    for cell in cells:
+        m = pd.read_csv(bench / "runs" / cell / "metrics.csv")
+        rej += int(pd.to_numeric(m.get("rejected_updates", 0), errors="coerce").fillna(0).sum())
+        share = "train_selected" if "train_selected" in m else "train_mask"
+        for col, into in ((share, used), ("train_pl_acc", acc)):
+            if col in m and m[col].notna().any():
+                into.append(float(m[col].mean()))
+    pct = lambda xs: f"{100 * statistics.mean(xs):.0f}" if xs else ""  # noqa: E731
+    return rej, pct(used), pct(acc)
 
 
 def table(setting: str, bench: Path) -> list[str]:
@@ -64,12 +78,12 @@ def table(setting: str, bench: Path) -> list[str]:
     lines = [f"### {TITLES[setting]}", "",
              f"Reference: `{ref_name}` (the best supervised arm); central: one client holding all the data.", "",
              "| method | seeds | final acc % (mean ± std) | gain over reference, paired (per seed) | "
-             f">= +{GOAL:.0f} | gap to central | rejected updates |",
-             "|---|---|---|---|---|---|---|"]
+             f">= +{GOAL:.0f} | gap to central | rejected updates | unlabeled share trained % | its pseudo-label acc % |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for m, v in acc.items():
         std = statistics.pstdev(v) if len(v) > 1 else 0.0
         cells = res[res["method"] == m]["cell"]
-        rej = sum(rejected(bench, c) for c in cells)
+        rej, used, pl_acc = run_stats(bench, cells)
         if ref_name is None or m == ref_name:
             gain, ok = "reference", ""
         else:
@@ -77,7 +91,7 @@ def table(setting: str, bench: Path) -> list[str]:
             gain = f"{d.mean():+.1f} ({' / '.join(f'{x:+.1f}' for x in d)})"
             ok = "" if m.startswith("supervised") or m == "central" else ("yes" if d.mean() >= GOAL else "**no**")
         gap = f"{central.mean() - v.mean():+.1f}" if central is not None and m != "central" else ""
-        lines.append(f"| {m} | {len(v)} | {v.mean():.1f} ± {std:.1f} | {gain} | {ok} | {gap} | {rej} |")
+        lines.append(f"| {m} | {len(v)} | {v.mean():.1f} ± {std:.1f} | {gain} | {ok} | {gap} | {rej} | {used} | {pl_acc} |")
     return lines + [""]
 
 

@@ -49,7 +49,9 @@ def apply_fault(cfg: Config, partition_id: int, server_round: int,
     if mode == "crash":
         raise InjectedCrash(f"injected crash on client {partition_id} in round {server_round}")
     if mode == "hang":
-        time.sleep(cfg.federation.round_timeout * 2 + 5)
+        # the client starts at or after the round does, so this reply is always late; a
+        # longer sleep only delays the run's end, which waits for the sleeping actor
+        time.sleep(cfg.federation.round_timeout + 5)
         return state
     out = {k: v.clone() for k, v in state.items()}
     first = next(k for k, v in out.items() if v.is_floating_point())

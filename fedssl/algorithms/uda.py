@@ -5,9 +5,8 @@ per-client EMA teacher.
 
 where q_b = softmax(teacher(u_weak_b)) and q~_b is q_b sharpened with temperature T
 (``client.uda.temperature``, 0.4 in the paper): q~ ∝ q^(1/T), i.e. softmax(logits / T).
-The confidence mask uses the unsharpened q with ``client.uda.threshold``. Default 0.95,
-FixMatch's, not the UDA paper's (and USB's) 0.8: set ``client.uda.threshold = 0.8``
-to reproduce UDA. KL differs from USB's soft cross-entropy
+The confidence mask uses the unsharpened q with ``client.uda.threshold``, 0.8 as in
+UDA's paper and USB's config (``p_cutoff``). KL differs from USB's soft cross-entropy
 only by the target's entropy (a constant), so the gradient is the same and the loss
 reads 0 when the student matches the target. Training-signal annealing is omitted.
 """
@@ -22,6 +21,8 @@ from fedssl.algorithms.fixmatch import FixMatch, FixMatchParams
 
 @dataclass(frozen=True)
 class UDAParams(FixMatchParams):
+    threshold: float = param(0.8, "confidence threshold of the mask, on the unsharpened q (UDA's p_cutoff)",
+                             gt=0, le=1)
     temperature: float = param(0.4, "sharpening temperature T of the soft target", gt=0)
 
 
