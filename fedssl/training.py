@@ -103,7 +103,7 @@ def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm, n_unlab
     algorithm learns from: its ``n_unlabeled`` unlabeled samples (default: the whole
     shard; :meth:`Algorithm.unlabeled_pool` may choose fewer) in batches of batch_size *
     uratio for SSL algorithms, as in FixMatch's notion of an epoch, the labeled set
-    otherwise."""
+    otherwise; :meth:`Algorithm.epoch_steps` may change that count."""
     c = cfg.client
     if c.local_steps > 0:
         return c.local_steps
@@ -112,7 +112,7 @@ def num_local_steps(cfg: Config, data: ClientData, algorithm: Algorithm, n_unlab
         per_epoch = math.ceil(n_u / (c.batch_size * c.uratio))
     else:
         per_epoch = math.ceil(max(len(data.y_l), 1) / c.batch_size)
-    return max(1, c.local_epochs * per_epoch)
+    return max(1, algorithm.epoch_steps(c.local_epochs * per_epoch))
 
 
 def seed_torch(seed: int) -> None:

@@ -358,3 +358,23 @@ def test_round_lr_is_half_cosine_over_the_run_or_constant():
     assert lrs[0] == 0.1 and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
     assert math.isclose(round_lr(cfg, 6), 0.05)
     assert round_lr(cfg.replace(**{"client.lr_schedule": "constant"}), 9) == 0.1
+
+
+@pytest.mark.parametrize(("labels", "overrides", "steps"), [
+    (12, {}, 50),  # two epochs are 2 steps: the floor, the reference trained to its plateau
+    (3000, {}, 188),  # two epochs over 3 000 labels in batches of 32 exceed it
+    (12, {"client.supervised.min_steps": 0}, 2),  # the epochs alone
+    (12, {"client.local_steps": 7}, 7),  # fixed steps override both
+])
+def test_supervised_trains_at_least_min_steps_under_epochs(labels, overrides, steps):
+    from fedssl.data.tensors import ClientData
+    from fedssl.training import build_algorithm, num_local_steps
+
+    cfg = resolve(overrides={"client.algorithm": "supervised", **overrides})
+    x = torch.zeros(labels + 100, 1, 28, 28, dtype=torch.uint8)
+    y = torch.zeros(labels + 100, dtype=torch.long)
+    data = ClientData(x[:labels], y[:labels], x[labels:], y[labels:])
+    assert num_local_steps(cfg, data, build_algorithm(cfg)) == steps
+    if not overrides:  # an SSL algorithm's epochs are untouched by supervised's floor
+        fixmatch = resolve(overrides={"client.algorithm": "fixmatch"})
+        assert num_local_steps(fixmatch, data, build_algorithm(fixmatch)) == 2

@@ -166,6 +166,11 @@ class Algorithm:
         size also sets the round's steps under ``client.local_epochs``. None: the whole shard."""
         return None
 
+    def epoch_steps(self, steps: int) -> int:
+        """This round's steps under ``client.local_epochs`` (``steps``: the epochs' count;
+        not called when ``client.local_steps`` fixes them)."""
+        return steps
+
     def loss(self, model: nn.Module, batch: Batch, ctx: RoundContext) -> tuple[torch.Tensor, StepMetrics]:
         """Return (scalar loss, metrics for logging). A metric may be a float or a
         detached 0-dim tensor: the trainer sums tensors on the device and reads them
