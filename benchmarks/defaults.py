@@ -9,7 +9,8 @@ Runs two `fedssl bench` grids (resumable: finished cells are not rerun), then ta
            already reaches its plateau)
   client   benchmarks/grids/defaults_client.toml: 2 % labels at the clients; the
            reference is `supervised` at the most steps that still help: it runs at its
-           defaults, 50 and 200 local steps a round, and the best of them is the reference
+           defaults (at least 50 steps a round), 10, 50 and 200 local steps a round,
+           and the best of them is the reference
 
 For each algorithm: final accuracy (mean ± std over seeds), the gain over the reference
 paired by seed (a seed fixes the partition and the initial model), the gap to the
@@ -98,6 +99,12 @@ def table(setting: str, bench: Path) -> list[str]:
     return lines + [""]
 
 
+def fail(msg: str) -> None:
+    """Bad input or a failed grid: one line, exit status 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/defaults")
@@ -108,7 +115,7 @@ def main() -> None:
     settings = args.settings.split(",")
     for s in settings:
         if s not in GRIDS:
-            raise SystemExit(f"error: unknown setting {s!r} (server, client)")
+            fail(f"unknown setting {s!r} (server, client)")
     lines = ["# Every algorithm at its defaults", ""]
     for s in settings:
         bench = out / s
@@ -116,7 +123,7 @@ def main() -> None:
             proc = subprocess.run([sys.executable, "-m", "fedssl.cli", "bench", "--grid", str(GRIDS[s]),
                                    "--out", str(bench)])
             if proc.returncode != 0:
-                raise SystemExit(f"error: the {s} grid stopped with exit status {proc.returncode}")
+                fail(f"the {s} grid stopped with exit status {proc.returncode}; its finished cells are kept")
         if (bench / "results.csv").exists():
             lines += table(s, bench)
     out.mkdir(parents=True, exist_ok=True)
