@@ -37,9 +37,6 @@ GRIDS = {"server": HERE / "grids" / "defaults_server.toml", "client": HERE / "gr
 TITLES = {"server": "Labels at the server: 10 per class, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds",
           "client": "Labels at the clients: 2 %, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds"}
 GOAL = 3.0  # points over the reference (the issue's criterion)
-# draw their batches from the round's confident pool, so their batch mask is always 1,
-# and log no shard share ((FL)^2 logs it as train_selected)
-POOLED = {"semifl"}
 
 
 def method_of(row) -> str:
@@ -50,7 +47,7 @@ def method_of(row) -> str:
     return row["client.algorithm"]
 
 
-def run_stats(bench: Path, cells, pooled: bool) -> tuple[int, str, str]:
+def run_stats(bench: Path, cells) -> tuple[int, str, str]:
     """Over the method's runs: client updates the server rejected, and the mean over
     rounds and seeds of the share of unlabeled samples that trained (``train_selected``
     where the algorithm draws its batches from a selected pool, else ``train_mask``) and
@@ -63,7 +60,7 @@ def run_stats(bench: Path, cells, pooled: bool) -> tuple[int, str, str]:
         rej += int(pd.to_numeric(m.get("rejected_updates", 0), errors="coerce").fillna(0).sum())
         share = "train_selected" if "train_selected" in m else "train_mask"
         for col, into in ((share, used), ("train_pl_acc", acc)):
-            if col in m and m[col].notna().any() and not (pooled and col == share):
+            if col in m and m[col].notna().any():
                 into.append(float(m[col].mean()))
     pct = lambda xs: f"{100 * statistics.mean(xs):.0f}" if xs else ""  # noqa: E731
     return rej, pct(used), pct(acc)
@@ -87,7 +84,7 @@ def table(setting: str, bench: Path) -> list[str]:
     for m, v in acc.items():
         std = statistics.pstdev(v) if len(v) > 1 else 0.0
         cells = res[res["method"] == m]["cell"]
-        rej, used, pl_acc = run_stats(bench, cells, m in POOLED)
+        rej, used, pl_acc = run_stats(bench, cells)
         if ref_name is None or m == ref_name:
             gain, ok = "reference", ""
         else:

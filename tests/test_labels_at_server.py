@@ -390,6 +390,8 @@ def test_semifl_iterates_epochs_over_its_confident_subset(monkeypatch):
                        state=None)
     assert len(drawn) == 3 * math.ceil(len(confident) / 2) and not res.idle
     assert set(torch.cat(drawn).tolist()) == set(confident.tolist())  # nothing else is drawn
+    # the batch mask is 1 on the pool; the shard's confident share is logged beside it
+    assert res.metrics["train_mask"] == 1.0 and res.metrics["train_selected"] == pytest.approx(5 / 12)
     probs[confident, 0] = 0.55  # now nobody is confident
     drawn.clear()
     res = train_client(build_model("cnn", 10), build_algorithm(cfg), data, cfg, server_round=1, partition_id=0,

@@ -89,7 +89,7 @@ class SemiFLParams(PseudoLabelParams):
 @register("semifl")
 class SemiFL(Algorithm):
     params_class = SemiFLParams
-    metric_keys = ("loss", "loss_x", "loss_fix", "loss_mix", "mask", "mix_lambda", "pl_acc")
+    metric_keys = ("loss", "loss_x", "loss_fix", "loss_mix", "mask", "mix_lambda", "pl_acc", "selected")
     equal_weight = True
     leave_out_idle = True  # SemiFL's code: a client with no confident sample stays inactive
     # SemiFL's client step (its src/utils.py): 5 epochs of batch 10, lr 0.03, gradient norm clipped at 1
@@ -98,6 +98,7 @@ class SemiFL(Algorithm):
     _x_u: torch.Tensor | None = None  # this round's shard and its fixed pseudo-label probabilities
     _probs: torch.Tensor | None = None
     _confident: torch.Tensor | None = None  # positions of the confident samples (the round's pool)
+    _selected_share: float = 0.0  # the confident share of the shard; the batch mask is 1 on the pool
     _log_prior: torch.Tensor | float = 0.0  # tau x log(local pseudo-label prior), or 0 (off)
 
     @property
@@ -111,6 +112,7 @@ class SemiFL(Algorithm):
         teacher = ctx.teacher if self.uses_teacher and ctx.teacher is not None else model
         self._probs = global_pseudo_probs(teacher, data.x_u, data.flip, ctx.device)
         self._confident = (self._probs.max(dim=1).values >= self.params.threshold).nonzero().squeeze(1).cpu()
+        self._selected_share = len(self._confident) / max(len(self._probs), 1)
         tau = self.params.logit_adjustment
         self._log_prior = tau * local_log_prior(self._probs, self.params.threshold) if tau > 0 else 0.0
         model.train()
@@ -149,7 +151,7 @@ class SemiFL(Algorithm):
         loss_fix, loss_mix = semifl_loss(z_fix, z_mix, y_hat[mask],
                                          probs_all[partner].argmax(dim=1), lam)
         metrics = {"loss_x": loss_x.item(), "loss_fix": loss_fix.item(), "loss_mix": loss_mix.item(),
-                   "mask": mask.float().mean().item(), "mix_lambda": lam}
+                   "mask": mask.float().mean().item(), "mix_lambda": lam, "selected": self._selected_share}
         if batch.y_u is not None and n_c:
             metrics["pl_acc"] = (y_hat[mask] == batch.y_u[mask]).float().mean().item()
         return loss_x + loss_fix + self.params.lambda_u * loss_mix, metrics
