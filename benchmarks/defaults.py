@@ -2,7 +2,7 @@
 a supervised reference trained to its plateau and a centralized SSL reference (issue 26,
 part 4).
 
-Runs two `fedssl bench` grids (resumable: finished cells are not rerun), then tabulates:
+Runs `fedssl bench` grids (resumable: finished cells are not rerun), then tabulates:
 
   server   benchmarks/grids/defaults_server.toml: labels at the server (10 per class),
            the first run's split and budget; reference = server-only (its warm-up
@@ -11,6 +11,9 @@ Runs two `fedssl bench` grids (resumable: finished cells are not rerun), then ta
            reference is `supervised` at the most steps that still help: it runs at its
            defaults (at least 50 steps a round), 10, 50 and 200 local steps a round,
            and the best of them is the reference
+  cause    benchmarks/grids/defaults_client_cause.toml (not run by default): the
+           client setting with one cause changed at a time (IID shards; 30 rounds),
+           supervised against FixMatch at 10 and 50 steps, one table per split
 
 For each algorithm: final accuracy (mean ± std over seeds), the gain over the reference
 paired by seed (a seed fixes the partition and the initial model), the gap to the
@@ -19,9 +22,9 @@ the server rejected (non-finite or over the norm bound: a defect of the defaults
 how much of the unlabeled data trained and how right its pseudo-labels were (the first
 place to look for why an algorithm gains little).
 
-    python benchmarks/defaults.py --out runs/defaults [--settings server,client] [--report-only]
+    python benchmarks/defaults.py --out runs/defaults [--settings server,client,cause] [--report-only]
 
-Writes OUT/defaults.md (both tables) beside the two bench directories.
+Writes OUT/defaults.md (the settings' tables) beside their bench directories.
 """
 
 from __future__ import annotations
@@ -33,17 +36,21 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-GRIDS = {"server": HERE / "grids" / "defaults_server.toml", "client": HERE / "grids" / "defaults_client.toml"}
+GRIDS = {"server": HERE / "grids" / "defaults_server.toml", "client": HERE / "grids" / "defaults_client.toml",
+         "cause": HERE / "grids" / "defaults_client_cause.toml"}
 TITLES = {"server": "Labels at the server: 10 per class, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds",
-          "client": "Labels at the clients: 2 %, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds"}
+          "client": "Labels at the clients: 2 %, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds",
+          "cause": "Labels at the clients, one cause changed at a time"}
+# the cause grid changes the split or the budget: one table per (partition, rounds)
+GROUP_BY = {"cause": ["data.partition", "federation.rounds"]}
 GOAL = 3.0  # points over the reference (the issue's criterion)
 
 
 def method_of(row) -> str:
-    if int(row["data.num_clients"]) == 1:
+    if int(row.get("data.num_clients", 0)) == 1:
         return "central"
-    if row["client.algorithm"] == "supervised" and int(row["client.local_steps"]) > 0:
-        return f"supervised ({int(row['client.local_steps'])} steps)"
+    if int(row.get("client.local_steps", 0)) > 0:
+        return f"{row['client.algorithm']} ({int(row['client.local_steps'])} steps)"
     return row["client.algorithm"]
 
 
@@ -72,11 +79,21 @@ def table(setting: str, bench: Path) -> list[str]:
     res = pd.read_csv(bench / "results.csv")
     res = res[res["status"] == "ok"].copy()
     res["method"] = res.apply(method_of, axis=1)
+    if setting not in GROUP_BY:
+        return method_table(TITLES[setting], bench, res)
+    lines = []
+    for key, part in res.groupby(GROUP_BY[setting], sort=False):
+        split = ", ".join(f"{k} = {v}" for k, v in zip(GROUP_BY[setting], key))
+        lines += method_table(f"{TITLES[setting]}: {split}", bench, part)
+    return lines
+
+
+def method_table(title: str, bench: Path, res) -> list[str]:
     acc = {m: g.set_index("run.seed")["acc_all"] * 100 for m, g in res.groupby("method", sort=False)}
     sup = {m: v for m, v in acc.items() if m.startswith("supervised")}
     ref_name = max(sup, key=lambda m: sup[m].mean()) if sup else None
     central = acc.get("central")
-    lines = [f"### {TITLES[setting]}", "",
+    lines = [f"### {title}", "",
              f"Reference: `{ref_name}` (the best supervised arm); central: one client holding all the data.", "",
              "| method | seeds | final acc % (mean ± std) | gain over reference, paired (per seed) | "
              f">= +{GOAL:.0f} | gap to central | rejected updates | unlabeled share trained % | its pseudo-label acc % |",
@@ -105,14 +122,14 @@ def fail(msg: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/defaults")
-    ap.add_argument("--settings", default="server,client", help="server,client")
+    ap.add_argument("--settings", default="server,client", help="server,client,cause")
     ap.add_argument("--report-only", action="store_true", help="tabulate finished cells, start none")
     args = ap.parse_args()
     out = Path(args.out)
     settings = args.settings.split(",")
     for s in settings:
         if s not in GRIDS:
-            fail(f"unknown setting {s!r} (server, client)")
+            fail(f"unknown setting {s!r} (server, client, cause)")
     lines = ["# Every algorithm at its defaults", ""]
     for s in settings:
         bench = out / s
