@@ -22,9 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from fedssl.config import Config, ConfigError
 
@@ -168,7 +165,11 @@ def _crc(arrays: dict[str, np.ndarray]) -> str:
     return f"{crc:08x}"
 
 
+# safetensors is imported where a checkpoint is read or written: `fedssl node` imports
+# this module through the CLI in the SuperNode image, which carries neither it nor torch.
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> None:
+    from safetensors.numpy import save as st_save
+
     arrays: dict[str, np.ndarray] = {}
     rest = _split(state, arrays, "")
     meta = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "state": json.dumps(rest),
@@ -197,6 +198,9 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
     if meta.get("version") != str(CHECKPOINT_VERSION):
         raise ConfigError(f"{p}: checkpoint format version {meta.get('version')!r} is not supported "
                           f"(this fedssl reads version {CHECKPOINT_VERSION})")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load as st_load
+
     try:
         arrays = st_load(data)
         if meta.get("crc32") != _crc(arrays):
