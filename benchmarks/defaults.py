@@ -14,6 +14,9 @@ Runs `fedssl bench` grids (resumable: finished cells are not rerun), then tabula
   cause    benchmarks/grids/defaults_client_cause.toml (not run by default): the
            client setting with one cause changed at a time (IID shards; 30 rounds),
            supervised against FixMatch at 10 and 50 steps, one table per split
+  client_1pct   benchmarks/grids/defaults_client_1pct.toml (not run by default): the
+           client setting at 1 % labels, FixMatch against supervised, federated and
+           centralized
 
 For each algorithm: final accuracy (mean ± std over seeds), the gain over the reference
 paired by seed (a seed fixes the partition and the initial model), the gap to the
@@ -37,18 +40,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 GRIDS = {"server": HERE / "grids" / "defaults_server.toml", "client": HERE / "grids" / "defaults_client.toml",
-         "cause": HERE / "grids" / "defaults_client_cause.toml"}
+         "cause": HERE / "grids" / "defaults_client_cause.toml",
+         "client_1pct": HERE / "grids" / "defaults_client_1pct.toml"}
 TITLES = {"server": "Labels at the server: 10 per class, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds",
           "client": "Labels at the clients: 2 %, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds",
-          "cause": "Labels at the clients, one cause changed at a time"}
+          "cause": "Labels at the clients, one cause changed at a time",
+          "client_1pct": "Labels at the clients: 1 %, 100 clients (Dirichlet 0.3), 10 per round, 10 rounds"}
 # the cause grid changes the split or the budget: one table per (partition, rounds)
 GROUP_BY = {"cause": ["data.partition", "federation.rounds"]}
 GOAL = 3.0  # points over the reference (the criterion)
 
 
 def method_of(row) -> str:
-    if int(row.get("data.num_clients", 0)) == 1:
-        return "central"
+    if int(row.get("data.num_clients", 0)) == 1:  # central FixMatch, or its supervised counterpart
+        return "central supervised" if row["client.algorithm"] == "supervised" else "central"
     if int(row.get("client.local_steps", 0)) > 0:
         return f"{row['client.algorithm']} ({int(row['client.local_steps'])} steps)"
     return row["client.algorithm"]
@@ -107,7 +112,7 @@ def method_table(title: str, bench: Path, res) -> list[str]:
         else:
             d = (v - acc[ref_name]).dropna()
             gain = f"{d.mean():+.1f} ({' / '.join(f'{x:+.1f}' for x in d)})"
-            ok = "" if m.startswith("supervised") or m == "central" else ("yes" if d.mean() >= GOAL else "**no**")
+            ok = "" if m.startswith(("supervised", "central")) else ("yes" if d.mean() >= GOAL else "**no**")
         gap = f"{central.mean() - v.mean():+.1f}" if central is not None and m != "central" else ""
         lines.append(f"| {m} | {len(v)} | {v.mean():.1f} ± {std:.1f} | {gain} | {ok} | {gap} | {rej} | {used} | {pl_acc} |")
     return lines + [""]
@@ -122,14 +127,14 @@ def fail(msg: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/defaults")
-    ap.add_argument("--settings", default="server,client", help="server,client,cause")
+    ap.add_argument("--settings", default="server,client", help="server,client,cause,client_1pct")
     ap.add_argument("--report-only", action="store_true", help="tabulate finished cells, start none")
     args = ap.parse_args()
     out = Path(args.out)
     settings = args.settings.split(",")
     for s in settings:
         if s not in GRIDS:
-            fail(f"unknown setting {s!r} (server, client, cause)")
+            fail(f"unknown setting {s!r} ({', '.join(GRIDS)})")
     lines = ["# Every algorithm at its defaults", ""]
     for s in settings:
         bench = out / s
