@@ -36,7 +36,7 @@ run: setup
 	$(BIN)/fedssl bench --grid examples/quickstart.toml --out $(OUT)
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -n 2 --dist loadfile
 
 # unit tests only (no federation, process or server; tests/conftest.py marks those `system`)
 test-fast: $(BIN)/fedssl

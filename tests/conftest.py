@@ -194,25 +194,8 @@ def _starts_system(fn, seen: set[int]) -> bool:
                if n in glb and callable(glb[n]) and getattr(glb[n], "__module__", "").startswith(("test", "conftest")))
 
 
-def file_seconds() -> dict[str, float]:
-    """Each test file's measured seconds, from docs/test_durations.md's per-file table
-    (empty when that table is missing)."""
-    import re
-
-    path = ROOT / "docs" / "test_durations.md"
-    text = path.read_text() if path.exists() else ""
-    return {m[1]: float(m[2]) for m in re.finditer(r"^\| `(tests/[\w/]+\.py)` \| ([\d.]+) \|$", text, re.M)}
-
-
 def pytest_collection_modifyitems(config, items):
-    """Mark system tests from what they use (their code, helpers and fixtures), never by hand.
-
-    Then order the files longest first (each file's tests keep their order): xdist's
-    ``--dist loadfile`` hands files out in collection order (``make test`` turns off its
-    reorder by test count), and a long file handed out last leaves one worker running
-    it alone at the end of the suite."""
-    seconds = file_seconds()
-    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0.0))
+    """Mark system tests from what they use (their code, helpers and fixtures), never by hand."""
     for item in items:
         fns = [getattr(item, "function", None)]
         for defs in getattr(item, "_fixtureinfo", None).name2fixturedefs.values() if hasattr(item, "_fixtureinfo") else ():
