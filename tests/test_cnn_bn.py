@@ -96,3 +96,31 @@ def test_labels_at_server_with_cnn_bn_recomputes_bn_on_server_data(tmp_path):
     for k, v in model.state_dict().items():
         if "running" in k:
             assert torch.equal(got[k], v), (k, (got[k] - v).abs().max())
+
+
+def test_semifl_forwards_each_view_with_its_own_batch_statistics_on_a_bn_model():
+    from fedssl.algorithms.semifl import forward_views
+
+    torch.manual_seed(0)
+    views = [torch.randn(4, 1, 28, 28), torch.randn(3, 1, 28, 28) + 2.0, torch.empty(0, 1, 28, 28)]
+    model = build_model("cnn_bn", 10).train()
+    per_view = forward_views(model, views, per_view=True)
+    joint = forward_views(model, views, per_view=False)
+    # by hand: each non-empty view normalised by its own statistics, or all together
+    assert torch.allclose(per_view, torch.cat([model(views[0]), model(views[1])]), atol=1e-6)
+    assert torch.allclose(joint, model(torch.cat(views)), atol=1e-6)
+    assert per_view.shape == joint.shape == (7, 10) and not torch.allclose(per_view, joint, atol=1e-3)
+    # a one-sample view cannot be normalised alone in train mode: the joint forward
+    one = [views[0], views[1][:1]]
+    assert torch.allclose(forward_views(model, one, per_view=True), model(torch.cat(one)), atol=1e-6)
+    # the choice follows the model: only a model with batch norm runs one forward per view
+    from fedssl.algorithms.base import RoundContext
+
+    def per_view_after_begin_round(model_name: str, **extra: object) -> bool:
+        algo = build_algorithm(resolve(None, tiny("unused", **{"client.algorithm": "semifl", **extra})))
+        data = type("Shard", (), {"x_u": torch.rand(5, 1, 28, 28), "flip": False})()
+        algo.begin_round(build_model(model_name, 10), RoundContext(server_round=1), data)
+        return algo._per_view
+
+    assert not per_view_after_begin_round("cnn") and per_view_after_begin_round("cnn_bn")
+    assert not per_view_after_begin_round("cnn_bn", **{"client.semifl.bn_forward": "joint"})

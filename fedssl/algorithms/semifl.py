@@ -56,10 +56,13 @@ Choices where our machinery differs from SemiFL's code, and why:
   three classes, plain CE pushes the head toward them and down on every absent class;
   the adjusted loss fits the pseudo-labels with balanced logits instead (logit
   adjustment, Menon et al. 2021; FedLC, Zhang et al. 2022, for label skew).
-- One forward over the concatenated labeled, strong and mixed views per step
-  (``model(cat([x_l, strong(x), x_mix]))``); SemiFL runs one forward per view. With
-  batch norm the three views then share one set of batch statistics; on ``cnn``
-  (no BN) the two are the same.
+- On a model with batch norm (``cnn_bn``, ``resnet18``) each step runs one forward per
+  view (labeled, strong, mixed), as SemiFL's code does, so each view is normalised
+  with its own batch statistics (``client.semifl.bn_forward = "per_view"``);
+  ``"joint"`` runs one forward over the concatenated views, which share one set of
+  statistics. A model without BN (``cnn``) always runs the joint forward: there the
+  two are the same function, and one forward is faster. A view of a single sample
+  (BN cannot normalise it in train mode) falls back to the joint forward.
 - RandAugment is fedssl's (2 ops, magnitude 10, Cutout of half the side), not
   SemiFL's pool with its 100-px translations.
 """
@@ -84,6 +87,9 @@ class SemiFLParams(PseudoLabelParams):
     logit_adjustment: float = param(0.0, "add tau x log(local pseudo-label prior) to the logits of the "
                                     "unlabeled terms (FedLC-style balanced loss against label skew; 0 = off, "
                                     "the paper)", ge=0)
+    bn_forward: str = param("per_view", "on a model with batch norm: one forward per view, each with its own "
+                            "batch statistics (per_view, SemiFL's code), or one over all views (joint)",
+                            choices=("per_view", "joint"))
 
 
 @register("semifl")
@@ -100,6 +106,7 @@ class SemiFL(Algorithm):
     _confident: torch.Tensor | None = None  # positions of the confident samples (the round's pool)
     _selected_share: float = 0.0  # the confident share of the shard; the batch mask is 1 on the pool
     _log_prior: torch.Tensor | float = 0.0  # tau x log(local pseudo-label prior), or 0 (off)
+    _per_view: bool = False  # one forward per view (the model has batch norm and bn_forward = per_view)
 
     @property
     def uses_teacher(self) -> bool:  # type: ignore[override]
@@ -115,6 +122,8 @@ class SemiFL(Algorithm):
         self._selected_share = len(self._confident) / max(len(self._probs), 1)
         tau = self.params.logit_adjustment
         self._log_prior = tau * local_log_prior(self._probs, self.params.threshold) if tau > 0 else 0.0
+        self._per_view = self.params.bn_forward == "per_view" and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         model.train()
 
     def unlabeled_pool(self) -> torch.Tensor | None:
@@ -141,7 +150,7 @@ class SemiFL(Algorithm):
         norm, weak = augment.normalize, augment.weak
         x_mix = (lam * norm(weak(x_u[idx_c], self._flip))
                  + (1 - lam) * norm(weak(x_u[partner.cpu()], self._flip))).to(ctx.device)
-        logits = model(torch.cat([batch.x_l[0], batch.x_u[0][mask], x_mix]))
+        logits = forward_views(model, [batch.x_l[0], batch.x_u[0][mask], x_mix], self._per_view)
         n_c = int(mask.sum())
         loss_x = self.supervised_ce(logits[:n_l], batch.y_l)
         z_fix, z_mix = logits[n_l:n_l + n_c], logits[n_l + n_c:]
@@ -160,6 +169,16 @@ class SemiFL(Algorithm):
         self._log_prior = 0.0
         self._x_u = self._probs = self._confident = None  # do not keep a client's shard past its round
         return {}
+
+
+def forward_views(model: nn.Module, views: list[torch.Tensor], per_view: bool) -> torch.Tensor:
+    """The logits of the concatenated views: one forward per non-empty view (each with
+    its own BN batch statistics), or one over all of them (``per_view`` False, or a
+    view of one sample, which BN cannot normalise in train mode)."""
+    views = [v for v in views if len(v)]
+    if not per_view or any(len(v) == 1 for v in views):
+        return model(torch.cat(views))
+    return torch.cat([model(v) for v in views])
 
 
 def semifl_loss(logits_strong: torch.Tensor, logits_mix: torch.Tensor, y_hat: torch.Tensor,
