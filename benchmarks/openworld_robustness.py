@@ -15,6 +15,10 @@ over splits and seeds.
 
     python benchmarks/openworld_robustness.py runs/ow_small [more bench dirs ...] [--methods a,b]
 
+The last block compares every method with FedAvg + ORCA split by split, on the
+(split, seed) pairs both finished, means over seeds: ``all``, ``unseen (strict)`` and
+``discovered`` at least ORCA's, ``seen`` within 1 point; then the grand ``all`` gap.
+
 A run measured before ``acc_unseen_strict`` existed is re-scored from its final
 checkpoint (``run.checkpoint_every`` = its rounds) into ``rescored.json`` beside it;
 without one its strict columns stay empty.
@@ -202,11 +206,48 @@ def main() -> None:
             warm, low, at, final = (statistics.fmean(c) for c in zip(*rows))
             print(f"{m:24} | n={len(rows)} | warm start {100 * warm:5.1f} | lowest {100 * low:5.1f} "
                   f"(round {at:4.1f}) | final {100 * final:5.1f}")
+    print_against_orca(runs, methods)
     print("\ngrand mean over splits and seeds (only (split, seed) pairs every method finished)")
     done = set.intersection(*[{(r["split"], r["seed"]) for r in runs if r["method"] == m} for m in methods])
     for m in methods:
         rs = [r for r in runs if r["method"] == m and (r["split"], r["seed"]) in done]
         print(f"{m:24} | n={len(rs)} | {row_cells(rs)}")
+
+
+def against_orca(mine: list[dict], orca: list[dict]) -> dict[str, float]:
+    """Means over the seeds of both lists (paired): method minus ORCA, in points for
+    accuracies, classes for ``discovered``."""
+    def mean(rs: list[dict], k: str) -> float:
+        return statistics.fmean(r[k] or 0.0 for r in rs)
+    return {k: (1 if k == "discovered" else 100) * (mean(mine, k) - mean(orca, k))
+            for k in ("acc_all", "acc_unseen_strict", "discovered", "acc_seen")}
+
+
+def print_against_orca(runs: list[dict], methods: list[str]) -> None:
+    """Split by split: does the method match or beat FedAvg + ORCA on the all-sample
+    columns, with seen accuracy within 1 point?"""
+    base = "fedavg+orca"
+    orca = {(r["split"], r["seed"]): r for r in runs if r["method"] == base}
+    print(f"\nagainst {base}, split by split (paired seeds; points, discovered in classes); "
+          "pass = all, unseen (strict), discovered >= ORCA's and seen within 1 point")
+    for m in [m for m in methods if m != base and "fedossl" in m]:
+        passed, total, gaps = 0, 0, []
+        for split in sorted({r["split"] for r in runs}):
+            mine = sorted((r for r in runs if r["method"] == m and r["split"] == split
+                           and (split, r["seed"]) in orca), key=lambda r: r["seed"])
+            if not mine:
+                continue
+            d = against_orca(mine, [orca[(split, r["seed"])] for r in mine])
+            ok = d["acc_all"] >= 0 and d["acc_unseen_strict"] >= 0 and d["discovered"] >= 0 and d["acc_seen"] >= -1
+            passed, total = passed + ok, total + 1
+            gaps.extend(mine)
+            print(f"{m:24} | {split} | seeds {len(mine)} | all {d['acc_all']:+5.1f} | strict "
+                  f"{d['acc_unseen_strict']:+5.1f} | discovered {d['discovered']:+4.2f} | seen {d['acc_seen']:+5.1f} | "
+                  f"{'pass' if ok else 'FAIL'}")
+        if gaps:
+            d = against_orca(gaps, [orca[(r["split"], r["seed"])] for r in gaps])
+            print(f"{m:24} | {passed}/{total} splits pass | over all {len(gaps)} pairs: all {d['acc_all']:+.1f}, "
+                  f"strict {d['acc_unseen_strict']:+.1f}, discovered {d['discovered']:+.2f}, seen {d['acc_seen']:+.1f}")
 
 
 if __name__ == "__main__":
