@@ -223,6 +223,13 @@ def against_orca(mine: list[dict], orca: list[dict]) -> dict[str, float]:
             for k in ("acc_all", "acc_unseen_strict", "discovered", "acc_seen")}
 
 
+def paired_se(mine: list[dict], orca: list[dict], key: str) -> float:
+    """Standard error (points) of the mean paired difference: how far seed noise alone
+    moves a split's mean; 0 with one seed."""
+    diffs = [100 * ((a[key] or 0.0) - (b[key] or 0.0)) for a, b in zip(mine, orca)]
+    return statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+
+
 def print_against_orca(runs: list[dict], methods: list[str]) -> None:
     """Split by split: does the method match or beat FedAvg + ORCA on the all-sample
     columns, with seen accuracy within 1 point?"""
@@ -241,9 +248,10 @@ def print_against_orca(runs: list[dict], methods: list[str]) -> None:
             ok = d["acc_all"] >= 0 and d["acc_unseen_strict"] >= 0 and d["discovered"] >= 0 and d["acc_seen"] >= -1
             passed, total = passed + ok, total + 1
             gaps.extend(mine)
+            se = paired_se(mine, [orca[(split, r["seed"])] for r in mine], "acc_seen")
             print(f"{m:24} | {split} | seeds {len(mine)} | all {d['acc_all']:+5.1f} | strict "
-                  f"{d['acc_unseen_strict']:+5.1f} | discovered {d['discovered']:+4.2f} | seen {d['acc_seen']:+5.1f} | "
-                  f"{'pass' if ok else 'FAIL'}")
+                  f"{d['acc_unseen_strict']:+5.1f} | discovered {d['discovered']:+4.2f} | seen {d['acc_seen']:+5.1f} "
+                  f"(paired s.e. {se:3.1f}) | {'pass' if ok else 'FAIL'}")
         if gaps:
             d = against_orca(gaps, [orca[(r["split"], r["seed"])] for r in gaps])
             print(f"{m:24} | {passed}/{total} splits pass | over all {len(gaps)} pairs: all {d['acc_all']:+.1f}, "
