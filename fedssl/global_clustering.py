@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedssl.optim import SGD
 from fedssl.threads import one_thread
 
 __all__ = ["sinkhorn_reference", "init_centroids", "refine_centroids"]
@@ -93,7 +94,7 @@ def refine_centroids(centroids: np.ndarray, local_centroids: np.ndarray, steps: 
     if z.ndim != 2 or c.ndim != 2 or z.shape[1] != c.shape[1] or z.shape[0] == 0:
         raise ValueError(f"need local centroids [M, D] and centroids [K, D]; got {tuple(z.shape)}, "
                          f"{tuple(c.shape)}")
-    opt = torch.optim.SGD([c], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = SGD([c], lr=lr, momentum=momentum, weight_decay=weight_decay)
     z_hat = F.normalize(z, dim=1)
     with one_thread():  # same bits on any machine; 14x faster next to busy workers
         for _ in range(steps):

@@ -45,6 +45,7 @@ from torch import nn
 
 from fedssl.config import Config
 from fedssl.data.augment import normalize, weak
+from fedssl.optim import SGD
 from fedssl.threads import one_thread
 from fedssl.seeding import derive_seed
 from fedssl.training import build_algorithm, scheduled_lr
@@ -83,7 +84,7 @@ class ServerTrainer:
             return {}
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, "server-train", server_round))
         params = dict(model.named_parameters())
-        opt = torch.optim.SGD(list(params.values()), lr=self.lr(max(server_round, 1)), momentum=0.9,
+        opt = SGD(list(params.values()), lr=self.lr(max(server_round, 1)), momentum=0.9,
                               nesterov=True, weight_decay=self.cfg.client.weight_decay)
         self._load_momentum(opt, params)
         bs = min(s.train_batch_size, len(self))
@@ -115,12 +116,12 @@ class ServerTrainer:
         return {"server_loss": total / steps, "server_steps": float(steps)}
 
     # -- optimizer state (checkpointed) ----------------------------------------------
-    def _load_momentum(self, opt: torch.optim.Optimizer, params: dict[str, nn.Parameter]) -> None:
+    def _load_momentum(self, opt: SGD, params: dict[str, nn.Parameter]) -> None:
         for name, p in params.items():
             if name in self.momentum:
                 opt.state[p]["momentum_buffer"] = torch.from_numpy(self.momentum[name].copy()).to(p.device)
 
-    def _save_momentum(self, opt: torch.optim.Optimizer, params: dict[str, nn.Parameter]) -> None:
+    def _save_momentum(self, opt: SGD, params: dict[str, nn.Parameter]) -> None:
         for name, p in params.items():
             buf = opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:

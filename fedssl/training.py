@@ -28,6 +28,7 @@ from fedssl.algorithms import Algorithm, Batch, RoundContext
 from fedssl.config import ClientConfig, Config
 from fedssl.data.augment import VIEWS, normalize
 from fedssl.data.tensors import ClientData
+from fedssl.optim import SGD
 from fedssl.seeding import derive_seed
 
 
@@ -193,7 +194,7 @@ def train_client(
     algorithm.begin_round(model, ctx, data)
     batches = _Batches(data, algorithm, c, gen, device, algorithm.unlabeled_pool())
     ctx.total_steps = steps = num_local_steps(cfg, data, algorithm, batches.n_pool)
-    opt = torch.optim.SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
+    opt = SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
                           weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
@@ -235,7 +236,7 @@ def _weight(algorithm: Algorithm, data: ClientData) -> int:
 
 
 def _sgd_step(model: nn.Module, algorithm: Algorithm, batch: Batch, ctx: RoundContext,
-              opt: torch.optim.Optimizer, prox_ref: list[torch.Tensor] | None, proximal_mu: float,
+              opt: SGD, prox_ref: list[torch.Tensor] | None, proximal_mu: float,
               ema_decay: float, max_grad_norm: float = 0.0) -> dict:
     """One local step: the algorithm's loss (+ FedProx's proximal term), the gradient
     clipped at ``max_grad_norm`` (when > 0), SGD, then the EMA teacher. Returns the
