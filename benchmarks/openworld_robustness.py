@@ -244,11 +244,12 @@ def print_against_orca(runs: list[dict], methods: list[str]) -> None:
                            and (split, r["seed"]) in orca), key=lambda r: r["seed"])
             if not mine:
                 continue
-            d = against_orca(mine, [orca[(split, r["seed"])] for r in mine])
+            theirs = [orca[(split, r["seed"])] for r in mine]
+            d = against_orca(mine, theirs)
             ok = d["acc_all"] >= 0 and d["acc_unseen_strict"] >= 0 and d["discovered"] >= 0 and d["acc_seen"] >= -1
             passed, total = passed + ok, total + 1
             gaps.extend(mine)
-            se = paired_se(mine, [orca[(split, r["seed"])] for r in mine], "acc_seen")
+            se = paired_se(mine, theirs, "acc_seen")
             print(f"{m:24} | {split} | seeds {len(mine)} | all {d['acc_all']:+5.1f} | strict "
                   f"{d['acc_unseen_strict']:+5.1f} | discovered {d['discovered']:+4.2f} | seen {d['acc_seen']:+5.1f} "
                   f"(paired s.e. {se:3.1f}) | {'pass' if ok else 'FAIL'}")

@@ -85,7 +85,7 @@ class ServerTrainer:
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.run.seed, "server-train", server_round))
         params = dict(model.named_parameters())
         opt = SGD(list(params.values()), lr=self.lr(max(server_round, 1)), momentum=0.9,
-                              nesterov=True, weight_decay=self.cfg.client.weight_decay)
+                  nesterov=True, weight_decay=self.cfg.client.weight_decay)
         self._load_momentum(opt, params)
         bs = min(s.train_batch_size, len(self))
         model.train()

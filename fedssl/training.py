@@ -195,7 +195,7 @@ def train_client(
     batches = _Batches(data, algorithm, c, gen, device, algorithm.unlabeled_pool())
     ctx.total_steps = steps = num_local_steps(cfg, data, algorithm, batches.n_pool)
     opt = SGD(model.parameters(), lr=round_lr(cfg, server_round), momentum=c.momentum,
-                          weight_decay=c.weight_decay, nesterov=c.momentum > 0)
+              weight_decay=c.weight_decay, nesterov=c.momentum > 0)
     prox_ref = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     sums: dict[str, torch.Tensor | float] = {}  # read once after the loop: no per-step sync
     counts: dict[str, int] = {}
