@@ -7,7 +7,9 @@ protocol's unseen / globally-unseen accuracy (unseen-only matching, which credit
 unseen class absorbed into a seen output); each unseen class's absorption
 (``absorbed_<k>``: share predicted as a seen output), seed by seed; the per-class
 accuracy of each globally unseen class, seed by seed; the mean accuracy of every
-class over the runs where it is seen; and the *collapses*: a
+class over the runs where it is seen; where the seen classes' errors go (into another
+seen output, or into an unseen one: the share a method takes from the seen classes
+for its novel ones); and the *collapses*: a
 (split, seed) whose FedoSSL final model leaves a globally unseen class below 5 %
 while FedAvg + ORCA learns it above 50 %. Then the seen-accuracy trajectory (at the
 end of the clients' warm start, its lowest point after it, final) and the grand mean
@@ -46,7 +48,7 @@ VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_lab
                 ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "after_pretrain"),
                 ("server", "fedossl_rampup", 0), ("client", "local_centroids", 20),
                 ("client", "slot_mapping", "hungarian"), ("client", "memory", "reembed"),
-                ("client", "lambda_u", 1.0))
+                ("client", "lambda_u", 1.0), ("client", "warmup_rounds", 0))
 # the value a key had in runs made before it existed
 BEFORE_KEY = {"fedossl_gates": "run"}
 
@@ -82,6 +84,7 @@ def load(dirs: list[Path]) -> list[dict]:
                          "pc": {int(k): v for k, v in (s.get("per_class_accuracy") or {}).items()},
                          "absorbed": {int(k.split("_")[1]): v for k, v in s["final"].items()
                                       if k.startswith("absorbed_")},
+                         "leak": seen_leak(s.get("confusion_matrix"), cfg["data"]["seen_classes"]),
                          **{m: s["final"].get(m) for m in METRICS}})
     return runs
 
@@ -121,6 +124,21 @@ def rescore(run_dir: Path, summary: dict) -> dict:
                "confusion_matrix": confusion_matrix(y, y_pred, cfg.num_classes, cfg.num_seen)}
     write_json(cached, summary)
     return summary
+
+
+def seen_leak(cm: dict | None, num_seen: int) -> tuple[float, float] | None:
+    """Shares of the seen classes' test samples predicted as another seen class's
+    output and as an unseen class's output (from the all-sample confusion matrix),
+    or None without one."""
+    if not cm:
+        return None
+    seen = [row for row in cm["counts"][:num_seen]]
+    total = sum(sum(row) for row in seen)
+    if not total:
+        return None
+    right = sum(row[k] for k, row in enumerate(seen))
+    to_unseen = sum(sum(row[num_seen:]) for row in seen)
+    return (total - right - to_unseen) / total, to_unseen / total
 
 
 def seen_curve(path: Path) -> dict[int, float]:
@@ -197,6 +215,12 @@ def main() -> None:
             vals = [r["pc"][k] for r in rs if k < r["split"][0] and k in r["pc"]]
             cells.append(f"{100 * statistics.fmean(vals):4.0f}" if vals else "   -")
         print(f"{m:24} | " + " ".join(cells))
+    print("\nwhere seen test samples go wrong (%): into another seen output / into an unseen output")
+    for m in methods:
+        leaks = [r["leak"] for r in runs if r["method"] == m and r["leak"] is not None]
+        if leaks:
+            print(f"{m:24} | n={len(leaks)} | seen -> seen {100 * statistics.fmean(a for a, _ in leaks):5.1f} | "
+                  f"seen -> unseen {100 * statistics.fmean(b for _, b in leaks):5.1f}")
     print("\nseen accuracy (%): at the end of the warm start, lowest after it (mean round), final")
     for m in methods:
         rows = [(r["seen_curve"][r["warm"]], *min((v, k) for k, v in r["seen_curve"].items() if k > r["warm"]),
