@@ -513,51 +513,6 @@ def test_fedossl_prototype_guard_keeps_seen_samples_nearer_their_labels():
     assert plain._guard(pred, slot.clone(), slot, z).tolist() == [True, True, True, True, False, True]
 
 
-def test_fedossl_labeled_guard_lets_the_labels_vote_on_each_move():
-    """``labeled``: with features and head outputs set by hand, a move from seen class c
-    into unseen slot j is dropped when c's labeled samples in j, scaled by U_c / L_c,
-    make up at least half of the unlabeled c -> j movers; kept otherwise, and for a class
-    without local labels. Class 1: 4 of 10 labels in slot K-1, 5 of 12 unlabeled movers:
-    4 * 12 / 10 = 4.8 >= 2.5, dropped. Class 2: 1 of 10 labels there, 10 of 20 movers:
-    2.0 < 5, kept (the absorption case: a novel class filed under 2). Class 0: no labels."""
-    algo = build_algorithm(_cfg("fedossl", **{"client.fedossl.pseudo_label_guard": "labeled"}))
-    e = torch.eye(4)
-    algo._centroids = torch.zeros(K, 4)
-    algo._centroids[K - 1], algo._centroids[1], algo._centroids[2] = e[0], e[1], e[2]
-    y_l = torch.tensor([1] * 10 + [2] * 10)
-    z_l = torch.cat([e[0].repeat(4, 1), e[1].repeat(6, 1), e[0].repeat(1, 1), e[2].repeat(9, 1)])
-    pred_u = torch.tensor([1] * 12 + [2] * 20 + [0] * 3)
-    z_u = torch.cat([e[0].repeat(5, 1), e[1].repeat(7, 1), e[0].repeat(10, 1), e[2].repeat(10, 1), e[0].repeat(3, 1)])
-    data = ClientData(torch.zeros(len(y_l), 1, 28, 28, dtype=torch.uint8), y_l,
-                      torch.zeros(len(pred_u), 1, 28, 28, dtype=torch.uint8), torch.full((len(pred_u),), -1))
-    algo._embed = lambda model, x, device: ((z_l, None) if len(x) == len(y_l)
-                                            else (z_u, F.one_hot(pred_u, K).float()))
-    blocked = algo._labeled_vote(_model(), data, torch.device("cpu"))
-    assert blocked.shape == (S, K)
-    assert blocked.nonzero().tolist() == [[1, K - 1]]
-    algo._blocked = blocked
-    pred, slot = torch.tensor([1, 2, 0, 1, 1]), torch.tensor([K - 1, K - 1, K - 1, 1, 2])
-    keep = algo._guard(pred, slot.clone(), slot, torch.zeros(5, 4))
-    assert keep.tolist() == [False, True, True, True, True]  # seen-to-seen moves are the reference's
-
-
-def test_fedossl_labeled_guard_votes_at_the_start_of_the_round_without_drawing_rng():
-    """begin_round takes the vote under the received model on the real shard, and draws
-    nothing from the RNG, so the round's batches are those of the other guards."""
-    model, data = _model(), _data()
-    rng = {}
-    for guard in ("none", "labeled"):
-        algo = build_algorithm(_cfg("fedossl", **{"client.fedossl.pseudo_label_guard": guard,
-                                                  "client.fedossl.memory_size": 20}))
-        torch.manual_seed(1)
-        algo.begin_round(model, RoundContext(server_round=2, payload={"global_centroids": _global_centroids(model)}),
-                         data)
-        rng[guard] = torch.get_rng_state()
-    assert torch.equal(rng["none"], rng["labeled"])
-    assert algo._blocked.dtype == torch.bool and algo._blocked.shape == (S, K)
-    assert not algo._blocked[:, :S].any()  # only moves into unseen slots are voted on
-
-
 def test_fedossl_prototype_guard_anchors_are_the_labeled_class_means():
     """begin_round fixes the prototypes for the round: the normalised mean feature of the
     client's labeled samples of each seen class, under the received model."""

@@ -26,13 +26,7 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   unseen slot unless the sample is nearer the slot's centroid than c's labeled
   prototype (the normalised mean feature of this client's labeled c samples under the
   received model; no move is dropped for a class without local labels) -- see
-  docs/openworld.md; ``"labeled"``: the client's labeled samples vote on each move
-  from a seen class c to an unseen slot j, under the received model at the start of
-  the round: with L_c labeled c samples, L_cj of them confidently in slot j, U_c
-  unlabeled samples the head predicts as c and U_cj of those confidently in j, the move
-  is dropped when L_cj * U_c / L_c >= U_cj / 2, i.e. when c's own samples would make up
-  at least half of the movers: the slot then holds a mode of c, not a novel class.
-  Unlabeled samples are read with a stride, at most ``memory_size`` of them);
+  docs/openworld.md);
 - ``L_sup``: mean over unlabeled samples of ``w_{y_hat} * (1 - max p) / K``, with
   ``w_k = beta^(1 - N_k / N_max)`` (``beta = client.fedossl.suppress_beta``) and N_k the
   number of this client's unlabeled samples its model predicted as class k at the end
@@ -136,10 +130,8 @@ class FedoSSLParams(ORCAParams):
                                     "classifier already predicts that class; keep_seen: only where it agrees "
                                     "or predicts an unseen class; no_seen_swap: never from one seen class to "
                                     "another; prototype: that, and out of a seen class only if nearer "
-                                    "the slot than the class's labeled mean; labeled: out of seen class c "
-                                    "into unseen slot j only while c's labeled samples in j account for "
-                                    "under half of the movers",
-                                    choices=("none", "agree", "keep_seen", "no_seen_swap", "prototype", "labeled"))
+                                    "the slot than the class's labeled mean",
+                                    choices=("none", "agree", "keep_seen", "no_seen_swap", "prototype"))
     slot_mapping: str = param("hungarian", "an unseen slot's pseudo-label, the head output matched to its "
                               "centroid (hungarian) or the slot id itself (slot_id, the reference)",
                               choices=("hungarian", "slot_id"))
@@ -160,13 +152,12 @@ class FedoSSL(ORCA):
     _class_weight: torch.Tensor | None = None  # [K] w_k, None before N_k exists
     _prototypes: torch.Tensor | None = None  # [S, D] labeled seen-class means ("prototype" guard)
     _has_prototype: torch.Tensor | None = None  # [S] bool: the client holds labels of class c
-    _blocked: torch.Tensor | None = None  # [S, K] bool: moves from seen class c to slot j dropped ("labeled")
     _memory: list[torch.Tensor] | None = None  # client.fedossl.memory = "forward": recent features, oldest first
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         super().begin_round(model, ctx, data)
         self._centroids = self._slot_to_class = self._class_weight = None
-        self._prototypes = self._has_prototype = self._blocked = None
+        self._prototypes = self._has_prototype = None
         self._memory = []
         c = self._received_centroids(model, ctx)
         if c is not None:
@@ -174,8 +165,6 @@ class FedoSSL(ORCA):
             self._slot_to_class = self._pseudo_label_ids(model, c)
             if self.params.pseudo_label_guard == "prototype":
                 self._prototypes, self._has_prototype = self._labeled_prototypes(model, data, ctx.device)
-            elif self.params.pseudo_label_guard == "labeled":
-                self._blocked = self._labeled_vote(model, data, ctx.device).to(ctx.device)
         if "pred_counts" in ctx.state:
             self._class_weight = openworld.suppression_weights(ctx.state["pred_counts"],
                                                      self.params.suppress_beta).to(ctx.device)
@@ -238,40 +227,6 @@ class FedoSSL(ORCA):
         counts, sums = self._seen_class_sums(z, data.y_l)
         return F.normalize(sums, dim=1).to(device), (counts > 0).to(device)
 
-    def _labeled_vote(self, model: nn.Module, data: Any, device: torch.device) -> torch.Tensor:
-        """[S, K] bool: the moves from seen class c to unseen slot j that the client's
-        labeled samples block (the ``labeled`` guard, module docstring), under the
-        received model. No RNG is drawn: the unlabeled samples are a fixed stride."""
-        was_training = model.training
-        model.eval()
-        try:
-            z_l, _ = self._embed(model, data.x_l, device)
-            stride = max(1, -(-len(data.y_u) // self.params.memory_size))
-            z_u, logits_u = self._embed(model, data.x_u[::stride], device)
-        finally:
-            model.train(was_training)
-        s, k = self.num_seen, self.num_classes
-        blocked = torch.zeros(s, k, dtype=torch.bool)
-        if len(z_l) == 0 or len(z_u) == 0 or s >= k:
-            return blocked
-        c = self._centroids.cpu()
-
-        def confident_slots(z: torch.Tensor) -> torch.Tensor:  # slot id, or -1 below the threshold
-            conf, slot = torch.softmax(z @ c.T / self.params.cluster_temperature, dim=1).max(dim=1)
-            return torch.where(conf >= self.params.threshold, slot, torch.full_like(slot, -1))
-
-        y_l, slot_l = data.y_l.long(), confident_slots(z_l)
-        pred_u, slot_u = logits_u.argmax(dim=1), confident_slots(z_u)
-        for cls in range(s):
-            n_l, n_u = int((y_l == cls).sum()), int((pred_u == cls).sum())
-            if n_l == 0 or n_u == 0:
-                continue  # no labels of c here: no evidence against a move
-            for j in range(s, k):
-                l_cj = int(((y_l == cls) & (slot_l == j)).sum())
-                u_cj = int(((pred_u == cls) & (slot_u == j)).sum())
-                blocked[cls, j] = l_cj > 0 and 2 * l_cj * n_u >= u_cj * n_l
-        return blocked
-
     def _seen_class_sums(self, z: torch.Tensor, y_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per seen class: the number of labeled samples [S] and the sum of their features [S, D]."""
         y = y_l.long()
@@ -284,10 +239,6 @@ class FedoSSL(ORCA):
         """Which centroid pseudo-labels ``client.fedossl.pseudo_label_guard`` keeps (see the
         module docstring); ``z``: the samples' features, for the ``prototype`` guard."""
         guard, s = self.params.pseudo_label_guard, self.num_seen
-        if guard == "labeled":  # every move but those the labeled samples vote down
-            from_seen = (pred < s) & (slot >= s)
-            blocked = self._blocked[pred.clamp(max=s - 1), slot] if self._blocked is not None else from_seen & False
-            return ~(from_seen & blocked)
         keep = pred == pseudo_label
         if guard == "keep_seen":  # ... unless the head calls the sample novel
             keep |= pred >= s
