@@ -132,7 +132,7 @@ def seen_leak(cm: dict | None, num_seen: int) -> tuple[float, float] | None:
     or None without one."""
     if not cm:
         return None
-    seen = [row for row in cm["counts"][:num_seen]]
+    seen = cm["counts"][:num_seen]
     total = sum(sum(row) for row in seen)
     if not total:
         return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,20 +28,6 @@ from fedssl.models import build_model
 from fedssl.runlog import load_checkpoint
 
 
-def find(obj: Any, key: str) -> Any:
-    """The first value stored under ``key`` anywhere in a nested dict / list."""
-    if isinstance(obj, dict):
-        if key in obj:
-            return obj[key]
-        obj = list(obj.values())
-    if isinstance(obj, list):
-        for v in obj:
-            found = find(v, key)
-            if found is not None:
-                return found
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -53,7 +38,8 @@ def main() -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    centroids = find(ckpt, "global_centroids") if ckpt else None
+    # fedssl's loop checkpoints the inner Flower strategy's state under strategy.inner
+    centroids = (((ckpt or {}).get("strategy") or {}).get("inner") or {}).get("global_centroids")
     if centroids is None:
         print(f"error: {args.run} has no checkpoint with global centroids (a FedoSSL run with "
               "run.checkpoint_every = its rounds)", file=sys.stderr)
@@ -62,7 +48,8 @@ def main() -> None:
     s, k = cfg.num_seen, cfg.num_classes
     rt = ClientRuntime(cfg, {})
     x0 = rt.shard(0).x_l
-    model = build_model(cfg.model.name, k, in_channels=x0.shape[1], image_size=x0.shape[2], cosine_head=True)
+    model = build_model(cfg.model.name, k, in_channels=x0.shape[1], image_size=x0.shape[2],
+                        cosine_head=cfg.algorithm_class.open_world)
     model.load_state_dict({n: torch.from_numpy(v) for n, v in ckpt["arrays"].items()})
     model.eval()
     c = F.normalize(torch.as_tensor(np.asarray(centroids), dtype=torch.float32), dim=1)
