@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fedssl.deploy import descendants
 from fedssl.models import build_model
+from fedssl.state import ClientStateStore
 
 
 def tree_memory(root: int) -> tuple[int, int]:
@@ -57,7 +58,7 @@ def run(n: int, rounds: int, out: Path) -> tuple[float, float, float, int]:
         time.sleep(0.2)
     if proc.returncode:
         raise SystemExit(f"N={n} failed ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-    states = len(list((out / "client_state").glob("*.safetensors")))
+    states = len(ClientStateStore(out / "client_state").files())
     return time.time() - t0, peak_rss / 2**30, peak_pss / 2**30, states
 
 

@@ -26,6 +26,7 @@ from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
 from fedssl.data.tensors import nchw_tensor
 from fedssl.models import build_model
+from fedssl.state import ClientStateStore
 from fedssl.stream.stages import test_domains
 
 PREFIX = "stream.teacher."
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0)
     args = ap.parse_args()
     cfg = resolve(str(args.run / "config.toml"))
-    state = load_file(sorted((args.run / "client_state").glob("client_00000.*.safetensors"))[-1])
+    state = load_file(ClientStateStore(args.run / "client_state").files(0)[-1][-1])
     start = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     y = torch.tensor(load_dataset(cfg.data, cfg.run.seed).test_y, dtype=torch.long)
     domains = cfg.stream.domains.split(",")[:cfg.stream.stages]

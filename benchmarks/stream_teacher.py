@@ -25,6 +25,7 @@ from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
 from fedssl.data.tensors import nchw_tensor
 from fedssl.models import build_model
+from fedssl.state import ClientStateStore
 from fedssl.stream.stages import test_domains
 
 PREFIX = "stream.teacher."
@@ -39,7 +40,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         cfg = resolve(str(run / "config.toml"))
-        state = load_file(sorted((run / "client_state").glob("client_00000.*.safetensors"))[-1])
+        state = load_file(ClientStateStore(run / "client_state").files(0)[-1][-1])
         teacher = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
         if not teacher:
             raise RuntimeError(f"{run} keeps no previous-stage model (its method does not distil)")

@@ -1,10 +1,14 @@
 """Per-client persistent state (EMA teacher, algorithm statistics) on local disk, keyed by run.
 
-One safetensors file per (partition, run, round trained) under ``root``
-(``<out_dir>/client_state`` in simulation, the SuperNode's own ``state-dir`` in
-deployment)::
+One safetensors file per (partition, run, round trained), in one directory per
+client under ``root`` (``<out_dir>/client_state`` in simulation, the SuperNode's own
+``state-dir`` in deployment)::
 
-    client_00007.<run id>.r000012.safetensors
+    client_00007/<run id>.r000012.safetensors
+
+A directory per client keeps a client's look-up independent of how many clients the
+run has: with every file in one directory, each load and save listed all of them,
+O(N) per client and O(N^2) per round.
 
 The run id comes with every message (:data:`RUN_ID_KEY`, set by fedssl's server;
 Flower's own run id under a stock server), so a fresh run never reads the state of
@@ -37,7 +41,8 @@ log = logging.getLogger("fedssl")
 RUN_ID_KEY = "fedssl.run-id"
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}$")
-_NAME = re.compile(r"client_(\d+)\.([A-Za-z0-9_-]+)\.r(\d+)\.safetensors$")
+_DIR = re.compile(r"client_(\d+)$")
+_NAME = re.compile(r"([A-Za-z0-9_-]+)\.r(\d+)\.safetensors$")
 
 
 def check_run_id(run_id: str) -> str:
@@ -64,16 +69,23 @@ class ClientStateStore:
 
     def files(self, partition_id: int | None = None) -> list[tuple[int, str, int, Path]]:
         """(partition id, run id, round, path) of every state file, sorted."""
-        pattern = f"client_{partition_id:05d}.*.safetensors" if partition_id is not None else "client_*.safetensors"
+        dirs = [self._dir(partition_id)] if partition_id is not None else self.root.glob("client_*")
         out = []
-        for p in self.root.glob(pattern):
-            m = _NAME.match(p.name)
-            if m:
-                out.append((int(m.group(1)), m.group(2), int(m.group(3)), p))
+        for d in dirs:
+            owner = _DIR.match(d.name)
+            if owner is None or not d.is_dir():
+                continue
+            for p in d.glob("*.safetensors"):
+                m = _NAME.match(p.name)
+                if m:
+                    out.append((int(owner.group(1)), m.group(1), int(m.group(2)), p))
         return sorted(out)
 
+    def _dir(self, partition_id: int) -> Path:
+        return self.root / f"client_{partition_id:05d}"
+
     def _path(self, partition_id: int, run_id: str, server_round: int) -> Path:
-        return self.root / f"client_{partition_id:05d}.{run_id}.r{server_round:06d}.safetensors"
+        return self._dir(partition_id) / f"{run_id}.r{server_round:06d}.safetensors"
 
     def load(self, partition_id: int, run_id: str,
              before_round: int | None = None) -> tuple[int, dict[str, torch.Tensor]] | None:
@@ -110,12 +122,12 @@ class ClientStateStore:
         run_id = check_run_id(run_id)
         if not tensors:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._dir(partition_id).mkdir(parents=True, exist_ok=True)
         plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {"run-id": run_id, "round": str(server_round), "partition-id": str(partition_id),
                 "crc32": _crc(plain)}
         target = self._path(partition_id, run_id, server_round)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".state.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self._dir(partition_id), prefix=".state.", suffix=".tmp")
         os.close(fd)
         try:
             save_file(plain, tmp, metadata=meta)
@@ -140,7 +152,7 @@ class ClientStateStore:
         for _, rid, r, p in self.files():
             if rid != run_id or (up_to_round is not None and r > up_to_round):
                 p.unlink(missing_ok=True)
-        for p in self.root.glob(".state.*.tmp"):  # left by a process killed mid-write
+        for p in self.root.glob("client_*/.state.*.tmp"):  # left by a process killed mid-write
             p.unlink(missing_ok=True)
 
     def ids(self) -> list[int]:

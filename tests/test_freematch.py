@@ -218,7 +218,7 @@ def test_freematch_runs_two_rounds_in_a_flower_simulation(tmp_path):
     assert float(rows[1]["train_global_threshold"]) > float(rows[0]["train_global_threshold"]), \
         "each client's threshold carries over into round 2 and keeps rising from 1/C"
     assert "[client.freematch]\nema_p = 0.9\n" in (tmp_path / "config.toml").read_text()
-    files = list(Path(tmp_path / "client_state").glob("*.safetensors"))
+    files = [p for *_, p in ClientStateStore(tmp_path / "client_state").files()]
     assert files, "no client state saved"
     from safetensors.torch import load_file
 

@@ -10,6 +10,7 @@ import pytest
 
 from fedssl.config import resolve
 from fedssl.simulation import run_experiment
+from fedssl.state import ClientStateStore
 from tests.conftest import tiny
 
 TIME_COLS = ("wall_s", "round_s", "t_")
@@ -40,7 +41,7 @@ def test_two_rounds_write_contract_files_and_seed_determinism(tmp_path):
     assert json.loads((out / "summary.json").read_text())["config"]["client"]["algorithm"] == "fixmatch"
     assert resolve(str(out / "config.toml")) == cfg
     # one EMA teacher per client on disk, after round 2
-    assert sorted(p.name for p in (out / "client_state").iterdir())[-1].endswith(".r000002.safetensors")
+    assert sorted(p.name for *_, p in ClientStateStore(out / "client_state").files())[-1].endswith(".r000002.safetensors")
 
     # same config and seed -> identical metrics; packing 1 client per node changes nothing
     run_experiment(cfg.replace(**{"run.out_dir": str(tmp_path / "b"), "federation.clients_per_node": 1}),

@@ -181,10 +181,10 @@ def test_second_cli_run_refuses_without_overwrite_and_starts_clean_with_it(tmp_p
 
 def test_a_killed_run_without_metrics_still_blocks_the_directory(tmp_path):
     out = tmp_path / "k"
-    (out / "client_state").mkdir(parents=True)
-    (out / "client_state" / "client_00000.x.r000001.safetensors").write_bytes(b"state")
+    (out / "client_state" / "client_00000").mkdir(parents=True)
+    (out / "client_state" / "client_00000" / "x.r000001.safetensors").write_bytes(b"state")
     assert_bad_input(run_cli("run", *as_set_flags(tiny(out))), "--overwrite")
-    assert (out / "client_state" / "client_00000.x.r000001.safetensors").read_bytes() == b"state"
+    assert (out / "client_state" / "client_00000" / "x.r000001.safetensors").read_bytes() == b"state"
 
 
 # -- checkpoints ----------------------------------------------------------------------
@@ -342,4 +342,4 @@ def test_real_run_leaves_at_most_one_or_two_state_files_per_client(tmp_path, che
         assert rid == summary["run_id"]
         per[pid] = per.get(pid, 0) + 1
     assert len(per) > 10 and max(per.values()) <= per_client and len(files) <= 20 * per_client
-    assert not list((out / "client_state").glob(".state.*"))  # no temp file left
+    assert not list((out / "client_state").rglob(".state.*"))  # no temp file left
