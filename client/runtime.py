@@ -121,7 +121,8 @@ class ClientRuntime:
         result = train_client(self.model, self.algorithm, train, self.cfg, server_round=server_round,
                               partition_id=partition_id, state=state, payload=payload,
                               proximal_mu=proximal_mu, device=self.device, stage=stage, prev_model=prev)
-        result.stream = stream.finish(mem, train, result.state, result.sample_passes)
+        # held: the stage's shard and the buffer (``train`` holds replayed buffer entries again)
+        result.stream = stream.finish(mem, data, result.state, result.sample_passes)
         # FedAvg weight: the client's whole shard (its stages are equal parts of it), so a
         # weight never changes across stages and never exceeds the first one reported
         whole = self.shard(partition_id)

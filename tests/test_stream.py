@@ -147,6 +147,10 @@ def test_buffer_bound_holds_under_every_method(tmp_path, algorithm):
     else:
         assert sizes == [0, 0, 0]
     assert all(r["stream_peak_bytes"] >= r["stream_memory_bytes"] > 0 for r in reports)
+    # memory held: the stage's shard plus the buffer, each sample once (replayed entries
+    # are in the training batches and in the buffer, and count once)
+    shards = stage_shards(cfg)[0]
+    assert [r["stream_memory_samples"] for r in reports] == [len(shards[s]) + sizes[s] for s in range(3)]
     assert [r["stream_stage"] for r in reports] == [0, 1, 2]
     has_teacher = any(k.startswith("stream.teacher.") for k in state[1])
     assert has_teacher == (algorithm in ("lwf", "ewc", "fedmobile"))
