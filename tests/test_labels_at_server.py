@@ -109,10 +109,11 @@ def test_semifl_loss_terms_by_hand():
     assert empty[0].item() == 0.0 and empty[1].item() == 0.0
 
 
-@pytest.mark.parametrize("tau", [0.0, 1.0])
-def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau):
+@pytest.mark.parametrize("tau,partners", [(0.0, "all"), (1.0, "all"), (0.0, "confident")])
+def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau, partners):
     """Fixed global pseudo-labels, threshold, Beta-mixed weak views with partners from
-    all local samples and their argmax labels; a linear model so the math is explicit.
+    all local samples (or, mix_partners = confident, the confident ones) and their argmax
+    labels; a linear model so the math is explicit.
     tau > 0: both terms see the logits plus tau x log(local pseudo-label prior)."""
     import fedssl.algorithms.semifl as semifl_mod
 
@@ -123,8 +124,10 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau):
     probs = torch.tensor([[0.97, 0.02, 0.01], [0.5, 0.3, 0.2], [0.01, 0.98, 0.01],
                           [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]], dtype=torch.float64)
     alg = build_algorithm(resolve(overrides={"client.algorithm": "semifl", "client.semifl.threshold": 0.95,
-                                             "client.semifl.lambda_u": 1.0, "client.semifl.logit_adjustment": tau}))
+                                             "client.semifl.lambda_u": 1.0, "client.semifl.logit_adjustment": tau,
+                                             "client.semifl.mix_partners": partners}))
     alg._x_u, alg._flip, alg._probs = x_u, False, probs
+    alg._confident = torch.tensor([0, 2])  # the round's pool: samples above tau
     # confident pseudo-labels 0 and 2 -> classes 0 and 1; one pseudo-count per class
     prior = np.log(np.array([2.0, 2.0, 1.0]) / 5.0)
     assert np.allclose(local_log_prior(probs, 0.95).numpy(), prior)
@@ -135,7 +138,7 @@ def test_semifl_client_loss_on_a_constructed_batch(monkeypatch, tau):
     torch.manual_seed(7)
     loss, metrics = alg.loss(model, batch, RoundContext(1))
     torch.manual_seed(7)  # replay the draws: partners for the 2 confident samples, then lambda
-    partner = torch.randint(0, 5, (2,))
+    partner = torch.randint(0, 5, (2,)) if partners == "all" else torch.tensor([0, 2])[torch.randint(0, 2, (2,))]
     lam = float(torch.distributions.Beta(0.75, 0.75).sample())
     norm = lambda x: x.double() / 127.5 - 1.0  # noqa: E731
     w, b = model[1].weight.detach().numpy(), model[1].bias.detach().numpy()

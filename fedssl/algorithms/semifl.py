@@ -63,6 +63,12 @@ Choices where our machinery differs from SemiFL's code, and why:
   statistics. A model without BN (``cnn``) always runs the joint forward: there the
   two are the same function, and one forward is faster. A view of a single sample
   (BN cannot normalise it in train mode) falls back to the joint forward.
+- ``client.semifl.mix_partners = "confident"`` (not SemiFL's) draws the Mix term's
+  partners x' from the round's confident subset instead of every local sample. SemiFL
+  labels every partner with its argmax, confident or not, so about half of the Mix
+  term's target mass sits on labels that are often wrong; with oracle labels
+  (benchmarks/semifl_oracle.py) SemiFL's ceiling rises by 8 points, so every source of
+  wrong labels is worth measuring.
 - RandAugment is fedssl's (2 ops, magnitude 10, Cutout of half the side), not
   SemiFL's pool with its 100-px translations.
 """
@@ -87,6 +93,9 @@ class SemiFLParams(PseudoLabelParams):
     logit_adjustment: float = param(0.0, "add tau x log(local pseudo-label prior) to the logits of the "
                                     "unlabeled terms (FedLC-style balanced loss against label skew; 0 = off, "
                                     "the paper)", ge=0)
+    mix_partners: str = param("all", "the Mix term's partners x': every local sample with its argmax label "
+                              "(all, SemiFL's code) or the round's confident subset only (confident)",
+                              choices=("all", "confident"))
     bn_forward: str = param("per_view", "on a model with batch norm: one forward per view, each with its own "
                             "batch statistics (per_view, SemiFL's code), or one over all views (joint)",
                             choices=("per_view", "joint"))
@@ -143,8 +152,14 @@ class SemiFL(Algorithm):
         if n_l == 0 and not mask.any():  # nothing to learn from in this batch
             zero = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
             return zero, {"loss_x": 0.0, "loss_fix": 0.0, "loss_mix": 0.0, "mask": 0.0}
-        # mix partners: all local samples, with replacement, argmax labels
-        partner = torch.randint(0, len(probs_all), (int(mask.sum()),), device=probs_all.device)
+        # mix partners, with replacement, argmax labels: all local samples (SemiFL's code),
+        # or only the confident ones, whose labels are far more often right
+        n_mix = int(mask.sum())
+        if self.params.mix_partners == "confident" and self._confident is not None and len(self._confident):
+            pick = torch.randint(0, len(self._confident), (n_mix,))
+            partner = self._confident[pick].to(probs_all.device)
+        else:
+            partner = torch.randint(0, len(probs_all), (n_mix,), device=probs_all.device)
         lam = float(torch.distributions.Beta(self.params.mix_alpha, self.params.mix_alpha).sample())
         idx_c = batch.idx_u[mask.cpu()]
         norm, weak = augment.normalize, augment.weak
