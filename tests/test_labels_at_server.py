@@ -466,3 +466,23 @@ def test_summary_pairs_each_variant_with_server_only_on_the_same_seed(tmp_path):
     assert "+5.0 / +6.0 | **+5.5** | +2.0 | +5.5 | -4.5 (2 seeds)" in rows["semifl"]
     assert "| fedsto | 1 | 0.7000 | +10.0 | **+10.0** |" in rows["fedsto"]
     assert "**+10.0** | +5.0 | +10.0 | +0.0 (2 seeds)" in rows["central"]
+
+
+def test_semifl_oracle_arms_keep_only_right_pseudo_labels(monkeypatch):
+    """benchmarks/semifl_oracle.py (a diagnostic): the clean arm keeps the confident
+    samples whose pseudo-label is right and labels them (and every Mix partner) with the
+    truth; the all-true arm keeps every sample."""
+    import fedssl.algorithms.semifl as semifl_mod
+
+    probs = torch.tensor([[0.97, 0.02, 0.01], [0.01, 0.98, 0.01], [0.5, 0.3, 0.2], [0.02, 0.01, 0.97]])
+    y_true = torch.tensor([0, 2, 1, 2])  # sample 1 is confidently wrong, sample 2 not confident
+    monkeypatch.setattr(semifl_mod, "global_pseudo_probs", lambda *a, **k: probs.clone())
+    data = ClientData(torch.zeros(0, 1, 2, 2, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                      torch.zeros(4, 1, 2, 2, dtype=torch.uint8), y_true, flip=False)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    root = Path(__file__).resolve().parents[1]
+    for arm, kept in (("SemiFLCleanPL", [0, 3]), ("SemiFLAllTrue", [0, 1, 2, 3])):
+        alg = build_algorithm(resolve(overrides={"client.algorithm": f"{root}/benchmarks/semifl_oracle.py:{arm}"}))
+        alg.begin_round(model, RoundContext(1), data)
+        assert alg._confident.tolist() == kept
+        assert torch.equal(alg._probs.argmax(dim=1), y_true) and alg._selected_share == len(kept) / 4
