@@ -15,13 +15,14 @@ the one before.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from fedssl.config import resolve
+from fedssl.config import ConfigError, resolve
 from fedssl.data import load_dataset
 from fedssl.data.augment import normalize
 from fedssl.data.tensors import nchw_tensor
@@ -52,7 +53,7 @@ def main() -> None:
     ap.add_argument("--clip", type=float, default=1.0)
     args = ap.parse_args()
     cfg = resolve(str(args.run / "config.toml"))
-    state = load_file(ClientStateStore(args.run / "client_state").files(0)[-1][-1])
+    state = load_file(ClientStateStore(args.run / "client_state").newest(0))
     start = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     y = torch.tensor(load_dataset(cfg.data, cfg.run.seed).test_y, dtype=torch.long)
     domains = cfg.stream.domains.split(",")[:cfg.stream.stages]
@@ -73,4 +74,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, OSError) as e:  # not a finished stream run with client state
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

@@ -40,7 +40,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         cfg = resolve(str(run / "config.toml"))
-        state = load_file(ClientStateStore(run / "client_state").files(0)[-1][-1])
+        state = load_file(ClientStateStore(run / "client_state").newest(0))
         teacher = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
         if not teacher:
             raise RuntimeError(f"{run} keeps no previous-stage model (its method does not distil)")

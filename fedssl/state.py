@@ -81,6 +81,14 @@ class ClientStateStore:
                     out.append((int(owner.group(1)), m.group(1), int(m.group(2)), p))
         return sorted(out)
 
+    def newest(self, partition_id: int) -> Path:
+        """The newest state file of a client, any run (for inspecting a finished run);
+        FileNotFoundError when it has none."""
+        found = self.files(partition_id)
+        if not found:
+            raise FileNotFoundError(f"no client state of client {partition_id} under {self.root}")
+        return found[-1][-1]
+
     def _dir(self, partition_id: int) -> Path:
         return self.root / f"client_{partition_id:05d}"
 
@@ -135,12 +143,12 @@ class ClientStateStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        mine = [(r, p) for _, rid, r, p in self.files(partition_id) if rid == run_id]
+        files = self.files(partition_id)  # one listing of this client's directory
         keep = {target}
-        checkpointed = [p for r, p in mine if r <= keep_round and r < server_round]
+        checkpointed = [p for _, rid, r, p in files if rid == run_id and r <= keep_round and r < server_round]
         if checkpointed:
             keep.add(checkpointed[-1])
-        for *_, p in self.files(partition_id):
+        for *_, p in files:
             if p not in keep:
                 p.unlink(missing_ok=True)
 

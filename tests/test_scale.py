@@ -92,6 +92,9 @@ def test_state_store_is_lazy_versioned_and_exact(tmp_path):
     rnd, got = store.load(7, "run0", before_round=3)  # a resume from the round-2 checkpoint sees round 1
     assert rnd == 1 and torch.equal(got["teacher.w"], t1["teacher.w"])
     store.save(7, "run0", 5, t1, keep_round=4)  # versions <= the checkpointed round are pruned to the newest
+    assert store.newest(7).name == "run0.r000005.safetensors"
+    with pytest.raises(FileNotFoundError):
+        store.newest(8)
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["client_00007"]  # one directory per client
     assert [p.name for p in sorted((tmp_path / "s" / "client_00007").iterdir())] == ["run0.r000003.safetensors",
                                                                                       "run0.r000005.safetensors"]
