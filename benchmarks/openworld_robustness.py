@@ -247,6 +247,17 @@ def against_orca(mine: list[dict], orca: list[dict]) -> dict[str, float]:
             for k in ("acc_all", "acc_unseen_strict", "discovered", "acc_seen")}
 
 
+def seen_errors_delta(mine: list[dict], orca: list[dict]) -> str:
+    """Where the seen-accuracy difference comes from, in points, method minus ORCA:
+    more seen samples filed under another seen output, and under an unseen one."""
+    pairs = [(a["leak"], b["leak"]) for a, b in zip(mine, orca) if a["leak"] and b["leak"]]
+    if not pairs:
+        return ""
+    to_seen = statistics.fmean(100 * (a[0] - b[0]) for a, b in pairs)
+    to_unseen = statistics.fmean(100 * (a[1] - b[1]) for a, b in pairs)
+    return f"; errors seen -> seen {to_seen:+.1f}, seen -> unseen {to_unseen:+.1f}"
+
+
 def paired_se(mine: list[dict], orca: list[dict], key: str) -> float:
     """Standard error (points) of the mean paired difference: how far seed noise alone
     moves a split's mean; 0 with one seed."""
@@ -276,7 +287,7 @@ def print_against_orca(runs: list[dict], methods: list[str]) -> None:
             se = paired_se(mine, theirs, "acc_seen")
             print(f"{m:24} | {split} | seeds {len(mine)} | all {d['acc_all']:+5.1f} | strict "
                   f"{d['acc_unseen_strict']:+5.1f} | discovered {d['discovered']:+4.2f} | seen {d['acc_seen']:+5.1f} "
-                  f"(paired s.e. {se:3.1f}) | {'pass' if ok else 'FAIL'}")
+                  f"(paired s.e. {se:3.1f}{seen_errors_delta(mine, theirs)}) | {'pass' if ok else 'FAIL'}")
         if gaps:
             d = against_orca(gaps, [orca[(r["split"], r["seed"])] for r in gaps])
             print(f"{m:24} | {passed}/{total} splits pass | over all {len(gaps)} pairs: all {d['acc_all']:+.1f}, "
