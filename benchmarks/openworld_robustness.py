@@ -48,7 +48,7 @@ VARIANT_KEYS = (("client", "pseudo_label_guard", "none"), ("client", "pseudo_lab
                 ("server", "fedossl_seen_slots", "centroid"), ("server", "fedossl_gates", "after_pretrain"),
                 ("server", "fedossl_rampup", 0), ("client", "local_centroids", 20),
                 ("client", "slot_mapping", "hungarian"), ("client", "memory", "reembed"),
-                ("client", "lambda_u", 1.0), ("client", "warmup_rounds", 0))
+                ("client", "lambda_u", 1.0), ("client", "warmup_rounds", 0), ("client", "lambda_cluster", 0.5))
 # the value a key had in runs made before it existed
 BEFORE_KEY = {"fedossl_gates": "run"}
 

@@ -440,7 +440,8 @@ def test_fedossl_ramp_scales_the_centroid_terms_by_the_servers_factors():
         totals[ramp], metrics[ramp] = float(loss.detach()), m
     m = metrics[(1.0, 1.0)]
     assert m["loss_cluster"] > 0 and m["loss_pl"] > 0
-    cut = lambda a, b: (1 - a) * algo.cluster_weight * m["loss_cluster"] + (1 - b) * cfg.algo_params.lambda_u * m["loss_pl"]
+    params = cfg.algo_params
+    cut = lambda a, b: (1 - a) * params.lambda_cluster * m["loss_cluster"] + (1 - b) * params.lambda_u * m["loss_pl"]
     assert totals[(0.5, 0.25)] == pytest.approx(totals[(1.0, 1.0)] - cut(0.5, 0.25), rel=1e-5)
     assert totals[(0.0, 0.0)] == pytest.approx(totals[(1.0, 1.0)] - cut(0.0, 0.0), rel=1e-5)
     for bad in (np.array([0.5]), np.array([np.nan, 1.0]), np.zeros((2, 2))):

@@ -2,7 +2,7 @@
 uncertainty-aware suppressed loss against the bias toward locally unseen classes.
 
     L = L_ORCA + lambda_s * L_sup                     every round once N_k is known
-               + 0.5 * L_cluster                      from client.fedossl.warmup_rounds on
+               + lambda_c * L_cluster                 from client.fedossl.warmup_rounds on
                + lambda_u * L_pl                      from client.fedossl.pseudo_label_round on
 
 with the global centroids C [K, D] the server sent (slot c < num_seen = seen class c):
@@ -118,6 +118,7 @@ class FedoSSLParams(ORCAParams):
 
     threshold: float = param(0.95, "confidence of the top centroid assignment for a pseudo-label", gt=0, le=1)
     lambda_u: float = param(0.5, "weight of the centroid pseudo-label loss L_pl (reference 1)", ge=0)
+    lambda_cluster: float = param(0.5, "weight lambda_c of the global cluster loss L_cluster (the reference's)", ge=0)
     warmup_rounds: int = param(0, "cluster loss from this round on; 0 = server.fedossl_cluster_start", ge=0)
     pseudo_label_round: int = param(0, "centroid pseudo-labels from this round on; "
                                     "0 = server.fedossl_pseudo_label_start", ge=0)
@@ -149,7 +150,6 @@ class FedoSSL(ORCA):
     params_class = FedoSSLParams
     metric_keys = ("loss", "loss_x", "loss_pair", "entropy", "margin", "loss_sup", "loss_cluster", "loss_pl", "mask")
     pairs_with = "fedossl"  # global centroids come from the fedossl strategy
-    cluster_weight = 0.5  # the reference code's weight of L_cluster
     kmeans_iters = 5
 
     # Per-round scratch, set in begin_round. One algorithm object serves the clients
@@ -283,7 +283,7 @@ class FedoSSL(ORCA):
             a1 = torch.softmax(F.normalize(v.z1, dim=1) @ self._centroids.T / temp, dim=1)
             log_a2 = torch.log_softmax(F.normalize(v.z2, dim=1) @ self._centroids.T / temp, dim=1)
             t["loss_cluster"] = -(a1 * log_a2[v.pos]).sum(dim=1).mean()
-            total = total + ramp_cluster * self.cluster_weight * t["loss_cluster"]
+            total = total + ramp_cluster * self.params.lambda_cluster * t["loss_cluster"]
 
             if stage >= 2 and len(p_u):
                 conf, slot = a1[v.n_l:].detach().max(dim=1)
