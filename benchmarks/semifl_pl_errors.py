@@ -94,7 +94,10 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--tau", default="0.95,0.99", help="comma-separated thresholds")
     args = ap.parse_args()
-    taus = [float(t) for t in args.tau.split(",")]
+    try:
+        taus = [float(t) for t in args.tau.split(",")]
+    except ValueError:
+        raise ValueError(f"--tau must be comma-separated numbers, got {args.tau!r}") from None
     torch.set_num_threads(1)
     print("| run | tau | confident % | pseudo-label acc % | top wrong pairs (true->pseudo, share of errors) "
           "| server prototypes: wrong / right dropped % | self prototypes: wrong / right dropped % |")
