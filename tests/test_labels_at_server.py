@@ -231,6 +231,35 @@ def test_fedsto_phases_loss_and_frozen_head():
     assert alg.server_penalty(student, 3) is None and alg.server_penalty(student, 7).item() == pytest.approx(0.02)
 
 
+def test_fedsto_srip_code_form_layers_and_decay():
+    """SRIP's code form (sigma squared, stepped weight over phase 2) and the all-layer
+    penalty, against hand computations on weights with known sigma_max."""
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 3, dtype=torch.float64))
+    head_w = (math.sqrt(1.2) * q.t()).numpy()  # sigma_max(W W^T - I) = 0.2
+    student = Tiny([[1.0, 0.0, 0.0, 0.0]], head_w)
+    with torch.no_grad():  # the table (1 x 4, rows first): W W^T - I = 1.5^2 - 1 = 1.25
+        student.table.copy_(torch.tensor([[1.5, 0.0, 0.0, 0.0]], dtype=torch.float64))
+    base = {"client.algorithm": "fedsto", "federation.rounds": 40, "client.fedsto.selective_fraction": 0.5,
+            "client.fedsto.ortho_lambda": 0.1}
+    sq = build_algorithm(resolve(overrides={**base, "client.fedsto.srip_form": "sigma_sq"}))
+    assert sq.penalty(student, 21).item() == pytest.approx(0.1 * 0.2 ** 2)
+    every = build_algorithm(resolve(overrides={**base, "client.fedsto.ortho_layers": "all"}))
+    assert every.penalty(student, 21).item() == pytest.approx(0.1 * (0.2 + 1.25))
+    decay = build_algorithm(resolve(overrides={**base, "client.fedsto.ortho_decay": "srip"}))
+    # phase 2 = rounds 21..40 (20 rounds): full weight through 10 % (rounds 21-22), then
+    # x1e-3 through 25 % (round 25), x1e-4 through 35 % (27), x1e-6 through 60 % (32), then 0
+    want = {21: 0.1, 22: 0.1, 23: 1e-4, 25: 1e-4, 26: 1e-5, 27: 1e-5, 28: 1e-7, 32: 1e-7, 33: 0.0, 40: 0.0}
+    assert {r: decay.ortho_weight(r) for r in want} == pytest.approx(want)
+    assert decay.penalty(student, 33) is None and decay.penalty(student, 20) is None  # phase 1: none
+    assert decay.penalty(student, 25).item() == pytest.approx(1e-4 * 0.2)
+
+
+def test_fedsto_teacher_restarts_from_the_global_model_by_default():
+    assert resolve(overrides={"client.algorithm": "fedsto"}).client.teacher_sync == 0.0
+    assert resolve(overrides={"client.algorithm": "fixmatch"}).client.teacher_sync == 0.5
+
+
 # -- clients without labels -----------------------------------------------------------
 def test_supervised_on_a_client_without_labels_returns_the_global_model_untouched():
     cfg = resolve(overrides={"client.algorithm": "supervised", "client.local_epochs": 5})

@@ -11,38 +11,44 @@ FedSTO's stages, with the server holding the only labels:
 3. Orthogonally enhanced full-parameter training, the remaining rounds: clients train
    everything, and clients and server add the SRIP penalty (Bansal et al., 2018)
 
-       R(W) = client.fedsto.ortho_lambda * sigma_max(W W^T - I)
+       R = client.fedsto.ortho_lambda * d(r) * sum over W of sigma_max(W W^T - I)^p
 
-   on the classification head W (reshaped so that rows are the smaller dimension:
-   10 classes x 128 features gives W W^T, as METHODS.md says for a head with fewer
-   classes than features). sigma_max is estimated by SRIP's two-step power iteration
-   from a random start vector.
+   over the classification head W (``ortho_layers = "head"``, the default) or every
+   weight matrix, convs reshaped to (C_out, C_in k k) (``"all"``), each with the smaller
+   dimension as rows (10 classes x 128 features gives W W^T, as METHODS.md says for a
+   head with fewer classes than features). sigma_max is estimated by SRIP's two-step
+   power iteration from a random start vector. p = 1 and d = 1 are the paper's form
+   (``srip_form = "sigma"``, ``ortho_decay = "constant"``); SRIP's public code squares
+   sigma (``"sigma_sq"``) and cuts its weight in steps (``"srip"``: x1e-3, x1e-4, x1e-6,
+   then 0 after 10, 25, 35 and 60 % of training, its epochs 20, 50, 70 and 120 of 200,
+   mapped here onto phase 2's rounds).
 
-Client loss (both phases): FixMatch-style pseudo-labelling by the client's
-persistent local EMA teacher (``client.ema_decay``; how it meets each new global model
-is the shared rule, ``client.teacher_sync``), threshold ``client.fedsto.threshold`` on the
+Client loss (both phases): FixMatch-style pseudo-labelling by the client's local EMA
+teacher (``client.ema_decay`` per step), threshold ``client.fedsto.threshold`` on the
 teacher's weak-view prediction, CE of the student on the strong view, plus the
 supervised CE when the client also holds labels (mixed case):
 
-    L = CE(f(x_weak), y) + lambda_u * mean_b[1(max q_b >= tau) CE(f(u_strong_b), argmax q_b)] + R(W)
+    L = CE(f(x_weak), y) + lambda_u * mean_b[1(max q_b >= tau) CE(f(u_strong_b), argmax q_b)] + R
 
 Choices FedSTO leaves open (there is no official training code), documented here:
+- the teacher restarts from the received global model every round (student = teacher =
+  global model at the round's start, METHODS.md's reading of the paper): this
+  algorithm's default ``client.teacher_sync = 0``. The other reading, a teacher that
+  persists across the client's rounds, is ``teacher_sync = 1``; the shared default 0.5
+  blends them. Measured on the first run's split (10 rounds, 3 seeds): 0.709 (restart),
+  0.702 (persist), 0.710 (blend), within the seeds' spread
+  (docs/results/labels_at_server.md);
 - the phase switch is a fraction of the rounds (default 0.5; the paper's detection
-  schedule spends roughly half its federated rounds in selective training);
-- the orthogonality penalty covers the head only (the layer set is not published;
-  fedssl penalises the head), lambda 0.01 by default;
-- the penalty is lambda x sigma, as FedSTO's paper writes SRIP, with a constant
-  lambda; SRIP's public code adds lambda x sigma^2 and decays lambda over training.
-  The paper's form is kept because FedSTO is the method named; the code's form is
-  not measured here;
-- the teacher is the shared persistent EMA teacher (decay 0.99 per step suits
-  federated rounds of tens of steps; the Efficient Teacher lineage uses 0.999 over
-  much longer local training). How it meets a new global model is the shared
-  ``client.teacher_sync`` (0.5 per missed round): the paper's two possible readings,
-  a teacher restarted from the received model (0) and one that persists and never
-  takes it (1), measured on the first run's split (10 rounds, 3 seeds): 0.709 and
-  0.702 against 0.710 for the default, within the seeds' spread
-  (docs/results/labels_at_server.md).
+  schedule spends roughly half its federated rounds in selective training); phase 1
+  freezes the head only (the paper's "selective training" trains the backbone, and a
+  classifier's head is what stands for the detector's neck and head);
+- the orthogonality penalty covers the head by default (the paper does not publish the
+  layer set; ``ortho_layers = "all"`` is METHODS.md's "sum over weights"), lambda 0.01;
+- the penalty is lambda x sigma with a constant lambda, as FedSTO's paper writes SRIP;
+  SRIP's code form (sigma^2, stepped decay) is the pair of options above. All three
+  measured in docs/results/labels_at_server.md;
+- the EMA decay 0.99 per step suits federated rounds of tens of steps (the Efficient
+  Teacher lineage uses 0.999 over much longer local training).
 """
 
 from __future__ import annotations
@@ -59,7 +65,17 @@ from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, Roun
 class FedSTOParams(PseudoLabelParams):
     selective_fraction: float = param(0.5, "fraction of rounds in the selective (backbone-only) phase",
                                       ge=0, le=1)
-    ortho_lambda: float = param(0.01, "weight of the SRIP orthogonality penalty on the head (phase 2)", ge=0)
+    ortho_lambda: float = param(0.01, "weight of the SRIP orthogonality penalty (phase 2)", ge=0)
+    ortho_layers: str = param("head", "the weights the SRIP penalty covers: the classifier head or every weight "
+                              "matrix (all)", choices=("head", "all"))
+    srip_form: str = param("sigma", "the penalty per weight: sigma_max (sigma, FedSTO's paper) or its square "
+                           "(sigma_sq, SRIP's code)", choices=("sigma", "sigma_sq"))
+    ortho_decay: str = param("constant", "the penalty's weight over phase 2: constant (FedSTO's paper) or SRIP's "
+                             "code's steps (srip: x1e-3, 1e-4, 1e-6, 0 after 10, 25, 35, 60 %)",
+                             choices=("constant", "srip"))
+
+# SRIP's code (epochs 20 / 50 / 70 / 120 of 200): the weight's factor until each share of training
+SRIP_STEPS = ((0.10, 1.0), (0.25, 1e-3), (0.35, 1e-4), (0.60, 1e-6))
 
 
 @register("fedsto")
@@ -68,10 +84,22 @@ class FedSTO(Algorithm):
     metric_keys = ("loss", "loss_x", "loss_u", "mask", "ortho", "pl_acc")
     uses_teacher = True
     unlabeled_views = ("weak", "strong")
+    client_defaults = {"teacher_sync": 0.0}  # the local teacher restarts from each received model
 
     def selective(self, server_round: int) -> bool:
         """True in phase 1 (backbone-only training)."""
-        return server_round <= math.ceil(self.params.selective_fraction * self.rounds)
+        return server_round <= self.phase1_rounds()
+
+    def phase1_rounds(self) -> int:
+        return math.ceil(self.params.selective_fraction * self.rounds)
+
+    def ortho_weight(self, server_round: int) -> float:
+        """The penalty's weight in ``server_round`` of phase 2."""
+        lam = self.params.ortho_lambda
+        if self.params.ortho_decay == "constant":
+            return lam
+        done = (server_round - self.phase1_rounds()) / max(self.rounds - self.phase1_rounds(), 1)
+        return next((lam * f for share, f in SRIP_STEPS if done <= share + 1e-9), 0.0)
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
         frozen = self.selective(ctx.server_round)
@@ -84,9 +112,12 @@ class FedSTO(Algorithm):
         return {}
 
     def penalty(self, model: nn.Module, server_round: int) -> torch.Tensor | None:
-        if self.selective(server_round) or self.params.ortho_lambda <= 0:
+        lam = 0.0 if self.selective(server_round) else self.ortho_weight(server_round)
+        if lam <= 0:
             return None
-        return self.params.ortho_lambda * srip(head_weight(model))
+        weights = [head_weight(model)] if self.params.ortho_layers == "head" else all_weights(model)
+        power = 2 if self.params.srip_form == "sigma_sq" else 1
+        return lam * torch.stack([srip(w) ** power for w in weights]).sum()
 
     def server_penalty(self, model: nn.Module, server_round: int) -> torch.Tensor | None:
         """The same penalty in the server's training step (phase 2 only)."""
@@ -114,10 +145,20 @@ class FedSTO(Algorithm):
         return (loss if reg is None else loss + reg), metrics
 
 
+def rows_first(w: torch.Tensor) -> torch.Tensor:
+    """``w`` as a matrix (C_out, rest), the smaller dimension as rows."""
+    w = w.reshape(w.shape[0], -1)
+    return w if w.shape[0] <= w.shape[1] else w.t()
+
+
 def head_weight(model: nn.Module) -> torch.Tensor:
     """The classifier weight with the smaller dimension as rows."""
-    w = model.get_submodule("head").get_parameter("weight")
-    return w if w.shape[0] <= w.shape[1] else w.t()
+    return rows_first(model.get_submodule("head").get_parameter("weight"))
+
+
+def all_weights(model: nn.Module) -> list[torch.Tensor]:
+    """Every weight matrix (linear, and conv kernels reshaped), smaller dimension as rows."""
+    return [rows_first(p) for p in model.parameters() if p.ndim >= 2]
 
 
 def srip(w: torch.Tensor, iters: int = 2) -> torch.Tensor:
