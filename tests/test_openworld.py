@@ -315,6 +315,25 @@ def test_fedossl_uses_global_centroids_from_warmup_and_pseudo_labels_later():
     assert "train_loss_pl" in r3.metrics and r3.metrics["train_mask"] > 0
 
 
+def test_fedossl_ratio_scales_the_pseudo_label_weight_by_unseen_over_seen_classes():
+    """lambda_u_scale = "ratio": L_pl weighs lambda_u x min(1, unseen / seen); the round
+    then equals one run at that weight with no scaling, loss for loss."""
+    for seen, want in ((6, 0.5 * 4 / 6), (7, 0.5 * 3 / 7), (4, 0.5), (5, 0.5)):
+        algo = build_algorithm(_cfg("fedossl", **{"data.seen_classes": seen, "client.fedossl.lambda_u_scale": "ratio"}))
+        assert algo.pl_weight() == pytest.approx(want)
+    assert build_algorithm(_cfg("fedossl", **{"data.seen_classes": 7})).pl_weight() == 0.5  # none: the default
+    over = {"client.fedossl.warmup_rounds": 1, "client.fedossl.pseudo_label_round": 1, "client.fedossl.threshold": 0.05}
+    losses = []
+    for extra in ({"client.fedossl.lambda_u_scale": "ratio"}, {"client.fedossl.lambda_u": 0.5 * (K - S) / S}):
+        cfg = _cfg("fedossl", **over, **extra)
+        torch.manual_seed(0)
+        model = _model()
+        r = train_client(model, build_algorithm(cfg), _data(), cfg, server_round=1, partition_id=0, state=None,
+                         payload={"global_centroids": _global_centroids(model)})
+        losses.append((r.metrics["train_loss"], r.metrics["train_loss_pl"]))
+    assert losses[0][1] > 0 and losses[0] == pytest.approx(losses[1])
+
+
 def test_fedossl_unseen_slot_guard_drops_pseudo_labels_of_seen_slots():
     """Every sample's top centroid is seen slot 0: the reference pseudo-labels them
     all as class 0; with ``pseudo_label_slots = "unseen"`` none is pseudo-labelled."""

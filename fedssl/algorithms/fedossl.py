@@ -118,6 +118,8 @@ class FedoSSLParams(ORCAParams):
 
     threshold: float = param(0.95, "confidence of the top centroid assignment for a pseudo-label", gt=0, le=1)
     lambda_u: float = param(0.5, "weight of the centroid pseudo-label loss L_pl (reference 1)", ge=0)
+    lambda_u_scale: str = param("none", "scale lambda_u by min(1, unseen / seen classes): ratio; or not: none "
+                                "(the reference)", choices=("none", "ratio"))
     lambda_cluster: float = param(0.5, "weight lambda_c of the global cluster loss L_cluster (the reference's)", ge=0)
     warmup_rounds: int = param(0, "cluster loss from this round on; 0 = server.fedossl_cluster_start", ge=0)
     pseudo_label_round: int = param(0, "centroid pseudo-labels from this round on; "
@@ -296,10 +298,16 @@ class FedoSSL(ORCA):
                     mask &= self._guard(pred, pseudo_label, slot, v.z1[v.n_l:].detach())
                 t["loss_pl"] = (F.cross_entropy(v.logits1[v.n_l:][mask], pseudo_label[mask])
                                 if mask.any() else v.logits1.sum() * 0.0)
-                total = total + ramp_pl * self.params.lambda_u * t["loss_pl"]
+                total = total + ramp_pl * self.pl_weight() * t["loss_pl"]
                 metrics["mask"] = float(mask.float().mean())
         metrics.update({k: float(x.detach()) for k, x in t.items()})
         return total, metrics
+
+    def pl_weight(self) -> float:
+        """L_pl's weight: lambda_u, times min(1, unseen / seen classes) under ``lambda_u_scale = "ratio"``."""
+        if self.params.lambda_u_scale == "none":
+            return self.params.lambda_u
+        return self.params.lambda_u * min(1.0, (self.num_classes - self.num_seen) / max(self.num_seen, 1))
 
     def _remember(self, z: torch.Tensor) -> None:
         """Append normalised features to the forward memory, keeping the last
