@@ -260,6 +260,32 @@ def test_fedsto_teacher_restarts_from_the_global_model_by_default():
     assert resolve(overrides={"client.algorithm": "fixmatch"}).client.teacher_sync == 0.5
 
 
+def test_a_restarting_teacher_is_not_stored_and_a_stored_one_changes_nothing():
+    """teacher_sync = 0: the next round's teacher is the received model, so the client
+    stores no teacher; a teacher stored by an earlier setting is then ignored bit for bit."""
+    base = {"client.algorithm": "fedsto", "client.local_steps": 2, "client.batch_size": 4,
+            "client.uratio": 2, "federation.rounds": 4, "client.fedsto.threshold": 0.05}
+
+    def round_(sync: float, rnd: int, state, init: dict[str, torch.Tensor]):
+        cfg = resolve(overrides={**base, "client.teacher_sync": sync})
+        model = build_model("cnn", 10)
+        model.load_state_dict(init)
+        res = train_client(model, build_algorithm(cfg), unlabeled_only(), cfg, server_round=rnd,
+                           partition_id=0, state=state)
+        return res, model.state_dict()
+
+    torch.manual_seed(0)
+    init = build_model("cnn", 10).state_dict()
+    kept, after1 = round_(0.5, 3, None, init)
+    assert any(k.startswith("teacher.") for k in kept.state)
+    restarted, _ = round_(0.0, 3, None, init)
+    assert not any(k.startswith("teacher.") for k in restarted.state)
+    # round 4 from round 3's model: with a stored teacher or none, the same bits
+    _, with_saved = round_(0.0, 4, (3, kept.state), after1)
+    _, without = round_(0.0, 4, None, after1)
+    assert all(torch.equal(with_saved[k], without[k]) for k in without)
+
+
 # -- clients without labels -----------------------------------------------------------
 def test_supervised_on_a_client_without_labels_returns_the_global_model_untouched():
     cfg = resolve(overrides={"client.algorithm": "supervised", "client.local_epochs": 5})
