@@ -96,6 +96,23 @@ class ClientMessage:
         metrics = self.rt.evaluate_local(self.rt.own_partition_id())
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=self.msg)
 
+    def query(self) -> Message:
+        """Static BN's statistics round (``server.bn_stats = "server_clients"``): per
+        partition named (or the node's own), the sums of ``fedssl.static_bn`` over its
+        shard under the model sent."""
+        if self.config.get(P.QUERY_KEY) != P.BN_STATS:
+            raise ValueError(f"unknown query {self.config.get(P.QUERY_KEY)!r} (this ClientApp answers "
+                             f"{P.QUERY_KEY}={P.BN_STATS!r})")
+        self.rt.model.load_state_dict(self.msg.content["arrays"].to_torch_state_dict())
+        pids = [int(p) for p in self.config[PIDS_KEY]] if self.packed else [self.rt.own_partition_id()]
+        reply = RecordDict()
+        for pid in pids:
+            sums = ArrayRecord({k: Array(v) for k, v in self.rt.bn_stat_sums(pid).items()})
+            reply[packed_key(P.BN_STATS, pid) if self.packed else P.BN_STATS] = sums
+        if self.packed:
+            reply["metrics"] = MetricRecord({PIDS_KEY: pids})
+        return Message(reply, reply_to=self.msg)
+
     def _train_one(self, pid: int, global_state: dict, payload_in: dict, t_deser: float, reply: RecordDict) -> None:
         rt, cfg, server_round = self.rt, self.cfg, self.server_round
         t1 = time.perf_counter()
@@ -155,6 +172,10 @@ def make_client_app(cfg: Config | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         return ClientMessage(msg, context, cfg).evaluate()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return ClientMessage(msg, context, cfg).query()
 
     return app
 

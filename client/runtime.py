@@ -83,6 +83,16 @@ class ClientRuntime:
         splits, shard = client_shard(self.cfg.data, self.cfg.run.seed, partition_id)
         return client_data(splits.train_x, splits.train_y, shard.labeled, shard.unlabeled)
 
+    def bn_stat_sums(self, partition_id: int) -> dict[str, np.ndarray]:
+        """Static BN's share of this shard (every image, un-augmented) under the model
+        as loaded: per BN layer the sums of batch means and variances and the batch
+        count (``fedssl.static_bn``). Three numbers per channel leave, no sample."""
+        from fedssl.data.augment import normalize
+        from fedssl.static_bn import bn_stat_sums
+
+        d = self.shard(partition_id)
+        return bn_stat_sums(self.model, normalize(torch.cat([d.x_l, d.x_u])))
+
     def split_holdout(self, partition_id: int, d: ClientData | None = None) -> tuple[ClientData, ClientData]:
         """(training part, held-out part) of the shard (or of ``d``): a seeded
         HOLDOUT_FRACTION of the labeled examples (at least one when there are two or

@@ -45,6 +45,8 @@ PRESENT_KEY = "train_present"  # per sorted train_* key: 1 if measured, 0 if fil
 PROXIMAL_MU = "proximal-mu"  # Flower's FedProx config key
 SERVER_ROUND = "server-round"  # Flower's config key
 IDLE_KEY = "fedssl.idle"  # 1: the client ran no step; left out of the average (Algorithm.leave_out_idle)
+QUERY_KEY = "fedssl.query"  # what a query message asks for: BN_STATS
+BN_STATS = "bn-stats"  # static BN's sums over the client's shard (fedssl.static_bn)
 STAGE_KEY = "fedssl.stage"  # [stream]: the round's stage (0-based); absent: derived from the round
 
 

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedssl import protocol as P
 from fedssl import runlog
 from fedssl.versions import provenance
-from fedssl.config import Config
+from fedssl.config import Config, ConfigError
 from fedssl.data import load_dataset
 from fedssl.data.partition import server_labeled
 from fedssl.data.augment import normalize
@@ -37,6 +37,8 @@ from fedssl.metrics import confusion_matrix, evaluate_logits, predict
 from fedssl.data.tensors import nchw_tensor
 from fedssl.models import run_model, state_nbytes
 from fedssl.seeding import derive_seed
+from fedssl.server.bn_query import federated_bn_stats
+from fedssl.static_bn import bn_layers
 from fedssl.server_training import ServerTrainer, build_server_trainer
 from fedssl.state import RUN_ID_KEY, ClientStateStore
 from fedssl.timing import stamp
@@ -64,6 +66,9 @@ class ServerSetup:
         self.test_x = normalize(nchw_tensor(test_x))
         torch.manual_seed(derive_seed(cfg.run.seed, "init"))
         self.model = run_model(cfg, in_channels=test_x.shape[-1], image_size=test_x.shape[1])
+        if cfg.server.bn_stats == "server_clients" and not bn_layers(self.model):
+            raise ConfigError(f"server.bn_stats=server_clients needs a model with batch norm; "
+                              f"model.name={cfg.model.name} has none (try cnn_bn)")
         self.strategy: FedSSLStrategy = build_strategy(cfg, model_bytes=state_nbytes(self.model))
         # labels at server: the server's own labeled set (None when it holds no labels)
         self.server_trainer = load_server_trainer(cfg)
@@ -213,6 +218,9 @@ class ServerRunner:
             self.server_trainer.x = self.stream.server_images(*self._server_set, server_round)
         self.model.load_state_dict(arrays.to_torch_state_dict())
         info.update(self.server_trainer.step(self.model, server_round))
+        if self.cfg.server.bn_stats == "server_clients":  # static BN over the clients' data too
+            info.update(federated_bn_stats(self.grid, self.strategy, self.model, normalize(self.server_trainer.x.clone()),
+                                           self.run_id, self.cfg.federation.round_timeout))
         return ArrayRecord(self.model.state_dict())
 
     def _diverged(self, rnd: int, row: dict[str, Any], st: _State) -> bool:

@@ -62,6 +62,16 @@ class NodeSampler:
         groups = pack(pids, cpn, len(ids))
         return ids[:len(groups)], groups
 
+    def every_client(self, grid: Grid) -> tuple[list[int], list[list[int]]]:
+        """(node ids, the partition ids each one serves): every client once, packed as
+        a round's sample would be (static BN's statistics round)."""
+        pids = list(range(self.num_clients))
+        ids = wait_for_nodes(grid, 1, self.round_timeout)
+        parallelism = max(1, min(len(ids), int(usable_cpus() / self.num_cpus)))
+        cpn = self.clients_per_node or auto_clients_per_node(len(pids), parallelism, self.model_bytes)
+        groups = pack(pids, cpn, len(ids))
+        return ids[:len(groups)], groups
+
     def deployment(self, server_round: int, grid: Grid) -> list[int]:
         """The node ids sampled this round. Before the first round it waits for
         ``min_clients`` nodes, so that a federation still connecting does not start

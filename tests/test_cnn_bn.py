@@ -124,3 +124,74 @@ def test_semifl_forwards_each_view_with_its_own_batch_statistics_on_a_bn_model()
 
     assert not per_view_after_begin_round("cnn") and per_view_after_begin_round("cnn_bn")
     assert not per_view_after_begin_round("cnn_bn", **{"client.semifl.bn_forward": "joint"})
+
+
+def test_static_bn_over_server_and_clients_in_a_flower_simulation(tmp_path):
+    """``server.bn_stats = "server_clients"`` (SemiFL's sbn = 1), a real simulation: the
+    global model's BN statistics are the average over the batches of the server's
+    labeled set and of every client's whole shard, computed by hand from the final
+    weights, and they differ from the server's alone."""
+    from fedssl.data.augment import normalize
+    from fedssl.server.loop import load_server_trainer
+    from fedssl.simulation import run_experiment
+    from fedssl.static_bn import add_sums, bn_stat_sums, set_bn_stats
+    from fedssl.client.runtime import ClientRuntime
+
+    over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
+                             "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
+                             "server.strategy": "fedavgm", "server.server_momentum": 0.5,
+                             "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1,
+                             "server.bn_stats": "server_clients"})
+    cfg = resolve(overrides=over)
+    summary = run_experiment(cfg, quiet=True)
+    assert summary["status"] == "ok" and math.isfinite(summary["final"]["loss"])
+    arrays = runlog.load_checkpoint(tmp_path)["arrays"]
+    model = build_model("cnn_bn", cfg.num_classes)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    got = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    trainer = load_server_trainer(cfg)
+    assert trainer is not None
+    rt = ClientRuntime(cfg, {})
+    with one_thread():
+        total = bn_stat_sums(model, normalize(trainer.x.clone()))
+        for pid in range(cfg.data.num_clients):
+            d = rt.shard(pid)
+            add_sums(total, bn_stat_sums(model, normalize(torch.cat([d.x_l, d.x_u]))))
+    server_batches = 1  # 100 labeled images: one batch of <= 256
+    client_batches = sum(math.ceil(len(rt.shard(p).y_u) / 256) for p in range(cfg.data.num_clients))
+    assert int(got["backbone.1.num_batches_tracked"]) == server_batches + client_batches
+    set_bn_stats(model, total)
+    for k, v in model.state_dict().items():
+        if k in got:
+            assert torch.allclose(got[k].double(), v.double(), rtol=1e-5, atol=1e-6), (k, (got[k] - v).abs().max())
+    server_only = bn_stat_sums(model, normalize(trainer.x.clone()))
+    assert not np.allclose(server_only["backbone.1.mean_sum"], total["backbone.1.mean_sum"] / (1 + client_batches))
+
+
+def test_static_bn_sums_add_up_and_a_bad_share_is_named():
+    from fedssl.server_training import recompute_bn_stats
+    from fedssl.static_bn import add_sums, bn_stat_sums, check_sums, set_bn_stats
+
+    torch.manual_seed(0)
+    model, x = build_model("cnn_bn", 10), torch.randn(600, 1, 28, 28)
+    whole = bn_stat_sums(model, x, batch_size=200)
+    parts = bn_stat_sums(model, x[:400], batch_size=200)
+    add_sums(parts, bn_stat_sums(model, x[400:], batch_size=200))
+    assert all(np.allclose(whole[k], parts[k]) for k in whole)
+    assert whole["backbone.1.batches"][0] == 3
+    # the sums over their count are BN's own cumulative average over the same batches
+    by_sums, by_bn = build_model("cnn_bn", 10), build_model("cnn_bn", 10)
+    by_sums.load_state_dict(model.state_dict())
+    by_bn.load_state_dict(model.state_dict())
+    set_bn_stats(by_sums, whole)
+    recompute_bn_stats(by_bn, x, batch_size=200)
+    for k, v in by_bn.state_dict().items():
+        assert torch.allclose(v.double(), by_sums.state_dict()[k].double(), atol=1e-6), k
+    assert check_sums(parts, whole) is None
+    bad = dict(parts, **{"backbone.1.var_sum": -parts["backbone.1.var_sum"]})
+    assert check_sums(bad, whole) == "backbone.1.var_sum is negative"
+    nan = dict(parts, **{"backbone.5.mean_sum": np.full_like(parts["backbone.5.mean_sum"], np.nan)})
+    assert check_sums(nan, whole) == "backbone.5.mean_sum is not finite"
+    short = dict(parts, **{"backbone.5.mean_sum": parts["backbone.5.mean_sum"][:3]})
+    assert "has shape (3,)" in check_sums(short, whole)
+    assert check_sums({"x": np.zeros(1)}, whole) == "its BN statistics name other layers"

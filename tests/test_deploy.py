@@ -323,6 +323,34 @@ def test_deploy_local_matches_simulation(tmp_path):
 
 
 @needs_flower
+def test_deploy_local_static_bn_over_the_clients_matches_simulation(tmp_path):
+    """``server.bn_stats = "server_clients"`` on real SuperNodes: each node answers the
+    statistics query for its own partition, and the global model, BN statistics
+    included, equals the simulation's."""
+    tag = uuid.uuid4().hex
+    dep, sim = tmp_path / "deploy", tmp_path / "sim"
+    extra = {"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0, "client.algorithm": "semifl",
+             "client.semifl.threshold": 0.05, "client.local_epochs": 1, "model.name": "cnn_bn",
+             "server.warmup_steps": 5, "server.train_steps": 5, "server.bn_stats": "server_clients"}
+    try:
+        res = run_cli("deploy", "local", "--clients", "3", "--out", str(dep), "--quiet",
+                      *set_flags({k: v for k, v in {**SMALL, **extra}.items() if k != "data.num_clients"}),
+                      timeout=RUN_TIMEOUT + 120, env={"FEDSSL_DEPLOY_TAG": tag})
+    finally:
+        kill_tagged(tag)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    sim_res = run_cli("run", "--out", str(sim), "--quiet", *set_flags({**SMALL, **extra}), timeout=600)
+    assert sim_res.returncode == 0, sim_res.stderr[-3000:]
+    counts = [[float(r["bn_clients"]) for r in _metrics(d)] for d in (dep, sim)]
+    assert counts == [[3.0, 3.0], [3.0, 3.0]]
+    wa, wb = load_checkpoint(dep)["arrays"], load_checkpoint(sim)["arrays"]
+    assert "backbone.1.running_mean" in wa and wa.keys() == wb.keys()
+    for k in wa:
+        assert np.allclose(wa[k], wb[k], atol=1e-5), k
+    assert int(wa["backbone.1.num_batches_tracked"]) > 1  # the clients' batches are counted
+
+
+@needs_flower
 def test_tls_and_supernode_auth_refuse_an_unregistered_node(tmp_path):
     """(b) TLS + SuperNode authentication: a node whose key is not registered is
     refused; the run completes with the registered nodes."""

@@ -83,6 +83,10 @@ def test_server_labels_larger_than_smallest_class_is_a_config_error():
      "openworld"),
     (["data.labeled_ratio=0"], "data.labeled_ratio"),
     (["server.train_lr=0"], "server.train_lr"),
+    (["server.bn_stats='server_clients'", "model.name='cnn_bn'"], "server.bn_stats"),
+    (["data.server_labels_per_class=10", "data.labeled_ratio=0", "server.bn_stats='server_clients'"],
+     "needs a model with batch norm"),
+    (["server.bn_stats='clients'"], "server.bn_stats"),
 ])
 def test_bad_server_label_settings_exit_2_with_one_line(tmp_path, fmnist, flags, needle):
     proc = run_cli("run", "--out", str(tmp_path / "o"), *sum((["--set", f] for f in flags), []))

@@ -113,6 +113,11 @@ def _check_classes(cfg: Config) -> None:
     require(d.server_labels_per_class == 0 or d.partition != "openworld",
              "data.server_labels_per_class is not supported with data.partition=openworld "
              "(the server would need labels of unseen classes); set it to 0")
+    require(cfg.server.bn_stats == "server" or (d.server_labels_per_class > 0 and not cfg.stream.stages),
+             "server.bn_stats=server_clients needs labels at the server (data.server_labels_per_class > 0) "
+             "and no [stream] stages")
+    require(cfg.server.bn_stats == "server" or cfg.model.name != "cnn",
+             "server.bn_stats=server_clients needs a model with batch norm; model.name=cnn has none (try cnn_bn)")
     require(d.globally_unseen == 0 or d.partition == "openworld",
              f"data.globally_unseen={d.globally_unseen} only applies with data.partition=openworld "
              f"(got partition={d.partition!r})")

@@ -37,6 +37,7 @@ FEDOSSL_INIT = ("random", "kmeans")
 FEDOSSL_SEEN_SLOTS = ("centroid", "class_mean", "centroid_in_order")
 FEDOSSL_GATES = ("run", "after_pretrain")
 FEDOSSL_WEIGHTING = ("uniform", "examples")
+BN_STATS = ("server", "server_clients")
 FAULT_MODES = ("none", "crash", "hang", "nan", "shape", "scale")
 
 
@@ -164,6 +165,10 @@ class ServerConfig:
     warmup_steps: int = key(500, "labels at server: SGD steps on the server's labels before round 1", ge=0)
     train_lr: float = key(0.03, "labels at server: server learning rate (follows client.lr_schedule)", gt=0)
     train_batch_size: int = key(32, "labels at server: server batch size", ge=2)
+    bn_stats: str = key("server", "labels at server, model with batch norm: the global model's BN statistics "
+                        "after the server step come from the server's labeled set (server), or from it and "
+                        "every client's shard through a statistics query (server_clients, SemiFL's sbn = 1)",
+                        choices=BN_STATS)
 
 
 @dataclass(frozen=True)
