@@ -40,8 +40,8 @@ def federated_bn_stats(grid: Grid, strategy: FedSSLStrategy, model: torch.nn.Mod
     arrays = ArrayRecord(model.state_dict())
     if is_simulation_grid(grid):
         nodes, groups = strategy.sampler.every_client(grid)
-    else:  # each SuperNode answers for its own partition
-        nodes = wait_for_nodes(grid, 1, timeout)
+    else:  # each SuperNode answers for its own partition; before round 1, wait as round 1 would
+        nodes = wait_for_nodes(grid, strategy.sampler.min_clients, timeout)
         groups = [[] for _ in nodes]
     messages = []
     for node, group in zip(nodes, groups):
