@@ -70,24 +70,31 @@ def test_every_algorithm_trains_cnn_bn(name, labeled):
     assert int(after["backbone.1.num_batches_tracked"]) > 0
 
 
+def las_bn_final_model(out, **extra: object):
+    """A real labels-at-server simulation of SemiFL on cnn_bn: (config, its final global model)."""
+    from fedssl.simulation import run_experiment
+
+    over = tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
+                        "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
+                        "server.strategy": "fedavgm", "server.server_momentum": 0.5,
+                        "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1, **extra})
+    cfg = resolve(overrides=over)
+    summary = run_experiment(cfg, quiet=True)
+    assert summary["status"] == "ok" and math.isfinite(summary["final"]["loss"])
+    arrays = runlog.load_checkpoint(out)["arrays"]
+    model = build_model("cnn_bn", cfg.num_classes)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    return cfg, model
+
+
 def test_labels_at_server_with_cnn_bn_recomputes_bn_on_server_data(tmp_path):
     """A real simulation: the global model's BN statistics are the server's static BN
     (recomputed on its labeled set after its step), not the clients' average."""
     from fedssl.data.augment import normalize
     from fedssl.server_training import recompute_bn_stats
-    from fedssl.simulation import run_experiment
     from fedssl.server.loop import load_server_trainer
 
-    over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                             "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
-                             "server.strategy": "fedavgm", "server.server_momentum": 0.5,
-                             "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1})
-    cfg = resolve(overrides=over)
-    summary = run_experiment(cfg, quiet=True)
-    assert summary["status"] == "ok" and math.isfinite(summary["final"]["loss"])
-    arrays = runlog.load_checkpoint(tmp_path)["arrays"]
-    model = build_model("cnn_bn", cfg.num_classes)
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    cfg, model = las_bn_final_model(tmp_path)
     got = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     trainer = load_server_trainer(cfg)
     assert trainer is not None
@@ -133,21 +140,10 @@ def test_static_bn_over_server_and_clients_in_a_flower_simulation(tmp_path):
     weights, and they differ from the server's alone."""
     from fedssl.data.augment import normalize
     from fedssl.server.loop import load_server_trainer
-    from fedssl.simulation import run_experiment
     from fedssl.static_bn import add_sums, bn_stat_sums, set_bn_stats
     from fedssl.client.runtime import ClientRuntime
 
-    over = tiny(tmp_path, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                             "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
-                             "server.strategy": "fedavgm", "server.server_momentum": 0.5,
-                             "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1,
-                             "server.bn_stats": "server_clients"})
-    cfg = resolve(overrides=over)
-    summary = run_experiment(cfg, quiet=True)
-    assert summary["status"] == "ok" and math.isfinite(summary["final"]["loss"])
-    arrays = runlog.load_checkpoint(tmp_path)["arrays"]
-    model = build_model("cnn_bn", cfg.num_classes)
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    cfg, model = las_bn_final_model(tmp_path, **{"server.bn_stats": "server_clients"})
     got = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     trainer = load_server_trainer(cfg)
     assert trainer is not None
