@@ -14,7 +14,7 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   assignment is at least ``client.fedossl.threshold``, with that centroid as the pseudo-label
   (``client.fedossl.pseudo_label_slots = "unseen"``: only samples assigned to an unseen slot;
   a seen slot whose centroid has absorbed a novel class otherwise labels that class
-  as the seen one, as in seed 4 of the README's open-world run;
+  as the seen one, as in seed 4 of docs/results/openworld_former_defaults.md;
   ``client.fedossl.pseudo_label_guard = "none"``, the default and the reference's, keeps
   every confident one; ``"agree"``: only samples whose classifier prediction
   already is that pseudo-label, so a slot that has absorbed two clusters cannot
@@ -36,7 +36,7 @@ with the global centroids C [K, D] the server sent (slot c < num_seen = seen cla
   term as an L1 loss between ``p`` and ``p`` with its top entry set to 1, averaged
   over the K entries. Without it (weight K) the term over-sharpens every unlabeled
   prediction and merges unseen clusters: unseen accuracy fell from 72 to 41 % on
-  Fashion-MNIST (README, open world).
+  Fashion-MNIST (docs/results/openworld_former_defaults.md).
 
 The first ``client.fedossl.pretrain_rounds`` rounds train plain labeled cross-entropy, as
 for ORCA (see :mod:`fedssl.algorithms.orca`). Without global centroids (round 1, or a stock FedAvg server) the centroid terms are
@@ -82,14 +82,14 @@ the measurements in docs/openworld.md:
   passes included). ``client.fedossl.memory = "forward"`` keeps the last
   ``client.fedossl.memory_size`` normalised features of the round's training passes, both
   views, labeled and unlabeled (fedssl evaluates on the server, so no test pass):
-  on the robustness grid (seeds 0-2, default mode) seen +1.9, unseen -1.1, globally
+  on the robustness grid (seeds 0-2, prototype guard + ramp-up 3) seen +1.9, unseen -1.1, globally
   unseen -4.2 points against re-embedding (docs/openworld.md);
 - ``client.fedossl.local_centroids`` = 20 (reference 32) for clients with few samples (32 had
   4 collapses against 1 over the robustness grid's 30 pairs, with the same seen
   accuracy);
 - class means are exact per-class means weighted by count over clients; the
   reference's running average is re-divided every batch and averaged uniformly;
-- the suppressed loss is on (the CIFAR file comments it out; see METHODS.md);
+- the suppressed loss is on (the CIFAR file comments it out; it is the paper's L_sup);
 - a supervised warm start (``client.fedossl.pretrain_rounds``) replaces the reference's
   SimCLR-pretrained backbone.
 

@@ -15,8 +15,8 @@ FedSTO's stages, with the server holding the only labels:
 
    over the classification head W (``ortho_layers = "head"``, the default) or every
    weight matrix, convs reshaped to (C_out, C_in k k) (``"all"``), each with the smaller
-   dimension as rows (10 classes x 128 features gives W W^T, as METHODS.md says for a
-   head with fewer classes than features). sigma_max is estimated by SRIP's two-step
+   dimension as rows (10 classes x 128 features gives the 10 x 10 W W^T: the Gram
+   matrix of the smaller side, whose identity target a wide head can meet). sigma_max is estimated by SRIP's two-step
    power iteration from a random start vector. p = 1 and d = 1 are the paper's form
    (``srip_form = "sigma"``, ``ortho_decay = "constant"``); SRIP's public code squares
    sigma (``"sigma_sq"``) and cuts its weight in steps (``"srip"``: x1e-3, x1e-4, x1e-6,
@@ -32,7 +32,7 @@ supervised CE when the client also holds labels (mixed case):
 
 Choices FedSTO leaves open (there is no official training code), documented here:
 - the teacher restarts from the received global model every round (student = teacher =
-  global model at the round's start, METHODS.md's reading of the paper): this
+  global model at the round's start, one reading of the paper): this
   algorithm's default ``client.teacher_sync = 0``. The other reading, a teacher that
   persists across the client's rounds, is ``teacher_sync = 1``; the shared default 0.5
   blends them. Measured on the first run's split, 3 seeds: 0.710 (restart) against
@@ -43,7 +43,7 @@ Choices FedSTO leaves open (there is no official training code), documented here
   freezes the head only (the paper's "selective training" trains the backbone, and a
   classifier's head is what stands for the detector's neck and head);
 - the orthogonality penalty covers the head by default (the paper does not publish the
-  layer set; ``ortho_layers = "all"`` is METHODS.md's "sum over weights"), lambda 0.01;
+  layer set; ``ortho_layers = "all"`` is SRIP's sum over every weight matrix), lambda 0.01;
 - the penalty is lambda x sigma with a constant lambda, as FedSTO's paper writes SRIP;
   SRIP's code form (sigma^2, stepped decay) is the pair of options above. At 20 rounds,
   3 seeds: the code's form ties the paper's (0.710 both), every weight matrix measures

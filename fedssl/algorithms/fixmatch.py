@@ -4,7 +4,13 @@
 
 where q_b = softmax(teacher(u_weak_b)). The teacher is the client's EMA of its
 student; how it meets each new global model is shared (``fedssl.training``).
-Defaults: the paper's tau = 0.95 and lambda_u = 1.
+Defaults: the paper's tau = 0.95 and lambda_u = 1. Differences from the paper, all in the
+shared ``[client]`` keys so that every algorithm runs at the same budget: labeled batch
+``client.batch_size`` 32 (paper 64) and ``client.uratio`` 4 (paper mu = 7), because
+clients hold a few hundred samples; pseudo-labels come from the client's EMA teacher
+(``client.ema_decay`` 0.99 per step, ``client.teacher_sync`` 0.5), where the paper
+labels with the model being trained, because a client trains only a few steps per
+round and the teacher carries its averaged model across them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ paper's sigmoid ramp-up
 
 where "rounds done" counts federated rounds, (server_round - 1) + step / total_steps,
 so the weight rises smoothly within a round and reaches lambda_u after
-``client.meanteacher.rampup_rounds`` rounds (0 = no ramp-up).
+``client.meanteacher.rampup_rounds`` rounds (0 = no ramp-up; the default 5 is the
+authors' PyTorch CIFAR-10 setting, a 5-epoch ramp-up, with rounds standing for epochs).
 
 The consistency term is the mean over samples and classes of the squared difference,
 as in the reference codes. Its weight ``lambda_u = 100`` is the paper's code's on

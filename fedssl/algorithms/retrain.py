@@ -3,7 +3,8 @@
 Each client keeps every sample it has received (the runtime's ``all`` buffer policy:
 unbounded, ``stream.buffer`` does not apply) and trains on all of it each round, so its
 memory and its per-stage compute grow with the number of stages. Both are reported
-(``stream_peak_bytes``, ``passes_per_stage_mean`` in summary.json): this is the cost the
+(``stream.client_peak_bytes``, ``stream.max_peak_bytes`` and
+``stream.passes_per_stage_mean`` in summary.json): this is the cost the
 bounded-memory methods avoid. With ``client.local_epochs`` the steps per round grow with
 the data; with ``client.local_steps`` they do not, and the comparison is at equal compute.
 """

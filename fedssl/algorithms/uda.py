@@ -8,7 +8,9 @@ where q_b = softmax(teacher(u_weak_b)) and q~_b is q_b sharpened with temperatur
 The confidence mask uses the unsharpened q with ``client.uda.threshold``, 0.8 as in
 UDA's paper and USB's config (``p_cutoff``). KL differs from USB's soft cross-entropy
 only by the target's entropy (a constant), so the gradient is the same and the loss
-reads 0 when the student matches the target. Training-signal annealing is omitted.
+reads 0 when the student matches the target. Training-signal annealing is omitted, as
+in USB's UDA configs (``tsa_schedule: none``). The shared batch keys stay fedssl's (see
+:mod:`fedssl.algorithms.fixmatch`).
 """
 
 from __future__ import annotations
