@@ -6,10 +6,10 @@ OUT     ?= runs/quickstart
 
 .PHONY: setup data containers run test test-fast bench-sim bench-openworld clean
 
-$(BIN)/fedssl: pyproject.toml
+$(BIN)/fedssl: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev]" -c constraints.txt
 	touch $@
 
 setup: $(BIN)/fedssl data containers
