@@ -191,3 +191,39 @@ def test_static_bn_sums_add_up_and_a_bad_share_is_named():
     short = dict(parts, **{"backbone.5.mean_sum": parts["backbone.5.mean_sum"][:3]})
     assert "has shape (3,)" in check_sums(short, whole)
     assert check_sums({"x": np.zeros(1)}, whole) == "its BN statistics name other layers"
+
+
+def test_kill9_then_resume_with_static_bn_over_the_clients_is_exact(tmp_path):
+    """``server.bn_stats = "server_clients"``: the statistics the query sets after a
+    round live in the checkpointed global model, so kill -9 after round 2 and --resume
+    give the uninterrupted run's rows and final weights and BN buffers, bit for bit."""
+    import csv
+
+    from fedssl.simulation import run_experiment
+    from tests.conftest import kill9_after_checkpoint, run_cli
+
+    killed = tmp_path / "killed"
+    over = tiny(killed, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
+                           "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
+                           "server.strategy": "fedavgm", "server.server_momentum": 0.5, "federation.rounds": 4,
+                           "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1,
+                           "server.bn_stats": "server_clients"})
+    kill9_after_checkpoint(over, killed)
+    resumed = run_cli("run", "--resume", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = tmp_path / "straight"
+    run_experiment(resolve(overrides={**over, "run.out_dir": str(straight)}), quiet=True)
+
+    def rows(out):
+        with open(out / "metrics.csv") as f:
+            return [{k: v for k, v in r.items() if not k.startswith(("wall_s", "round_s", "t_"))}
+                    for r in csv.DictReader(f)]
+
+    got, want = rows(killed), rows(straight)
+    assert [r["round"] for r in got] == ["1", "2", "3", "4"]
+    assert all(int(r["bn_clients"]) > 0 for r in got)  # the query ran in every round
+    assert got == want
+    a, b = runlog.load_checkpoint(killed)["arrays"], runlog.load_checkpoint(straight)["arrays"]
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    for k in a:
+        assert np.array_equal(np.asarray(a[k]), np.asarray(b[k])), k
