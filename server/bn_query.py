@@ -27,6 +27,7 @@ from fedssl.state import RUN_ID_KEY
 from fedssl.static_bn import add_sums, bn_stat_sums, check_sums, set_bn_stats
 from fedssl.strategies.node_sampling import wait_for_nodes
 from fedssl.strategies.wrapper import FedSSLStrategy
+from fedssl.threads import one_thread
 
 log = logging.getLogger("fedssl")
 
@@ -36,7 +37,8 @@ def federated_bn_stats(grid: Grid, strategy: FedSSLStrategy, model: torch.nn.Mod
     """Set ``model``'s BN running statistics from ``server_x`` (normalised images) and
     every client's shard. Returns the round's ``bn_clients`` / ``bn_rejected`` counts."""
     t0 = time.perf_counter()
-    total = bn_stat_sums(model, server_x)
+    with one_thread():  # as the server step: the bits must not depend on the process's thread count
+        total = bn_stat_sums(model, server_x)
     arrays = ArrayRecord(model.state_dict())
     if is_simulation_grid(grid):
         nodes, groups = strategy.sampler.every_client(grid)

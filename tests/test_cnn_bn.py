@@ -212,7 +212,12 @@ def test_kill9_then_resume_with_static_bn_over_the_clients_is_exact(tmp_path):
     resumed = run_cli("run", "--resume", str(killed), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight = tmp_path / "straight"
-    run_experiment(resolve(overrides={**over, "run.out_dir": str(straight)}), quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # another server thread count than the resumed process's: same bits
+    try:
+        run_experiment(resolve(overrides={**over, "run.out_dir": str(straight)}), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
 
     def rows(out):
         with open(out / "metrics.csv") as f:
