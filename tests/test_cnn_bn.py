@@ -70,15 +70,19 @@ def test_every_algorithm_trains_cnn_bn(name, labeled):
     assert int(after["backbone.1.num_batches_tracked"]) > 0
 
 
+def las_bn(out, **extra: object) -> dict[str, object]:
+    """Overrides of a seconds-long labels-at-server SemiFL run on cnn_bn."""
+    return tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
+                        "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
+                        "server.strategy": "fedavgm", "server.server_momentum": 0.5,
+                        "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1, **extra})
+
+
 def las_bn_final_model(out, **extra: object):
     """A real labels-at-server simulation of SemiFL on cnn_bn: (config, its final global model)."""
     from fedssl.simulation import run_experiment
 
-    over = tiny(out, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                        "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
-                        "server.strategy": "fedavgm", "server.server_momentum": 0.5,
-                        "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1, **extra})
-    cfg = resolve(overrides=over)
+    cfg = resolve(overrides=las_bn(out, **extra))
     summary = run_experiment(cfg, quiet=True)
     assert summary["status"] == "ok" and math.isfinite(summary["final"]["loss"])
     arrays = runlog.load_checkpoint(out)["arrays"]
@@ -203,11 +207,7 @@ def test_kill9_then_resume_with_static_bn_over_the_clients_is_exact(tmp_path):
     from tests.conftest import kill9_after_checkpoint, run_cli
 
     killed = tmp_path / "killed"
-    over = tiny(killed, **{"data.server_labels_per_class": 10, "data.labeled_ratio": 0.0,
-                           "client.algorithm": "semifl", "client.semifl.threshold": 0.05, "model.name": "cnn_bn",
-                           "server.strategy": "fedavgm", "server.server_momentum": 0.5, "federation.rounds": 4,
-                           "server.warmup_steps": 5, "server.train_steps": 5, "run.checkpoint_every": 1,
-                           "server.bn_stats": "server_clients"})
+    over = las_bn(killed, **{"federation.rounds": 4, "server.bn_stats": "server_clients"})
     kill9_after_checkpoint(over, killed)
     resumed = run_cli("run", "--resume", str(killed), "--quiet")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
