@@ -187,6 +187,24 @@ def test_semifl_ema_teacher_labels_the_round_and_persists(monkeypatch):
     assert any(k.startswith("teacher.") for k in res.state)  # kept for the client's next round
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_semifl_freeze_head_trains_the_body_only(freeze):
+    """client.semifl.freeze_head: a client round leaves the received head as it is and
+    moves the body; off (SemiFL's code), both move. The model is handed back trainable."""
+    data = unlabeled_only()
+    torch.manual_seed(0)
+    model = build_model("cnn", 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = resolve(overrides={"client.algorithm": "semifl", "client.semifl.freeze_head": freeze,
+                             "client.local_steps": 2, "client.batch_size": 4, "client.semifl.threshold": 0.05})
+    train_client(model, build_algorithm(cfg), data, cfg, server_round=1, partition_id=0, state=None)
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {k for k in moved if not k.startswith("head.")}  # the body trained either way
+    assert bool(moved & {"head.weight", "head.bias"}) is not freeze
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_srip_of_scaled_orthonormal_rows_is_exact():
     q, _ = torch.linalg.qr(torch.randn(8, 3, dtype=torch.float64))
     w = math.sqrt(1.5) * q.t()  # rows orthonormal x sqrt(1.5): W W^T - I = 0.5 I

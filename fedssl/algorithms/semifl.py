@@ -72,6 +72,12 @@ Choices where our machinery differs from SemiFL's code, and why:
   (benchmarks/semifl_oracle.py) SemiFL's ceiling rises by 8 points, so every source of
   wrong labels is worth measuring. Measured: +0.2 points on the README's split at 20
   rounds, 3 seeds (docs/results/labels_at_server.md), within the seeds' spread: off.
+- ``client.semifl.freeze_head = true`` (not SemiFL's) trains the body only on clients:
+  the classifier head stays the received one, and only the server's labeled step trains
+  it (FedBABU's body-only update, Oh et al. 2022, and FedSTO's selective phase). Under
+  label skew a client's 5 epochs over two or three pseudo-labeled classes pull the head
+  toward them; IID shards instead of Dirichlet 0.3 measure 2.5 points higher on the first
+  run's split (seed 0, 20 rounds), FedProx's proximal term recovers a fifth of that. Off.
 - RandAugment is fedssl's (2 ops, magnitude 10, Cutout of half the side), not
   SemiFL's pool with its 100-px translations.
 """
@@ -102,6 +108,9 @@ class SemiFLParams(PseudoLabelParams):
     bn_forward: str = param("per_view", "on a model with batch norm: one forward per view, each with its own "
                             "batch statistics (per_view, SemiFL's code), or one over all views (joint)",
                             choices=("per_view", "joint"))
+    freeze_head: bool = param(False, "train the body only on clients and keep the received classifier head, "
+                              "which the server's labeled step trains (FedBABU-style, against label skew); "
+                              "off: every layer, SemiFL's code")
 
 
 @register("semifl")
@@ -136,6 +145,8 @@ class SemiFL(Algorithm):
         self._log_prior = tau * local_log_prior(self._probs, self.params.threshold) if tau > 0 else 0.0
         self._per_view = self.params.bn_forward == "per_view" and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        for p in model.get_submodule("head").parameters():
+            p.requires_grad_(not self.params.freeze_head)  # SGD skips parameters without a gradient
         model.train()
 
     def unlabeled_pool(self) -> torch.Tensor | None:
@@ -184,6 +195,8 @@ class SemiFL(Algorithm):
         return loss_x + loss_fix + self.params.lambda_u * loss_mix, metrics
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
+        for p in model.get_submodule("head").parameters():  # the runtime reuses the model for other clients
+            p.requires_grad_(True)
         self._log_prior = 0.0
         self._x_u = self._probs = self._confident = None  # do not keep a client's shard past its round
         return {}
