@@ -147,8 +147,9 @@ class SemiFL(Algorithm):
         self._log_prior = tau * local_log_prior(self._probs, self.params.threshold) if tau > 0 else 0.0
         self._per_view = self.params.bn_forward == "per_view" and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        for p in model.get_submodule("head").parameters():
-            p.requires_grad_(not self.params.freeze_head)  # SGD skips parameters without a gradient
+        if self.params.freeze_head:
+            for p in model.get_submodule("head").parameters():
+                p.requires_grad_(False)  # SGD skips parameters without a gradient
         model.train()
 
     def unlabeled_pool(self) -> torch.Tensor | None:
@@ -197,8 +198,9 @@ class SemiFL(Algorithm):
         return loss_x + loss_fix + self.params.lambda_u * loss_mix, metrics
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
-        for p in model.get_submodule("head").parameters():  # the runtime reuses the model for other clients
-            p.requires_grad_(True)
+        if self.params.freeze_head:  # the runtime reuses the model for other clients
+            for p in model.get_submodule("head").parameters():
+                p.requires_grad_(True)
         self._log_prior = 0.0
         self._x_u = self._probs = self._confident = None  # do not keep a client's shard past its round
         return {}
