@@ -74,8 +74,16 @@ def register(name: str) -> Any:
     return deco
 
 
+def train_head(model: nn.Module, on: bool) -> None:
+    """Let the classifier head train (``on``) or keep it as received: SGD skips
+    parameters without a gradient. The runtime reuses one model for many clients, so an
+    algorithm that freezes it in ``begin_round`` sets it back in ``end_round``."""
+    for p in model.get_submodule("head").parameters():
+        p.requires_grad_(on)
+
+
 __all__ = ["Algorithm", "Batch", "F", "LazyModule", "Params", "PseudoLabelParams", "RoundContext", "StepMetrics", "lazy", "nn", "np",
-           "param", "register", "torch"]
+           "param", "register", "torch", "train_head"]
 
 
 #: per-step metrics: detached 0-d tensors (summed on the device, read once per

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, nn, param,
-                                    register, torch)
+                                    register, torch, train_head)
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,10 @@ class FedSTO(Algorithm):
         return next((lam * f for share, f in SRIP_STEPS if done <= share + 1e-9), 0.0)
 
     def begin_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> None:
-        frozen = self.selective(ctx.server_round)
-        for p in model.get_submodule("head").parameters():
-            p.requires_grad_(not frozen)  # SGD skips parameters without a gradient
+        train_head(model, not self.selective(ctx.server_round))
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
-        for p in model.get_submodule("head").parameters():  # the runtime reuses the model for other clients
-            p.requires_grad_(True)
+        train_head(model, True)
         return {}
 
     def penalty(self, model: nn.Module, server_round: int) -> torch.Tensor | None:

@@ -90,7 +90,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedssl.algorithms.base import (Algorithm, Batch, F, PseudoLabelParams, RoundContext, StepMetrics, lazy, nn,
-                                    param, register, torch)
+                                    param, register, torch, train_head)
 
 augment = lazy("fedssl.data.augment")
 
@@ -148,8 +148,7 @@ class SemiFL(Algorithm):
         self._per_view = self.params.bn_forward == "per_view" and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         if self.params.freeze_head:
-            for p in model.get_submodule("head").parameters():
-                p.requires_grad_(False)  # SGD skips parameters without a gradient
+            train_head(model, False)
         model.train()
 
     def unlabeled_pool(self) -> torch.Tensor | None:
@@ -198,9 +197,8 @@ class SemiFL(Algorithm):
         return loss_x + loss_fix + self.params.lambda_u * loss_mix, metrics
 
     def end_round(self, model: nn.Module, ctx: RoundContext, data: Any) -> dict:
-        if self.params.freeze_head:  # the runtime reuses the model for other clients
-            for p in model.get_submodule("head").parameters():
-                p.requires_grad_(True)
+        if self.params.freeze_head:
+            train_head(model, True)
         self._log_prior = 0.0
         self._x_u = self._probs = self._confident = None  # do not keep a client's shard past its round
         return {}
